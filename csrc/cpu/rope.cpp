@@ -1,0 +1,91 @@
+#include "pyruntime/cpu_kernels.h"
+#include "pyruntime/vec.h"
+
+namespace pyruntime::cpu {
+
+namespace {
+
+constexpr int W = VecF::W;
+
+// Rotates the first rot_dim features of one head in place.
+// \param x   [head_dim]
+// \param cos [rot_dim / 2], sin [rot_dim / 2]
+template <typename T>
+inline void rotate_head(T* x, const float* cos, const float* sin, int64_t rot_dim, bool is_neox) {
+  const int64_t half = rot_dim / 2;
+  if (is_neox) {
+    T* x2p = x + half;
+    for (int64_t i = 0; i < half; i += W) {
+      int n = static_cast<int>(half - i < W ? half - i : W);
+      VecF x1 = load_n(x + i, n), x2 = load_n(x2p + i, n);
+      VecF c = load_n(cos + i, n), s = load_n(sin + i, n);
+      store_n(x1 * c - x2 * s, x + i, n);
+      store_n(x2 * c + x1 * s, x2p + i, n);
+    }
+  } else {
+    for (int64_t i = 0; i < half; ++i) {
+      float x1 = to_float(x[2 * i]), x2 = to_float(x[2 * i + 1]);
+      x[2 * i] = from_float<T>(x1 * cos[i] - x2 * sin[i]);
+      x[2 * i + 1] = from_float<T>(x2 * cos[i] + x1 * sin[i]);
+    }
+  }
+}
+
+template <typename T>
+inline void rotate_token(T* q, const HeadsView& qv, T* k, const HeadsView& kv, int64_t token,
+                         int64_t pos, const float* cos_sin_cache, int64_t rot_dim, bool is_neox) {
+  const float* cos = cos_sin_cache + pos * rot_dim;
+  const float* sin = cos + rot_dim / 2;
+  for (int64_t h = 0; h < qv.num_heads; ++h)
+    rotate_head(q + token * qv.token_stride + h * qv.head_stride, cos, sin, rot_dim, is_neox);
+  for (int64_t h = 0; h < kv.num_heads; ++h)
+    rotate_head(k + token * kv.token_stride + h * kv.head_stride, cos, sin, rot_dim, is_neox);
+}
+
+template <typename T>
+inline void copy_row(T* dst, const T* src, int64_t n) {
+  std::memcpy(dst, src, sizeof(T) * n);
+}
+
+}  // namespace
+
+template <typename T>
+void rotary_embedding(const int64_t* positions, T* q, HeadsView qv, T* k, HeadsView kv,
+                      int64_t num_tokens, int64_t head_dim, const float* cos_sin_cache,
+                      int64_t rot_dim, bool is_neox) {
+  (void)head_dim;
+#pragma omp parallel for schedule(static) if (num_tokens > 4)
+  for (int64_t t = 0; t < num_tokens; ++t)
+    rotate_token(q, qv, k, kv, t, positions[t], cos_sin_cache, rot_dim, is_neox);
+}
+
+template <typename T>
+void rotary_embedding_and_cache(const int64_t* positions, T* q, HeadsView qv, T* k, const T* v,
+                                HeadsView kv, T* k_cache, T* v_cache, int64_t batch,
+                                int64_t tokens, int64_t max_seq, int64_t head_dim,
+                                const float* cos_sin_cache, int64_t rot_dim, bool is_neox) {
+  const int64_t n = batch * tokens;
+#pragma omp parallel for schedule(static) if (n > 4)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = i / tokens, pos = positions[i];
+    rotate_token(q, qv, k, kv, i, pos, cos_sin_cache, rot_dim, is_neox);
+    for (int64_t h = 0; h < kv.num_heads; ++h) {
+      const int64_t src = i * kv.token_stride + h * kv.head_stride;
+      const int64_t dst = ((b * kv.num_heads + h) * max_seq + pos) * head_dim;
+      copy_row(k_cache + dst, k + src, head_dim);
+      copy_row(v_cache + dst, v + src, head_dim);
+    }
+  }
+}
+
+#define PYRUNTIME_INSTANTIATE(T)                                                               \
+  template void rotary_embedding<T>(const int64_t*, T*, HeadsView, T*, HeadsView, int64_t,      \
+                                    int64_t, const float*, int64_t, bool);                     \
+  template void rotary_embedding_and_cache<T>(const int64_t*, T*, HeadsView, T*, const T*,      \
+                                              HeadsView, T*, T*, int64_t, int64_t, int64_t,    \
+                                              int64_t, const float*, int64_t, bool);
+PYRUNTIME_INSTANTIATE(float)
+PYRUNTIME_INSTANTIATE(bf16)
+#undef PYRUNTIME_INSTANTIATE
+
+}  // namespace pyruntime::cpu

@@ -1,0 +1,256 @@
+// Small float32 vector type with one API over AVX-512, AVX2 and plain C++.
+// Kernels are written against VecF; the ISA is fixed at compile time by the
+// compiler flags that CMake/setup.py pass (PYRUNTIME_ISA), so one source serves all.
+// Loads and stores exist for float and bf16 storage; arithmetic is float32.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "pyruntime/common.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define PYRUNTIME_VEC_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define PYRUNTIME_VEC_AVX2 1
+#endif
+
+namespace pyruntime {
+
+#if defined(PYRUNTIME_VEC_AVX512)
+
+inline const char* isa_name() { return "avx512"; }
+
+struct VecF {
+  static constexpr int W = 16;
+  __m512 v;
+  VecF() = default;
+  explicit VecF(__m512 x) : v(x) {}
+  static VecF zero() { return VecF(_mm512_setzero_ps()); }
+  static VecF set1(float x) { return VecF(_mm512_set1_ps(x)); }
+  static VecF load(const float* p) { return VecF(_mm512_loadu_ps(p)); }
+  static VecF load(const bf16* p) {
+    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return VecF(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  }
+  // First n (< W) lanes from p, the rest zero; never touches memory past p[n-1].
+  static VecF load_partial(const float* p, int n) {
+    return VecF(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+  }
+  static VecF load_partial(const bf16* p, int n) {
+    __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
+    return VecF(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void store(bf16* p) const { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16()); }
+  void store_partial(float* p, int n) const {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
+  }
+  void store_partial(bf16* p, int n) const {
+    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), to_bf16());
+  }
+  // Round to nearest even; NaN stays NaN.
+  __m256i to_bf16() const {
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+  }
+  friend VecF operator+(VecF a, VecF b) { return VecF(_mm512_add_ps(a.v, b.v)); }
+  friend VecF operator-(VecF a, VecF b) { return VecF(_mm512_sub_ps(a.v, b.v)); }
+  friend VecF operator*(VecF a, VecF b) { return VecF(_mm512_mul_ps(a.v, b.v)); }
+  friend VecF operator/(VecF a, VecF b) { return VecF(_mm512_div_ps(a.v, b.v)); }
+  static VecF fma(VecF a, VecF b, VecF c) { return VecF(_mm512_fmadd_ps(a.v, b.v, c.v)); }
+  static VecF max(VecF a, VecF b) { return VecF(_mm512_max_ps(a.v, b.v)); }
+  float reduce_sum() const { return _mm512_reduce_add_ps(v); }
+  float reduce_max() const { return _mm512_reduce_max_ps(v); }
+  // exp(x) with ~1 ulp-level relative error over the float range; -inf gives 0.
+  VecF exp() const {
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    __m512 x = _mm512_max_ps(v, _mm512_set1_ps(-104.0f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.7f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    return VecF(_mm512_scalef_ps(p, n));
+  }
+};
+
+#elif defined(PYRUNTIME_VEC_AVX2)
+
+inline const char* isa_name() { return "avx2"; }
+
+struct VecF {
+  static constexpr int W = 8;
+  __m256 v;
+  VecF() = default;
+  explicit VecF(__m256 x) : v(x) {}
+  static VecF zero() { return VecF(_mm256_setzero_ps()); }
+  static VecF set1(float x) { return VecF(_mm256_set1_ps(x)); }
+  static VecF load(const float* p) { return VecF(_mm256_loadu_ps(p)); }
+  static VecF load(const bf16* p) {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return VecF(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+  }
+  template <typename T> static VecF load_partial(const T* p, int n) {
+    T tmp[W];
+    std::memset(tmp, 0, sizeof(tmp));
+    std::memcpy(tmp, p, sizeof(T) * n);
+    return load(tmp);
+  }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  void store(bf16* p) const {
+    float tmp[W];
+    store(tmp);
+    for (int i = 0; i < W; ++i) p[i] = float_to_bf16(tmp[i]);
+  }
+  template <typename T> void store_partial(T* p, int n) const {
+    T tmp[W];
+    store(tmp);
+    std::memcpy(p, tmp, sizeof(T) * n);
+  }
+  friend VecF operator+(VecF a, VecF b) { return VecF(_mm256_add_ps(a.v, b.v)); }
+  friend VecF operator-(VecF a, VecF b) { return VecF(_mm256_sub_ps(a.v, b.v)); }
+  friend VecF operator*(VecF a, VecF b) { return VecF(_mm256_mul_ps(a.v, b.v)); }
+  friend VecF operator/(VecF a, VecF b) { return VecF(_mm256_div_ps(a.v, b.v)); }
+  static VecF fma(VecF a, VecF b, VecF c) { return VecF(_mm256_fmadd_ps(a.v, b.v, c.v)); }
+  static VecF max(VecF a, VecF b) { return VecF(_mm256_max_ps(a.v, b.v)); }
+  float reduce_sum() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  float reduce_max() const {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  VecF exp() const {
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    __m256 x = _mm256_max_ps(v, _mm256_set1_ps(-87.3f));
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.3f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 res = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    // Below the clamp the true value is (almost) zero: flush, so exp(-inf) == 0.
+    return VecF(_mm256_and_ps(res, _mm256_cmp_ps(v, _mm256_set1_ps(-87.3f), _CMP_GE_OQ)));
+  }
+};
+
+#else
+
+inline const char* isa_name() { return "scalar"; }
+
+struct VecF {
+  static constexpr int W = 8;
+  float v[W];
+  static VecF zero() { return set1(0.0f); }
+  static VecF set1(float x) {
+    VecF r;
+    for (int i = 0; i < W; ++i) r.v[i] = x;
+    return r;
+  }
+  template <typename T> static VecF load(const T* p) {
+    VecF r;
+    for (int i = 0; i < W; ++i) r.v[i] = to_float(p[i]);
+    return r;
+  }
+  template <typename T> static VecF load_partial(const T* p, int n) {
+    VecF r = zero();
+    for (int i = 0; i < n; ++i) r.v[i] = to_float(p[i]);
+    return r;
+  }
+  template <typename T> void store(T* p) const {
+    for (int i = 0; i < W; ++i) p[i] = from_float<T>(v[i]);
+  }
+  template <typename T> void store_partial(T* p, int n) const {
+    for (int i = 0; i < n; ++i) p[i] = from_float<T>(v[i]);
+  }
+  template <typename F> static VecF map2(VecF a, VecF b, F f) {
+    VecF r;
+    for (int i = 0; i < W; ++i) r.v[i] = f(a.v[i], b.v[i]);
+    return r;
+  }
+  friend VecF operator+(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x + y; }); }
+  friend VecF operator-(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x - y; }); }
+  friend VecF operator*(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x * y; }); }
+  friend VecF operator/(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x / y; }); }
+  static VecF fma(VecF a, VecF b, VecF c) {
+    VecF r;
+    for (int i = 0; i < W; ++i) r.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);
+    return r;
+  }
+  static VecF max(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x > y ? x : y; }); }
+  float reduce_sum() const {
+    float s = 0.0f;
+    for (int i = 0; i < W; ++i) s += v[i];
+    return s;
+  }
+  float reduce_max() const {
+    float s = v[0];
+    for (int i = 1; i < W; ++i) s = v[i] > s ? v[i] : s;
+    return s;
+  }
+  VecF exp() const {
+    VecF r;
+    for (int i = 0; i < W; ++i) r.v[i] = std::exp(v[i]);
+    return r;
+  }
+};
+
+#endif
+
+// Loads n <= W elements: a full vector when n == W, a masked one otherwise.
+template <typename T> inline VecF load_n(const T* p, int n) {
+  return n == VecF::W ? VecF::load(p) : VecF::load_partial(p, n);
+}
+template <typename T> inline void store_n(const VecF& v, T* p, int n) {
+  if (n == VecF::W) v.store(p); else v.store_partial(p, n);
+}
+
+inline VecF silu(VecF x) {
+  VecF one = VecF::set1(1.0f);
+  return x / (one + (VecF::zero() - x).exp());
+}
+
+// Dot product of a storage row with a float32 vector, any length.
+template <typename T> inline float dot_f32(const T* a, const float* x, int64_t n) {
+  VecF acc0 = VecF::zero(), acc1 = VecF::zero();
+  int64_t i = 0;
+  for (; i + 2 * VecF::W <= n; i += 2 * VecF::W) {
+    acc0 = VecF::fma(VecF::load(a + i), VecF::load(x + i), acc0);
+    acc1 = VecF::fma(VecF::load(a + i + VecF::W), VecF::load(x + i + VecF::W), acc1);
+  }
+  for (; i < n; i += VecF::W) {
+    int m = static_cast<int>(n - i < VecF::W ? n - i : VecF::W);
+    acc0 = VecF::fma(load_n(a + i, m), load_n(x + i, m), acc0);
+  }
+  return (acc0 + acc1).reduce_sum();
+}
+
+}  // namespace pyruntime

@@ -1,0 +1,47 @@
+// Op registration: schemas once, implementations per backend. Outputs come first and
+// are marked mutable (Tensor!).
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "ops.h"
+#include "pyruntime/cpu_kernels.h"
+#include "pyruntime/vec.h"
+
+TORCH_LIBRARY(pyruntime, m) {
+  m.def("rms_norm(Tensor! out, Tensor x, Tensor weight, float eps) -> ()");
+  m.def("fused_add_rms_norm(Tensor! x, Tensor! residual, Tensor weight, float eps) -> ()");
+  m.def("rotary_embedding(Tensor positions, Tensor! q, Tensor! k, Tensor cos_sin_cache, "
+        "bool is_neox) -> ()");
+  m.def("rotary_embedding_and_cache(Tensor positions, Tensor! q, Tensor! k, Tensor v, "
+        "Tensor! k_cache, Tensor! v_cache, Tensor cos_sin_cache, bool is_neox) -> ()");
+  m.def("silu_and_mul(Tensor! out, Tensor x) -> ()");
+  m.def("gated_mlp(Tensor! out, Tensor x, Tensor gate_up_weight, Tensor down_weight) -> ()");
+  m.def("gqa_decode_attention(Tensor! out, Tensor q, Tensor k_cache, Tensor v_cache, "
+        "Tensor seq_lens, float scale) -> ()");
+}
+
+#define PYRUNTIME_REGISTER_IMPLS(m)                                         \
+  m.impl("rms_norm", &pyruntime::rms_norm);                                 \
+  m.impl("fused_add_rms_norm", &pyruntime::fused_add_rms_norm);             \
+  m.impl("rotary_embedding", &pyruntime::rotary_embedding);                 \
+  m.impl("rotary_embedding_and_cache", &pyruntime::rotary_embedding_and_cache); \
+  m.impl("silu_and_mul", &pyruntime::silu_and_mul);                         \
+  m.impl("gated_mlp", &pyruntime::gated_mlp);                               \
+  m.impl("gqa_decode_attention", &pyruntime::gqa_decode_attention);
+
+TORCH_LIBRARY_IMPL(pyruntime, CPU, m) { PYRUNTIME_REGISTER_IMPLS(m) }
+#ifdef PYRUNTIME_WITH_CUDA
+TORCH_LIBRARY_IMPL(pyruntime, CUDA, m) { PYRUNTIME_REGISTER_IMPLS(m) }
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "pyruntime compiled kernels (ops are under torch.ops.pyruntime)";
+  m.def("cpu_isa", &pyruntime::isa_name, "SIMD instruction set the CPU kernels were built for");
+  m.def("cpu_num_threads", &pyruntime::cpu::num_threads);
+  m.def("set_cpu_num_threads", &pyruntime::cpu::set_num_threads, "0 restores the default");
+#ifdef PYRUNTIME_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+}
