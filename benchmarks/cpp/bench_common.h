@@ -1,0 +1,150 @@
+// Shared harness of the C++ benchmark binaries: median latency over repetitions
+// (warm-up excluded), bytes moved -> GB/s, and the fraction of this machine's read
+// bandwidth measured in the same run. Usage of every binary: bench_X [--json FILE] [--quick]
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "pyruntime/common.h"
+#include "pyruntime/cpu_kernels.h"
+#include "pyruntime/vec.h"
+
+#ifndef PYRUNTIME_GIT_COMMIT
+#define PYRUNTIME_GIT_COMMIT "unknown"
+#endif
+
+namespace bench {
+
+struct Case {
+  std::string name;
+  double bytes;                  // bytes that must move between memory and the cores per call
+  std::function<void()> run;
+};
+
+struct Result {
+  std::string name;
+  double median_us, gbps, fraction;
+};
+
+inline double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median seconds per call: 3 warm-ups, then repetitions until ~min_s has passed (>= 5).
+inline double median_seconds(const std::function<void()>& fn, double min_s) {
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<double> times;
+  const double start = now_s();
+  while (times.size() < 5 || (now_s() - start < min_s && times.size() < 1000)) {
+    const double t0 = now_s();
+    fn();
+    times.push_back(now_s() - t0);
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// STREAM-style read of a 1 GiB buffer by all threads: the bandwidth bound of a
+// memory-bound kernel on this machine, measured in the same run as the kernels.
+inline double measure_read_bandwidth_gbps() {
+  const size_t n = (size_t(1) << 30) / sizeof(float);
+  std::unique_ptr<float[]> buf(new float[n]);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
+  volatile float sink = 0.0f;
+  auto read_all = [&] {
+    float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+    {
+      using pyruntime::VecF;
+      VecF a0 = VecF::zero(), a1 = VecF::zero(), a2 = VecF::zero(), a3 = VecF::zero();
+#pragma omp for schedule(static)
+      for (size_t i = 0; i < n; i += 4 * VecF::W) {
+        a0 = a0 + VecF::load(buf.get() + i);
+        a1 = a1 + VecF::load(buf.get() + i + VecF::W);
+        a2 = a2 + VecF::load(buf.get() + i + 2 * VecF::W);
+        a3 = a3 + VecF::load(buf.get() + i + 3 * VecF::W);
+      }
+      total += (a0 + a1 + a2 + a3).reduce_sum();
+    }
+    sink = sink + total;
+  };
+  const double t = median_seconds(read_all, 1.0);
+  return double(n * sizeof(float)) / t / 1e9;
+}
+
+template <typename T>
+std::vector<T> random_buffer(size_t n, float scale = 1.0f, unsigned seed = 7) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<T> v(n);
+  for (auto& x : v) x = pyruntime::from_float<T>(dist(rng));
+  return v;
+}
+
+inline int run(const char* binary, std::vector<Case>& cases, int argc, char** argv) {
+  const char* json_path = nullptr;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else {
+      std::fprintf(stderr, "usage: %s [--json FILE] [--quick]\n", binary);
+      return 2;
+    }
+  }
+  const double bw = measure_read_bandwidth_gbps();
+  std::printf("%s  commit %s  isa %s  threads %d  read bandwidth %.1f GB/s\n", binary,
+              PYRUNTIME_GIT_COMMIT, pyruntime::isa_name(), omp_get_max_threads(), bw);
+  std::printf("%-58s %12s %10s %9s\n", "case", "median us", "GB/s", "of bw");
+  std::vector<Result> results;
+  for (auto& c : cases) {
+    const double t = median_seconds(c.run, quick ? 0.05 : 0.5);
+    const double gbps = c.bytes / t / 1e9;
+    results.push_back({c.name, t * 1e6, gbps, gbps / bw});
+    std::printf("%-58s %12.1f %10.1f %8.0f%%\n", c.name.c_str(), t * 1e6, gbps, 100.0 * gbps / bw);
+    std::fflush(stdout);
+  }
+  if (json_path) {
+    FILE* f = std::fopen(json_path, "w");
+    if (!f) {
+      std::fprintf(stderr, "cannot write %s\n", json_path);
+      return 1;
+    }
+    std::fprintf(f, "{\"binary\": \"%s\", \"commit\": \"%s\", \"isa\": \"%s\", \"threads\": %d, "
+                 "\"read_bandwidth_gbps\": %.3f, \"results\": [", binary, PYRUNTIME_GIT_COMMIT,
+                 pyruntime::isa_name(), omp_get_max_threads(), bw);
+    for (size_t i = 0; i < results.size(); ++i)
+      std::fprintf(f, "%s{\"case\": \"%s\", \"median_us\": %.3f, \"gbps\": %.3f, \"fraction_of_bw\": %.4f}",
+                   i ? ", " : "", results[i].name.c_str(), results[i].median_us, results[i].gbps,
+                   results[i].fraction);
+    std::fprintf(f, "]}\n");
+    std::fclose(f);
+  }
+  return 0;
+}
+
+// Model shapes the benchmarks use (decode of real models).
+struct ModelShape {
+  const char* name;
+  int64_t hidden, num_q_heads, num_kv_heads, head_dim, inter;
+};
+inline const ModelShape kModels[] = {
+    {"smollm2-135m", 576, 9, 3, 64, 1536},
+    {"llama3-8b", 4096, 32, 8, 128, 14336},
+};
+
+inline const char* dtype_label(float) { return "f32"; }
+inline const char* dtype_label(pyruntime::bf16) { return "bf16"; }
+
+}  // namespace bench

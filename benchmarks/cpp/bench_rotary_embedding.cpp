@@ -1,0 +1,51 @@
+// rotary_embedding and the fused rope + KV-cache write, decode (1 token) and prefill (2048).
+#include "bench_common.h"
+
+#include <cmath>
+
+namespace cpu = pyruntime::cpu;
+
+template <typename T>
+void add_cases(std::vector<bench::Case>& cases) {
+  const char* dt = bench::dtype_label(T{});
+  const int64_t max_pos = 4096;
+  for (const auto& m : bench::kModels) {
+    const int64_t hq = m.num_q_heads, hkv = m.num_kv_heads, d = m.head_dim;
+    auto cs = std::make_shared<std::vector<float>>(max_pos * d);
+    for (int64_t p = 0; p < max_pos; ++p)
+      for (int64_t i = 0; i < d / 2; ++i) {
+        (*cs)[p * d + i] = std::cos(p * std::pow(10000.0, -2.0 * i / d));
+        (*cs)[p * d + d / 2 + i] = std::sin(p * std::pow(10000.0, -2.0 * i / d));
+      }
+    for (int64_t tokens : {int64_t(1), int64_t(2048)}) {
+      auto q = std::make_shared<std::vector<T>>(bench::random_buffer<T>(tokens * hq * d));
+      auto k = std::make_shared<std::vector<T>>(bench::random_buffer<T>(tokens * hkv * d));
+      auto v = std::make_shared<std::vector<T>>(bench::random_buffer<T>(tokens * hkv * d));
+      auto pos = std::make_shared<std::vector<int64_t>>(tokens);
+      for (int64_t t = 0; t < tokens; ++t) (*pos)[t] = (t * 7 + 100) % max_pos;
+      auto kc = std::make_shared<std::vector<T>>(hkv * max_pos * d);
+      auto vc = std::make_shared<std::vector<T>>(hkv * max_pos * d);
+      const cpu::HeadsView qv{hq * d, d, hq}, kv{hkv * d, d, hkv};
+      const double qk_bytes = 2.0 * tokens * (hq + hkv) * d * sizeof(T);
+      cases.push_back({std::string("rotary_embedding ") + dt + " " + m.name + " tokens=" + std::to_string(tokens),
+                       qk_bytes, [=] {
+                         cpu::rotary_embedding(pos->data(), q->data(), qv, k->data(), kv, tokens, d,
+                                               cs->data(), d, true);
+                       }});
+      cases.push_back({std::string("rotary_embedding_and_cache ") + dt + " " + m.name + " tokens=" +
+                           std::to_string(tokens),
+                       qk_bytes + 3.0 * tokens * hkv * d * sizeof(T), [=] {
+                         cpu::rotary_embedding_and_cache(pos->data(), q->data(), qv, k->data(), v->data(),
+                                                         kv, kc->data(), vc->data(), 1, tokens, max_pos,
+                                                         d, cs->data(), d, true);
+                       }});
+    }
+  }
+}
+
+int main(int argc, char** argv) {
+  std::vector<bench::Case> cases;
+  add_cases<float>(cases);
+  add_cases<pyruntime::bf16>(cases);
+  return bench::run("bench_rotary_embedding", cases, argc, argv);
+}
