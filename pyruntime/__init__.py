@@ -1,0 +1,12 @@
+"""pyruntime: run Llama-family decoder-only LLMs from Python on compiled CPU/CUDA kernels.
+
+    import pyruntime
+    llm = pyruntime.LLM("smollm2-135m-instruct")
+    print(llm.chat([{"role": "user", "content": "What is the capital of France?"}]).text)
+"""
+
+from pyruntime.errors import ModelLoadError
+from pyruntime.generate import LLM, Completion, Stats, TokenLogprob
+
+__all__ = ["LLM", "Completion", "Stats", "TokenLogprob", "ModelLoadError"]
+__version__ = "0.1.0"

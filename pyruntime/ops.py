@@ -88,6 +88,15 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], rows.shape[1] // 2)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [T, K], weight [N, K] -> x @ weight.T, [T, N] in x's dtype. For T <= 16 on the CPU
+    each weight row is read once for all tokens and every token's result is independent of
+    the others (batch-invariant); longer inputs use torch's matrix product."""
+    out = torch.empty((x.shape[0] if x.dim() else 0, weight.shape[0] if weight.dim() else 0), dtype=x.dtype, device=x.device)
+    _ops.linear(out, x, weight)
+    return out
+
+
 def gated_mlp(x: torch.Tensor, gate_up_weight: torch.Tensor, down_weight: torch.Tensor) -> torch.Tensor:
     """x [T, H], gate_up_weight [2I, H] (gate rows, then up rows), down_weight [H, I]
     -> down(silu(gate x) * up x), [T, H]. For T <= 16 one fused pass keeps the
@@ -195,4 +204,9 @@ def _(out, x, gate_up_weight, down_weight):
 
 @torch.library.register_fake("pyruntime::gqa_decode_attention")
 def _(out, q, k_cache, v_cache, seq_lens, scale):
+    return None
+
+
+@torch.library.register_fake("pyruntime::linear")
+def _(out, x, weight):
     return None

@@ -18,6 +18,13 @@ constexpr int kBlock = 16;        // keys scored together (a multiple of every W
 constexpr int64_t kMinSplit = 128;  // fewer keys per split costs more in the combine than it saves
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// Keys per split of a sequence of len keys: a few work items per thread for this
+// sequence alone, no split shorter than kMinSplit.
+inline int64_t split_len_for(int64_t len, int64_t num_kv_heads, int64_t target_items) {
+  const int64_t split = ceil_div(std::max<int64_t>(1, len * num_kv_heads), target_items);
+  return std::max(kMinSplit, ceil_div(split, kBlock) * kBlock);
+}
+
 // One split's running state for the G query heads of a KV head, kept in the workspace:
 // acc [G, D], then m [G], l [G], then scratch scores [G, kBlock].
 struct SplitRecord {
@@ -112,8 +119,9 @@ void decode_attention_impl(T* out, const T* q, const T* k_cache, const T* v_cach
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t h = 0; h < num_kv_heads; ++h)
         for (int64_t s = 0; s < splits; ++s) {
-          const int64_t begin = s * plan.split_len;
-          const int64_t end = std::min<int64_t>(seq_lens[b], begin + plan.split_len);
+          const int64_t split_len = split_len_for(seq_lens[b], num_kv_heads, plan.target_items);
+          const int64_t begin = s * split_len;
+          const int64_t end = std::min<int64_t>(seq_lens[b], begin + split_len);
           if (begin >= end) continue;
           const int64_t kv_off = ((b * num_kv_heads + h) * max_seq + begin) * D;
           float* rec = records + ((b * num_kv_heads + h) * splits + s) * rec_floats;
@@ -125,7 +133,8 @@ void decode_attention_impl(T* out, const T* q, const T* k_cache, const T* v_cach
     for (int64_t i = 0; i < batch * num_q_heads; ++i) {
       const int64_t b = i / num_q_heads, hq = i % num_q_heads;
       const int64_t h = hq / group, g = hq % group;
-      const int64_t ns = ceil_div(seq_lens[b], plan.split_len);
+      const int64_t ns =
+          ceil_div(seq_lens[b], split_len_for(seq_lens[b], num_kv_heads, plan.target_items));
       float* base = records + (b * num_kv_heads + h) * splits * rec_floats;
       float m_max = kNegInf;
       for (int64_t s = 0; s < ns; ++s) m_max = std::max(m_max, record_at(base + s * rec_floats, group, D).m[g]);
@@ -151,16 +160,11 @@ void decode_attention_impl(T* out, const T* q, const T* k_cache, const T* v_cach
 }  // namespace
 
 DecodePlan plan_gqa_decode(const int32_t* seq_lens, int64_t batch, int64_t num_kv_heads) {
-  int64_t total = 0, longest = 1;
-  for (int64_t b = 0; b < batch; ++b) {
-    total += seq_lens[b];
-    longest = std::max<int64_t>(longest, seq_lens[b]);
-  }
-  // Aim for a few work items per thread so that ragged batches still balance.
   const int64_t target_items = 4 * static_cast<int64_t>(omp_get_max_threads());
-  int64_t split = ceil_div(std::max<int64_t>(1, total * num_kv_heads), target_items);
-  split = std::max(kMinSplit, ceil_div(split, kBlock) * kBlock);
-  return {split, ceil_div(longest, split)};
+  int64_t most = 1;
+  for (int64_t b = 0; b < batch; ++b)
+    most = std::max(most, ceil_div(seq_lens[b], split_len_for(seq_lens[b], num_kv_heads, target_items)));
+  return {target_items, most};
 }
 
 int64_t gqa_decode_workspace_floats(const DecodePlan& plan, int64_t batch, int64_t num_q_heads,

@@ -15,15 +15,28 @@ int64_t chunk_for(int64_t inter, int64_t threads) {
 }
 }  // namespace
 
+int64_t linear_workspace_floats(int64_t tokens, int64_t in_features, int64_t out_features) {
+  return tokens * (in_features + out_features);
+}
+
 template <typename T>
-void linear_f32(float* y, const float* x, const T* w, int64_t tokens, int64_t in_features,
-                int64_t out_features) {
+void linear(T* y, const T* x, const T* w, int64_t tokens, int64_t in_features,
+            int64_t out_features, float* workspace) {
+  float* xf = workspace;                       // [tokens, in_features]
+  float* yf = workspace + tokens * in_features;  // [tokens, out_features]
+  detail::convert_to_f32(xf, x, tokens * in_features);
 #pragma omp parallel if (out_features * in_features > 65536)
   {
     const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t per = ceil_div(out_features, nt);
+    // Row blocks a multiple of the vector width so the store below stays in bounds.
+    const int64_t per = ceil_div(ceil_div(out_features, nt), W) * W;
     const int64_t r0 = std::min(out_features, tid * per), r1 = std::min(out_features, r0 + per);
-    detail::linear_rows(y, out_features, x, in_features, w, in_features, tokens, in_features, r0, r1);
+    detail::linear_rows(yf, out_features, xf, in_features, w, in_features, tokens, in_features, r0, r1);
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t r = r0; r < r1; r += W) {
+        const int n = static_cast<int>(std::min<int64_t>(W, r1 - r));
+        store_n(load_n(yf + t * out_features + r, n), y + t * out_features + r, n);
+      }
   }
 }
 
@@ -82,7 +95,7 @@ void gated_mlp(T* out, const T* x, const T* gate_up, const T* down, int64_t toke
 }
 
 #define PYRUNTIME_INSTANTIATE(T)                                                           \
-  template void linear_f32<T>(float*, const float*, const T*, int64_t, int64_t, int64_t);  \
+  template void linear<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, float*);      \
   template void gated_mlp<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,  \
                              float*);
 PYRUNTIME_INSTANTIATE(float)

@@ -6,7 +6,9 @@
 namespace pyruntime::cpu::detail {
 
 // y[t, r] = w[r, :in] . x[t, :in] for rows r in [row_begin, row_end), with every weight
-// row loaded once for up to four tokens at a time.
+// row loaded once for up to four tokens at a time. Each token's sum is accumulated in the
+// same order whatever the number of tokens, so a sequence's result does not depend on
+// what else is in its batch.
 // \param y [tokens, *] row stride y_stride, float32
 // \param x [tokens, in] row stride x_stride, float32
 // \param w [*, in] row stride w_stride
@@ -15,12 +17,7 @@ inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_st
                         int64_t w_stride, int64_t tokens, int64_t in, int64_t row_begin,
                         int64_t row_end) {
   constexpr int W = VecF::W;
-  int64_t t0 = 0;
-  if (tokens % 4 == 1) {  // one token alone: two accumulator chains hide FMA latency
-    for (int64_t r = row_begin; r < row_end; ++r) y[r] = dot_f32(w + r * w_stride, x, in);
-    t0 = 1;
-  }
-  for (; t0 < tokens; t0 += 4) {
+  for (int64_t t0 = 0; t0 < tokens; t0 += 4) {
     const int nt = static_cast<int>(tokens - t0 < 4 ? tokens - t0 : 4);
     const float* xs = x + t0 * x_stride;
     for (int64_t r = row_begin; r < row_end; ++r) {

@@ -5,6 +5,7 @@
 
 #include "ops.h"
 #include "pyruntime/cpu_kernels.h"
+#include "pyruntime/dispatch.h"
 #include "pyruntime/vec.h"
 
 TORCH_LIBRARY(pyruntime, m) {
@@ -15,6 +16,7 @@ TORCH_LIBRARY(pyruntime, m) {
   m.def("rotary_embedding_and_cache(Tensor positions, Tensor! q, Tensor! k, Tensor v, "
         "Tensor! k_cache, Tensor! v_cache, Tensor cos_sin_cache, bool is_neox) -> ()");
   m.def("silu_and_mul(Tensor! out, Tensor x) -> ()");
+  m.def("linear(Tensor! out, Tensor x, Tensor weight) -> ()");
   m.def("gated_mlp(Tensor! out, Tensor x, Tensor gate_up_weight, Tensor down_weight) -> ()");
   m.def("gqa_decode_attention(Tensor! out, Tensor q, Tensor k_cache, Tensor v_cache, "
         "Tensor seq_lens, float scale) -> ()");
@@ -26,6 +28,7 @@ TORCH_LIBRARY(pyruntime, m) {
   m.impl("rotary_embedding", &pyruntime::rotary_embedding);                 \
   m.impl("rotary_embedding_and_cache", &pyruntime::rotary_embedding_and_cache); \
   m.impl("silu_and_mul", &pyruntime::silu_and_mul);                         \
+  m.impl("linear", &pyruntime::linear);                                     \
   m.impl("gated_mlp", &pyruntime::gated_mlp);                               \
   m.impl("gqa_decode_attention", &pyruntime::gqa_decode_attention);
 
@@ -37,6 +40,11 @@ TORCH_LIBRARY_IMPL(pyruntime, CUDA, m) { PYRUNTIME_REGISTER_IMPLS(m) }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pyruntime compiled kernels (ops are under torch.ops.pyruntime)";
   m.def("cpu_isa", &pyruntime::isa_name, "SIMD instruction set the CPU kernels were built for");
+  m.def("supported_head_dims", [] {
+#define PYRUNTIME_HEAD_DIM_ITEM(D) D,
+    return std::vector<int>{PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_ITEM)};
+#undef PYRUNTIME_HEAD_DIM_ITEM
+  }, "head sizes the attention kernels are compiled for");
   m.def("cpu_num_threads", &pyruntime::cpu::num_threads);
   m.def("set_cpu_num_threads", &pyruntime::cpu::set_num_threads, "0 restores the default");
 #ifdef PYRUNTIME_WITH_CUDA

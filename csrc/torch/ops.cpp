@@ -297,6 +297,36 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& x) {
   });
 }
 
+// Above this many tokens a projection is a matrix product: torch's GEMM wins.
+constexpr int64_t kLinearMaxFusedTokens = 16;
+
+void linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight) {
+  check_dtype(x, "x");
+  check_dim(x, "x", 2, "[tokens, in_features]");
+  check_contiguous(x, "x");
+  check_like(weight, "weight", x, "x");
+  check_dim(weight, "weight", 2, "[out_features, in_features]");
+  check_contiguous(weight, "weight");
+  check_size(weight, "weight", 1, x.size(1), "in_features of x");
+  const int64_t tokens = x.size(0), in_f = x.size(1), out_f = weight.size(0);
+  check_like(out, "out", x, "x");
+  check_dim(out, "out", 2, "[tokens, out_features]");
+  check_contiguous(out, "out");
+  check_size(out, "out", 0, tokens, "tokens of x");
+  check_size(out, "out", 1, out_f, "out_features of weight");
+  if (tokens == 0 || out_f == 0) return;
+  if (tokens > kLinearMaxFusedTokens || x.is_cuda()) {
+    at::linear_out(out, x, weight);
+    return;
+  }
+  at::Tensor ws = at::empty({cpu::linear_workspace_floats(tokens, in_f, out_f)},
+                            x.options().dtype(at::kFloat));
+  dispatch_cpu(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::linear<T>(ptr<T>(out), ptr<T>(x), ptr<T>(weight), tokens, in_f, out_f, ws.data_ptr<float>());
+  });
+}
+
 // Above this many tokens the MLP is a pair of matrix products: torch's GEMM wins.
 constexpr int64_t kGatedMlpMaxFusedTokens = 16;
 

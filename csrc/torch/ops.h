@@ -15,6 +15,7 @@ void rotary_embedding_and_cache(const at::Tensor& positions, at::Tensor& q, at::
                                 const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
                                 const at::Tensor& cos_sin_cache, bool is_neox);
 void silu_and_mul(at::Tensor& out, const at::Tensor& x);
+void linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight);
 void gated_mlp(at::Tensor& out, const at::Tensor& x, const at::Tensor& gate_up_weight,
                const at::Tensor& down_weight);
 void gqa_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,

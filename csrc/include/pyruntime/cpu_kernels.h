@@ -66,13 +66,16 @@ template <typename T>
 void silu_and_mul(T* out, int64_t out_stride, const T* x, int64_t x_stride, int64_t rows,
                   int64_t inter);
 
-// y[t] = W x[t] for a few tokens: each weight row is read once for all of them.
-// \param y [tokens, out_features] float32
-// \param x [tokens, in_features] float32
-// \param w [out_features, in_features]
+// y[t] = W x[t] for a few tokens (decode): each weight row is read once for all of them,
+// and each token's result is independent of the others in the call.
+// \param y         [tokens, out_features]
+// \param x         [tokens, in_features]
+// \param w         [out_features, in_features]
+// \param workspace linear_workspace_floats(...) floats
 template <typename T>
-void linear_f32(float* y, const float* x, const T* w, int64_t tokens, int64_t in_features,
-                int64_t out_features);
+void linear(T* y, const T* x, const T* w, int64_t tokens, int64_t in_features,
+            int64_t out_features, float* workspace);
+int64_t linear_workspace_floats(int64_t tokens, int64_t in_features, int64_t out_features);
 
 // out = down(silu(gate x) * up x), the intermediate kept in per-thread buffers.
 // \param out           [tokens, hidden]
@@ -85,10 +88,12 @@ void gated_mlp(T* out, const T* x, const T* gate_up, const T* down, int64_t toke
                int64_t hidden, int64_t inter, float* workspace);
 int64_t gated_mlp_workspace_floats(int64_t tokens, int64_t hidden, int64_t inter);
 
-// How gqa_decode_attention splits each sequence's keys across threads.
+// How gqa_decode_attention splits each sequence's keys across threads. A sequence's
+// split length depends on its own length only (never on the rest of the batch), so its
+// result is the same alone or batched.
 struct DecodePlan {
-  int64_t split_len;   // keys per split
-  int64_t max_splits;  // splits of the longest sequence
+  int64_t target_items;  // work items wanted per sequence (over all its KV heads)
+  int64_t max_splits;    // splits of the sequence that has the most
 };
 DecodePlan plan_gqa_decode(const int32_t* seq_lens, int64_t batch, int64_t num_kv_heads);
 int64_t gqa_decode_workspace_floats(const DecodePlan& plan, int64_t batch, int64_t num_q_heads,

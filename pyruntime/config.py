@@ -1,0 +1,183 @@
+"""Model configuration read from a Hugging Face config.json, validated field by field."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyruntime.errors import ModelLoadError
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    theta: float = 10000.0
+    kind: str = "default"  # default, linear, llama3
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool  # biases on q, k, v (Qwen2; Llama with attention_bias)
+    o_bias: bool  # bias on o_proj (Llama with attention_bias)
+    rotary_dim: int
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    sliding_window: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @classmethod
+    def from_file(cls, path: Path) -> "ModelConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path}: config.json not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{path}: not a readable JSON file ({e})") from None
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{path}: expected a JSON object")
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
+        def get(name, kind, default=None, required=True):
+            if name not in d or d[name] is None:
+                if required and default is None:
+                    raise ModelLoadError(f"{source}: field {name!r} is missing")
+                return default
+            v = d[name]
+            ok = isinstance(v, kind) and not (kind is not bool and isinstance(v, bool))
+            if kind is float and isinstance(v, int) and not isinstance(v, bool):
+                v, ok = float(v), True
+            if not ok:
+                raise ModelLoadError(f"{source}: field {name!r} must be {kind.__name__}, got {type(v).__name__} {v!r}")
+            return v
+
+        archs = get("architectures", list)
+        arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        if arch is None:
+            raise ModelLoadError(
+                f"{source}: architecture {archs} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        hidden = get("hidden_size", int)
+        heads = get("num_attention_heads", int)
+        kv_heads = get("num_key_value_heads", int, default=heads)
+        layers = get("num_hidden_layers", int)
+        for name, v in (("hidden_size", hidden), ("num_attention_heads", heads), ("num_key_value_heads", kv_heads), ("num_hidden_layers", layers)):
+            if v <= 0:
+                raise ModelLoadError(f"{source}: field {name!r} must be positive, got {v}")
+        if heads % kv_heads:
+            raise ModelLoadError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+        head_dim = get("head_dim", int, default=hidden // heads, required=False)
+        if get("mlp_bias", bool, default=False, required=False):
+            raise ModelLoadError(f"{source}: mlp_bias=true is not supported")
+        attention_bias = arch == "Qwen2ForCausalLM" or get("attention_bias", bool, default=False, required=False)
+        o_bias = arch != "Qwen2ForCausalLM" and attention_bias
+        partial = get("partial_rotary_factor", float, default=1.0, required=False)
+        rotary_dim = int(head_dim * partial)
+        rotary_dim -= rotary_dim % 2
+        eos = d.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
+        sliding = d.get("sliding_window") if d.get("use_sliding_window", True) else None
+        return cls(
+            architecture=arch,
+            vocab_size=get("vocab_size", int),
+            hidden_size=hidden,
+            intermediate_size=get("intermediate_size", int),
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=get("rms_norm_eps", float, default=1e-6, required=False),
+            max_position_embeddings=get("max_position_embeddings", int, default=2048, required=False),
+            tie_word_embeddings=get("tie_word_embeddings", bool, default=False, required=False),
+            attention_bias=attention_bias,
+            o_bias=o_bias,
+            rotary_dim=rotary_dim,
+            rope=_rope_config(d, source),
+            sliding_window=sliding if isinstance(sliding, int) else None,
+            eos_token_ids=eos_ids,
+            bos_token_id=d.get("bos_token_id") if isinstance(d.get("bos_token_id"), int) else None,
+        )
+
+
+def _rope_config(d: dict, source: str) -> RopeConfig:
+    # transformers 4 writes rope_theta + rope_scaling; transformers 5 writes rope_parameters.
+    params = dict(d.get("rope_parameters") or {})
+    scaling = d.get("rope_scaling") or {}
+    if not isinstance(params, dict) or not isinstance(scaling, dict):
+        raise ModelLoadError(f"{source}: rope_parameters / rope_scaling must be objects")
+    params = {**scaling, **params}
+    theta = params.get("rope_theta", d.get("rope_theta", 10000.0))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+        raise ModelLoadError(f"{source}: rope_theta must be a positive number, got {theta!r}")
+    if kind not in ("default", "linear", "llama3"):
+        raise ModelLoadError(f"{source}: rope scaling type {kind!r} is not supported (default, linear, llama3)")
+    try:
+        return RopeConfig(
+            theta=float(theta),
+            kind=kind,
+            factor=float(params.get("factor", 1.0)),
+            low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+            high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+            original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
+        )
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{source}: bad rope scaling parameters ({e})") from None
+
+
+def inv_frequencies(rope: RopeConfig, rotary_dim: int):
+    """Inverse frequencies [rotary_dim / 2], with the configured scaling, computed in float32
+    in the same order as transformers so that both agree to the last bit."""
+    import torch
+
+    inv = 1.0 / (rope.theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    if rope.kind == "linear":
+        inv = inv / rope.factor
+    elif rope.kind == "llama3":
+        low_wavelen = rope.original_max_position_embeddings / rope.low_freq_factor
+        high_wavelen = rope.original_max_position_embeddings / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        smooth = (rope.original_max_position_embeddings / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor
+        )
+        scaled = torch.where(wavelen > low_wavelen, inv / rope.factor, inv)
+        mid = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = torch.where(is_mid, mid, scaled)
+    return inv
+
+
+def cos_sin_cache(rope: RopeConfig, rotary_dim: int, max_pos: int):
+    """float32 [max_pos, rotary_dim]: cos of position x frequency, then sin."""
+    import torch
+
+    inv = inv_frequencies(rope, rotary_dim)
+    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).contiguous()

@@ -1,0 +1,213 @@
+"""GGUF -> Hugging Face style folder: config.json, model.safetensors (dequantised to
+float32), tokenizer.json and tokenizer_config.json (with the chat template) rebuilt from
+the GGUF metadata, generation_config.json. The `gguf` package reads the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from pyruntime.errors import ModelLoadError
+
+# The pre-tokenizer regex llama.cpp names "llama-bpe" (Llama 3).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TOKEN_CONTROL, _TOKEN_USER_DEFINED = 3, 4
+
+
+class _Meta:
+    def __init__(self, reader, path):
+        self._fields = reader.fields
+        self._path = path
+
+    def get(self, key, default=None, required=False):
+        f = self._fields.get(key)
+        if f is None:
+            if required:
+                raise ModelLoadError(f"{self._path}: GGUF metadata {key!r} is missing")
+            return default
+        try:
+            return f.contents()
+        except Exception as e:  # a corrupt field
+            raise ModelLoadError(f"{self._path}: GGUF metadata {key!r} cannot be read ({e})") from None
+
+
+def _reverse_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undoes llama.cpp's interleaving of q/k rows back to Hugging Face's rotate-half order."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _hf_name(name: str) -> str | None:
+    fixed = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}
+    if name in fixed:
+        return fixed[name]
+    parts = name.split(".")
+    if len(parts) != 4 or parts[0] != "blk" or parts[3] != "weight":
+        return None
+    layer = {
+        "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }.get(parts[2])
+    return None if layer is None else f"model.layers.{parts[1]}.{layer}.weight"
+
+
+def _config(meta: _Meta, has_output: bool, vocab: int) -> dict:
+    arch = meta.get("general.architecture", required=True)
+    if arch != "llama":
+        raise ModelLoadError(f"{meta._path}: GGUF architecture {arch!r} is not supported by convert (supported: llama)")
+    p = "llama."
+    hidden = int(meta.get(p + "embedding_length", required=True))
+    heads = int(meta.get(p + "attention.head_count", required=True))
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": int(meta.get(p + "feed_forward_length", required=True)),
+        "num_hidden_layers": int(meta.get(p + "block_count", required=True)),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(meta.get(p + "attention.head_count_kv", heads)),
+        "head_dim": int(meta.get(p + "attention.key_length", hidden // heads)),
+        "rms_norm_eps": float(meta.get(p + "attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(meta.get(p + "rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(meta.get(p + "context_length", 2048)),
+        "vocab_size": vocab,
+        "tie_word_embeddings": not has_output,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+    }
+    scaling = meta.get(p + "rope.scaling.type")
+    if scaling == "linear":
+        cfg["rope_scaling"] = {"type": "linear", "factor": float(meta.get(p + "rope.scaling.factor", 1.0))}
+    elif scaling not in (None, "none"):
+        raise ModelLoadError(f"{meta._path}: rope scaling {scaling!r} is not supported by convert")
+    for key, name in (("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")):
+        v = meta.get(key)
+        if v is not None:
+            cfg[name] = int(v)
+    return cfg
+
+
+def _tokenizer(meta: _Meta):
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    kind = meta.get("tokenizer.ggml.model", required=True)
+    if kind != "gpt2":
+        raise ModelLoadError(f"{meta._path}: GGUF tokenizer model {kind!r} is not supported by convert (supported: gpt2 BPE)")
+    tokens = meta.get("tokenizer.ggml.tokens", required=True)
+    merges = meta.get("tokenizer.ggml.merges", required=True)
+    types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False, byte_fallback=False)
+    tok = Tokenizer(bpe)
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    if pre == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre == "llama-bpe":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ])
+    elif pre in ("default", "gpt-2", "gpt2"):
+        tok.pre_tokenizer = byte_level
+    else:
+        raise ModelLoadError(f"{meta._path}: GGUF pre-tokenizer {pre!r} is not supported by convert (smollm, llama-bpe, gpt-2)")
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == _TOKEN_CONTROL])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == _TOKEN_USER_DEFINED])
+    bos_id = meta.get("tokenizer.ggml.bos_token_id")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos_id is not None
+    if add_bos:
+        bos = tokens[int(bos_id)]
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                          special_tokens=[(bos, int(bos_id))]),
+        ])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+
+    def name(key):
+        v = meta.get(key)
+        return tokens[int(v)] if v is not None and 0 <= int(v) < len(tokens) else None
+
+    tok_cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": add_bos,
+        "add_eos_token": False,
+        "bos_token": name("tokenizer.ggml.bos_token_id"),
+        "eos_token": name("tokenizer.ggml.eos_token_id"),
+        "unk_token": name("tokenizer.ggml.unknown_token_id"),
+        "pad_token": name("tokenizer.ggml.padding_token_id"),
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": int(meta.get("llama.context_length", 2048)),
+    }
+    template = meta.get("tokenizer.chat_template")
+    if template:
+        tok_cfg["chat_template"] = template
+    return tok, {k: v for k, v in tok_cfg.items() if v is not None}
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
+    """Writes a Hugging Face style folder for a Llama-family GGUF file; returns out_dir."""
+    import gguf
+    from gguf.quants import dequantize
+
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"{gguf_path}: GGUF file not found")
+    try:
+        reader = gguf.GGUFReader(str(gguf_path))
+    except Exception as e:  # gguf raises ValueError, struct errors, numpy errors on bad files
+        raise ModelLoadError(f"{gguf_path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    meta = _Meta(reader, gguf_path)
+    names = {t.name for t in reader.tensors}
+    tokens = meta.get("tokenizer.ggml.tokens", required=True)
+    cfg = _config(meta, "output.weight" in names, len(tokens))
+    tokenizer, tok_cfg = _tokenizer(meta)
+
+    tensors = {}
+    for t in tqdm(reader.tensors, desc=f"converting {gguf_path.name}", unit="tensor", disable=not progress, leave=False):
+        hf = _hf_name(t.name)
+        if hf is None:
+            raise ModelLoadError(f"{gguf_path}: tensor {t.name!r} is not supported by convert")
+        try:
+            w = dequantize(t.data, t.tensor_type)
+        except (NotImplementedError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"{gguf_path}: tensor {t.name!r} has quantisation {t.tensor_type!r} that cannot be read ({e})") from None
+        shape = tuple(int(x) for x in reversed(t.shape))
+        w = np.asarray(w, dtype=np.float32).reshape(shape)
+        if t.name.endswith("attn_q.weight"):
+            w = _reverse_permute(w, cfg["num_attention_heads"])
+        elif t.name.endswith("attn_k.weight"):
+            w = _reverse_permute(w, cfg["num_key_value_heads"])
+        tensors[hf] = torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))
+        gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

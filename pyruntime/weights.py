@@ -1,0 +1,148 @@
+"""Weights from safetensors (single or sharded), memory-mapped, checked and converted once.
+
+Hugging Face tensor names are mapped onto the runtime's fused layout: per layer one
+qkv projection [(Hq + 2 Hkv) * D, H] and one gate_up projection [2 I, H] (gate rows,
+then up rows), as Phi-3 stores them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from tqdm import tqdm
+
+from pyruntime.config import ModelConfig
+from pyruntime.errors import ModelLoadError
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor  # [H]
+    qkv: torch.Tensor  # [(Hq + 2 Hkv) * D, H]
+    qkv_bias: torch.Tensor | None  # [(Hq + 2 Hkv) * D]
+    o: torch.Tensor  # [H, Hq * D]
+    o_bias: torch.Tensor | None  # [H]
+    mlp_norm: torch.Tensor  # [H]
+    gate_up: torch.Tensor  # [2 I, H]
+    down: torch.Tensor  # [H, I]
+
+
+@dataclass
+class ModelWeights:
+    embed: torch.Tensor  # [V, H]
+    layers: list[LayerWeights]
+    final_norm: torch.Tensor  # [H]
+    lm_head: torch.Tensor  # [V, H] (the embedding itself when tied)
+
+    def nbytes(self) -> int:
+        """Bytes of distinct weight tensors (a tied LM head counts once)."""
+        seen, total = set(), 0
+        tensors = [self.embed, self.final_norm, self.lm_head]
+        for layer in self.layers:
+            tensors += [t for t in vars(layer).values() if t is not None]
+        for t in tensors:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total
+
+
+class _TensorSource:
+    """Name -> tensor over one or several safetensors files, opened memory-mapped."""
+
+    def __init__(self, folder: Path):
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                if not isinstance(weight_map, dict):
+                    raise TypeError("weight_map is not an object")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ModelLoadError(f"{index}: not a valid safetensors index ({e})") from None
+            files = {name: folder / fname for name, fname in weight_map.items()}
+        else:
+            single = folder / "model.safetensors"
+            if not single.exists():
+                raise ModelLoadError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+            files = None
+            self._files = {single: None}
+        if files is not None:
+            self._files = {f: None for f in sorted(set(files.values()))}
+        self._handles = {}
+        self._where = {}
+        for f in self._files:
+            if not f.exists():
+                raise ModelLoadError(f"{f}: safetensors shard not found")
+            try:
+                h = safe_open(str(f), framework="pt")
+                keys = list(h.keys())
+            except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                raise ModelLoadError(f"{f}: not a valid safetensors file ({e})") from None
+            self._handles[f] = h
+            for k in keys:
+                self._where[k] = f
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        f = self._where.get(name)
+        if f is None:
+            raise ModelLoadError(f"{next(iter(self._files))}: tensor {name!r} is missing")
+        try:
+            t = self._handles[f].get_tensor(name)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"{f}: tensor {name!r} cannot be read ({e})") from None
+        if tuple(t.shape) != tuple(shape):
+            raise ModelLoadError(f"{f}: tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        if not t.is_floating_point():
+            raise ModelLoadError(f"{f}: tensor {name!r} has dtype {t.dtype}, expected a floating point type")
+        return t
+
+
+def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype, progress: bool = True) -> ModelWeights:
+    """Reads, checks and converts every tensor of the checkpoint in `folder` to `dtype`."""
+    src = _TensorSource(Path(folder))
+    H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    q, kv = cfg.q_size, cfg.kv_size
+
+    def load(name, shape):
+        return src.get(name, shape).to(dtype).contiguous()
+
+    embed = load("model.embed_tokens.weight", (V, H))
+    layers = []
+    for i in tqdm(range(cfg.num_layers), desc="loading weights", unit="layer", disable=not progress, leave=False):
+        p = f"model.layers.{i}."
+        if cfg.architecture == "Phi3ForCausalLM":
+            qkv = load(p + "self_attn.qkv_proj.weight", (q + 2 * kv, H))
+            gate_up = load(p + "mlp.gate_up_proj.weight", (2 * I, H))
+        else:
+            qkv = torch.cat([load(p + f"self_attn.{n}_proj.weight", (s, H)) for n, s in (("q", q), ("k", kv), ("v", kv))])
+            gate_up = torch.cat([load(p + "mlp.gate_proj.weight", (I, H)), load(p + "mlp.up_proj.weight", (I, H))])
+        qkv_bias = None
+        if cfg.attention_bias:
+            qkv_bias = torch.cat([load(p + f"self_attn.{n}_proj.bias", (s,)) for n, s in (("q", q), ("k", kv), ("v", kv))])
+        layers.append(
+            LayerWeights(
+                attn_norm=load(p + "input_layernorm.weight", (H,)),
+                qkv=qkv,
+                qkv_bias=qkv_bias,
+                o=load(p + "self_attn.o_proj.weight", (H, q)),
+                o_bias=load(p + "self_attn.o_proj.bias", (H,)) if cfg.o_bias else None,
+                mlp_norm=load(p + "post_attention_layernorm.weight", (H,)),
+                gate_up=gate_up,
+                down=load(p + "mlp.down_proj.weight", (H, I)),
+            )
+        )
+    final_norm = load("model.norm.weight", (H,))
+    if cfg.tie_word_embeddings or "lm_head.weight" not in src:
+        if not cfg.tie_word_embeddings:
+            raise ModelLoadError(f"{folder}: tensor 'lm_head.weight' is missing (and tie_word_embeddings is false)")
+        lm_head = embed
+    else:
+        lm_head = load("lm_head.weight", (V, H))
+    return ModelWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=lm_head)
