@@ -1,0 +1,116 @@
+"""`pyruntime generate | chat | convert`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _model_args(p):
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"model folder, .gguf file or bundled model name (default: {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("--max-seq-len", type=int, default=None)
+
+
+def _sampling_args(p):
+    p.add_argument("--max-new-tokens", "-n", type=int, default=256)
+    p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _sampling(ns) -> dict:
+    return dict(max_new_tokens=ns.max_new_tokens, temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p,
+                min_p=ns.min_p, repetition_penalty=ns.repetition_penalty, seed=ns.seed, stop=ns.stop)
+
+
+def _load(ns):
+    from pyruntime import LLM
+
+    return LLM(ns.model, dtype=ns.dtype, max_seq_len=ns.max_seq_len, threads=ns.threads)
+
+
+def cmd_generate(ns) -> int:
+    llm = _load(ns)
+    prompt = ns.prompt
+    if not ns.raw:
+        prompt = llm.render_chat([{"role": "user", "content": prompt}]) if llm.tokenizer.chat_template else prompt
+    for piece in llm.stream(prompt, **_sampling(ns)):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_chat(ns) -> int:
+    llm = _load(ns)
+    messages = [{"role": "system", "content": ns.system}] if ns.system else []
+    print("pyruntime chat: an empty line or Ctrl-D ends the conversation.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not line.strip():
+            return 0
+        messages.append({"role": "user", "content": line})
+        # The rendered history starts with the previous turns' tokens, so their KV cache
+        # entries are reused and only the new turn is prefilled.
+        reply = ""
+        for piece in llm.stream(llm.render_chat(messages), **_sampling(ns)):
+            reply += piece
+            print(piece, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": reply})
+
+
+def cmd_convert(ns) -> int:
+    from pyruntime.convert import convert_gguf
+
+    out = convert_gguf(ns.gguf, ns.out_dir)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyruntime", description="Run Llama-family LLMs on pyruntime's kernels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate a completion for a prompt (streamed)")
+    g.add_argument("prompt")
+    g.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
+    _model_args(g)
+    _sampling_args(g)
+    g.set_defaults(func=cmd_generate)
+    c = sub.add_parser("chat", help="interactive chat that reuses the KV cache of earlier turns")
+    c.add_argument("--system", default=None, help="system message")
+    _model_args(c)
+    _sampling_args(c)
+    c.set_defaults(func=cmd_chat)
+    v = sub.add_parser("convert", help="convert a Llama-family GGUF file to a Hugging Face style folder")
+    v.add_argument("gguf")
+    v.add_argument("out_dir")
+    v.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv=None) -> int:
+    ns = build_parser().parse_args(argv)
+    from pyruntime.errors import ModelLoadError
+
+    try:
+        return ns.func(ns)
+    except (ModelLoadError, ValueError) as e:
+        print(f"pyruntime: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
