@@ -1,11 +1,15 @@
 // Shared harness of the C++ benchmark binaries: median latency over repetitions
 // (warm-up excluded), bytes moved -> GB/s, and the fraction of this machine's read
-// bandwidth measured in the same run. Usage of every binary: bench_X [--json FILE] [--quick]
+// bandwidth measured in the same run, plus its float32 FMA rate (the compute ceiling).
+// A case whose data fits in the caches rotates over enough copies of its inputs that
+// every call reads from memory ("ws MB" is the working set over all copies).
+// Usage of every binary: bench_X [--json FILE] [--quick]
 #pragma once
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -27,14 +31,21 @@ namespace bench {
 
 struct Case {
   std::string name;
-  double bytes;                  // bytes that must move between memory and the cores per call
-  std::function<void()> run;
+  double bytes;                     // bytes that must move between memory and the cores per call
+  int copies;                       // input copies the calls rotate over
+  std::function<void(int)> run;     // runs the op on copy i
 };
 
 struct Result {
   std::string name;
-  double median_us, gbps, fraction;
+  double median_us, gbps, fraction, working_set_mb;
 };
+
+// Copies of a case's inputs needed for a working set of at least 128 MiB (beyond any cache).
+inline int copies_for(double bytes) {
+  const double want = 128.0 * (1 << 20);
+  return static_cast<int>(std::min(256.0, std::max(1.0, std::ceil(want / bytes))));
+}
 
 inline double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -83,12 +94,42 @@ inline double measure_read_bandwidth_gbps() {
   return double(n * sizeof(float)) / t / 1e9;
 }
 
+// float32 multiply-adds per second over all threads (16 independent vector chains each).
+inline double measure_fma_gflops() {
+  using pyruntime::VecF;
+  const long iters = 20000000;
+  double total = 0.0;
+  auto body = [&] {
+    double sum = 0.0;
+#pragma omp parallel reduction(+ : sum)
+    {
+      VecF a[12];
+      for (int i = 0; i < 12; ++i) a[i] = VecF::set1(0.001f * i);
+      const VecF b = VecF::set1(0.999f), c = VecF::set1(1e-4f);
+      for (long i = 0; i < iters / VecF::W; ++i)
+        for (int j = 0; j < 12; ++j) a[j] = VecF::fma(a[j], b, c);
+      for (int i = 0; i < 12; ++i) sum += a[i].reduce_sum();
+    }
+    total += sum;
+  };
+  const double t = median_seconds(body, 0.2);
+  return 12.0 * iters * omp_get_max_threads() / t / 1e9;
+}
+
 template <typename T>
 std::vector<T> random_buffer(size_t n, float scale = 1.0f, unsigned seed = 7) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.0f, scale);
   std::vector<T> v(n);
   for (auto& x : v) x = pyruntime::from_float<T>(dist(rng));
+  return v;
+}
+
+// `copies` buffers of n elements each: copy 0 random, the others its duplicates.
+template <typename T>
+std::shared_ptr<std::vector<std::vector<T>>> replicated(size_t n, int copies, float scale = 1.0f,
+                                                        unsigned seed = 7) {
+  auto v = std::make_shared<std::vector<std::vector<T>>>(copies, random_buffer<T>(n, scale, seed));
   return v;
 }
 
@@ -104,15 +145,17 @@ inline int run(const char* binary, std::vector<Case>& cases, int argc, char** ar
     }
   }
   const double bw = measure_read_bandwidth_gbps();
-  std::printf("%s  commit %s  isa %s  threads %d  read bandwidth %.1f GB/s\n", binary,
-              PYRUNTIME_GIT_COMMIT, pyruntime::isa_name(), omp_get_max_threads(), bw);
-  std::printf("%-58s %12s %10s %9s\n", "case", "median us", "GB/s", "of bw");
+  const double fma = measure_fma_gflops();
+  std::printf("%s  commit %s  isa %s  threads %d  read bandwidth %.1f GB/s  fp32 FMA %.1f G/s\n",
+              binary, PYRUNTIME_GIT_COMMIT, pyruntime::isa_name(), omp_get_max_threads(), bw, fma);
+  std::printf("%-56s %8s %11s %9s %7s\n", "case", "ws MB", "median us", "GB/s", "of bw");
   std::vector<Result> results;
   for (auto& c : cases) {
-    const double t = median_seconds(c.run, quick ? 0.05 : 0.5);
-    const double gbps = c.bytes / t / 1e9;
-    results.push_back({c.name, t * 1e6, gbps, gbps / bw});
-    std::printf("%-58s %12.1f %10.1f %8.0f%%\n", c.name.c_str(), t * 1e6, gbps, 100.0 * gbps / bw);
+    int i = 0;
+    const double t = median_seconds([&] { c.run(i++ % c.copies); }, quick ? 0.05 : 0.5);
+    const double gbps = c.bytes / t / 1e9, ws = c.bytes * c.copies / (1 << 20);
+    results.push_back({c.name, t * 1e6, gbps, gbps / bw, ws});
+    std::printf("%-56s %8.0f %11.1f %9.1f %6.0f%%\n", c.name.c_str(), ws, t * 1e6, gbps, 100.0 * gbps / bw);
     std::fflush(stdout);
   }
   if (json_path) {
@@ -122,12 +165,12 @@ inline int run(const char* binary, std::vector<Case>& cases, int argc, char** ar
       return 1;
     }
     std::fprintf(f, "{\"binary\": \"%s\", \"commit\": \"%s\", \"isa\": \"%s\", \"threads\": %d, "
-                 "\"read_bandwidth_gbps\": %.3f, \"results\": [", binary, PYRUNTIME_GIT_COMMIT,
-                 pyruntime::isa_name(), omp_get_max_threads(), bw);
+                 "\"read_bandwidth_gbps\": %.3f, \"fma_gflops\": %.3f, \"results\": [", binary,
+                 PYRUNTIME_GIT_COMMIT, pyruntime::isa_name(), omp_get_max_threads(), bw, fma);
     for (size_t i = 0; i < results.size(); ++i)
-      std::fprintf(f, "%s{\"case\": \"%s\", \"median_us\": %.3f, \"gbps\": %.3f, \"fraction_of_bw\": %.4f}",
-                   i ? ", " : "", results[i].name.c_str(), results[i].median_us, results[i].gbps,
-                   results[i].fraction);
+      std::fprintf(f, "%s{\"case\": \"%s\", \"working_set_mb\": %.1f, \"median_us\": %.3f, "
+                   "\"gbps\": %.3f, \"fraction_of_bw\": %.4f}", i ? ", " : "", results[i].name.c_str(),
+                   results[i].working_set_mb, results[i].median_us, results[i].gbps, results[i].fraction);
     std::fprintf(f, "]}\n");
     std::fclose(f);
   }

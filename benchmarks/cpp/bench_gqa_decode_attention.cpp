@@ -10,18 +10,20 @@ void add_cases(std::vector<bench::Case>& cases, bool quick) {
     for (int32_t s : {512, 2048, 8192, 32768}) {
       if (quick && s > 8192) continue;
       const int64_t hq = m.num_q_heads, hkv = m.num_kv_heads, d = m.head_dim;
+      const double bytes = 2.0 * hkv * s * d * sizeof(T);
+      const int copies = bench::copies_for(bytes);
       auto q = std::make_shared<std::vector<T>>(bench::random_buffer<T>(hq * d));
-      auto kc = std::make_shared<std::vector<T>>(bench::random_buffer<T>(hkv * s * d));
-      auto vc = std::make_shared<std::vector<T>>(bench::random_buffer<T>(hkv * s * d, 1.0f, 3));
+      auto kc = bench::replicated<T>(hkv * s * d, copies);
+      auto vc = bench::replicated<T>(hkv * s * d, copies, 1.0f, 3);
       auto out = std::make_shared<std::vector<T>>(hq * d);
       auto lens = std::make_shared<std::vector<int32_t>>(1, s);
       auto plan = cpu::plan_gqa_decode(lens->data(), 1, hkv);
       auto ws = std::make_shared<std::vector<float>>(cpu::gqa_decode_workspace_floats(plan, 1, hq, d));
-      cases.push_back({std::string("gqa_decode_attention ") + dt + " " + m.name + " S=" + std::to_string(s),
-                       2.0 * hkv * s * d * sizeof(T), [=] {
-                         cpu::gqa_decode_attention(out->data(), q->data(), kc->data(), vc->data(),
-                                                   lens->data(), 1, hq, hkv, s, d,
-                                                   1.0f / std::sqrt(float(d)), plan, ws->data());
+      cases.push_back({std::string("gqa_decode_attention ") + dt + " " + m.name + " S=" + std::to_string(s), bytes,
+                       copies, [=](int i) {
+                         cpu::gqa_decode_attention(out->data(), q->data(), (*kc)[i].data(), (*vc)[i].data(),
+                                                   lens->data(), 1, hq, hkv, s, d, 1.0f / std::sqrt(float(d)), plan,
+                                                   ws->data());
                        }});
     }
 }

@@ -1,4 +1,5 @@
 // rotary_embedding and the fused rope + KV-cache write, decode (1 token) and prefill (2048).
+// In place on one buffer set (a few MB): these figures are cache-warm latencies.
 #include "bench_common.h"
 
 #include <cmath>
@@ -28,13 +29,13 @@ void add_cases(std::vector<bench::Case>& cases) {
       const cpu::HeadsView qv{hq * d, d, hq}, kv{hkv * d, d, hkv};
       const double qk_bytes = 2.0 * tokens * (hq + hkv) * d * sizeof(T);
       cases.push_back({std::string("rotary_embedding ") + dt + " " + m.name + " tokens=" + std::to_string(tokens),
-                       qk_bytes, [=] {
+                       qk_bytes, 1, [=](int) {
                          cpu::rotary_embedding(pos->data(), q->data(), qv, k->data(), kv, tokens, d,
                                                cs->data(), d, true);
                        }});
       cases.push_back({std::string("rotary_embedding_and_cache ") + dt + " " + m.name + " tokens=" +
                            std::to_string(tokens),
-                       qk_bytes + 3.0 * tokens * hkv * d * sizeof(T), [=] {
+                       qk_bytes + 3.0 * tokens * hkv * d * sizeof(T), 1, [=](int) {
                          cpu::rotary_embedding_and_cache(pos->data(), q->data(), qv, k->data(), v->data(),
                                                          kv, kc->data(), vc->data(), 1, tokens, max_pos,
                                                          d, cs->data(), d, true);

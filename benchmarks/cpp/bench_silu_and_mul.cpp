@@ -1,4 +1,4 @@
-// silu_and_mul on decode rows of real models and on a working set beyond the caches.
+// silu_and_mul on decode rows (1) and prefill-sized blocks of rows.
 #include "bench_common.h"
 
 namespace cpu = pyruntime::cpu;
@@ -7,13 +7,16 @@ template <typename T>
 void add_cases(std::vector<bench::Case>& cases) {
   const char* dt = bench::dtype_label(T{});
   for (const auto& m : bench::kModels)
-    for (int64_t rows : {int64_t(1), int64_t(2048)}) {
+    for (int64_t rows : {int64_t(1), int64_t(512)}) {
       const int64_t inter = m.inter;
-      auto x = std::make_shared<std::vector<T>>(bench::random_buffer<T>(rows * 2 * inter));
-      auto out = std::make_shared<std::vector<T>>(rows * inter);
-      cases.push_back({std::string("silu_and_mul ") + dt + " " + m.name + " rows=" + std::to_string(rows),
-                       double(rows) * inter * 3 * sizeof(T),
-                       [=] { cpu::silu_and_mul(out->data(), inter, x->data(), 2 * inter, rows, inter); }});
+      const double bytes = double(rows) * inter * 3 * sizeof(T);
+      const int copies = bench::copies_for(bytes);
+      auto x = bench::replicated<T>(rows * 2 * inter, copies);
+      auto out = bench::replicated<T>(rows * inter, copies);
+      cases.push_back({std::string("silu_and_mul ") + dt + " " + m.name + " rows=" + std::to_string(rows), bytes,
+                       copies, [=](int i) {
+                         cpu::silu_and_mul((*out)[i].data(), inter, (*x)[i].data(), 2 * inter, rows, inter);
+                       }});
     }
 }
 

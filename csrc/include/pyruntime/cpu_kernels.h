@@ -94,6 +94,7 @@ int64_t gated_mlp_workspace_floats(int64_t tokens, int64_t hidden, int64_t inter
 struct DecodePlan {
   int64_t target_items;  // work items wanted per sequence (over all its KV heads)
   int64_t max_splits;    // splits of the sequence that has the most
+  int64_t threads;       // threads the workspace has scratch space for
 };
 DecodePlan plan_gqa_decode(const int32_t* seq_lens, int64_t batch, int64_t num_kv_heads);
 int64_t gqa_decode_workspace_floats(const DecodePlan& plan, int64_t batch, int64_t num_q_heads,

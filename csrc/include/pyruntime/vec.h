@@ -225,6 +225,29 @@ struct VecF {
 
 #endif
 
+// out[j] = acc[j].reduce_sum() for j < 16: sixteen horizontal sums at once.
+inline void reduce_sum16(const VecF* acc, float* out) {
+#if defined(PYRUNTIME_VEC_AVX512)
+  // Pairwise interleave-and-add: 16 vectors of 16 partial sums -> one vector of 16 sums.
+  __m512 b[8], c[4], d[2];
+  for (int k = 0; k < 8; ++k)
+    b[k] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * k].v, acc[2 * k + 1].v),
+                         _mm512_unpackhi_ps(acc[2 * k].v, acc[2 * k + 1].v));
+  for (int k = 0; k < 4; ++k) {
+    __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(b[2 * k]), _mm512_castps_pd(b[2 * k + 1]));
+    __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(b[2 * k]), _mm512_castps_pd(b[2 * k + 1]));
+    c[k] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+  }
+  for (int k = 0; k < 2; ++k)
+    d[k] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * k], c[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(c[2 * k], c[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm512_shuffle_f32x4(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1))));
+#else
+  for (int j = 0; j < 16; ++j) out[j] = acc[j].reduce_sum();
+#endif
+}
+
 // Loads n <= W elements: a full vector when n == W, a masked one otherwise.
 template <typename T> inline VecF load_n(const T* p, int n) {
   return n == VecF::W ? VecF::load(p) : VecF::load_partial(p, n);
