@@ -28,7 +28,7 @@ inline int64_t split_len_for(int64_t len, int64_t num_kv_heads, int64_t target_i
 }
 
 // One split's running state for the G query heads of a KV head, kept in the workspace:
-// acc [G, D], then m [G], l [G], then scratch scores [G, kBlock].
+// acc [G, D], then m [G], l [G], then scratch: scores [G, kBlock] and corrections [G].
 struct SplitRecord {
   float* acc;
   float* m;
@@ -37,7 +37,7 @@ struct SplitRecord {
 };
 
 inline int64_t record_floats(int64_t group, int64_t head_dim) {
-  return group * (head_dim + 2 + kBlock);
+  return group * (head_dim + 3 + kBlock);
 }
 
 inline SplitRecord record_at(float* base, int64_t group, int64_t head_dim) {
@@ -70,6 +70,77 @@ inline const float* block_f32(const T* src, int64_t j0, int nb, float* scratch) 
   return scratch;
 }
 
+// Tiles of query heads handled together: every K or V vector loaded from L1 serves
+// kHeadTile heads, and every q vector kKeyTile keys (loads, not FMAs, bound the loops).
+constexpr int kHeadTile = 4;
+constexpr int kKeyTile = 4;
+
+// scores[h, j] = q[h] . k[j] for the HT heads of a tile and the kBlock keys of a block.
+// \param q      [HT, D] float32 (scaled)
+// \param kb     [kBlock, D] float32
+// \param scores [HT, kBlock], row stride kBlock
+template <int D, int HT>
+inline void score_tile(const float* q, const float* kb, float* scores) {
+  constexpr int NV = D / W;
+  for (int j0 = 0; j0 < kBlock; j0 += kKeyTile) {
+    VecF acc[kHeadTile * kKeyTile];
+    for (auto& a : acc) a = VecF::zero();
+    for (int c = 0; c < NV; ++c) {
+      VecF kv[kKeyTile];
+      for (int jj = 0; jj < kKeyTile; ++jj) kv[jj] = VecF::load(kb + (j0 + jj) * D + c * W);
+      for (int h = 0; h < HT; ++h) {
+        const VecF qv = VecF::load(q + h * D + c * W);
+        for (int jj = 0; jj < kKeyTile; ++jj) acc[h * kKeyTile + jj] = VecF::fma(qv, kv[jj], acc[h * kKeyTile + jj]);
+      }
+    }
+    float sums[kHeadTile * kKeyTile];
+    reduce_sum16(acc, sums);
+    for (int h = 0; h < HT; ++h)
+      for (int jj = 0; jj < kKeyTile; ++jj) scores[h * kBlock + j0 + jj] = sums[h * kKeyTile + jj];
+  }
+}
+
+// acc[h] = acc[h] * corr[h] + sum_j p[h, j] v[j] for the HT heads of a tile.
+// \param acc [HT, D] float32; p [HT, kBlock] (row stride kBlock); corr [HT]; vb [kBlock, D]
+template <int D, int HT>
+inline void accumulate_tile(float* acc, const float* p, const float* corr, const float* vb, int nb) {
+  constexpr int NV = D / W;
+  constexpr int CT = 4;  // vectors of the head dimension per pass
+  for (int c0 = 0; c0 < NV; c0 += CT) {
+    VecF o[HT][CT];
+    for (int h = 0; h < HT; ++h) {
+      const VecF cv = VecF::set1(corr[h]);
+      for (int cc = 0; cc < CT; ++cc)
+        if (c0 + cc < NV) o[h][cc] = VecF::load(acc + h * D + (c0 + cc) * W) * cv;
+    }
+    for (int j = 0; j < nb; ++j) {
+      VecF pv[HT];
+      for (int h = 0; h < HT; ++h) pv[h] = VecF::set1(p[h * kBlock + j]);
+      for (int cc = 0; cc < CT; ++cc) {
+        if (c0 + cc >= NV) break;
+        const VecF v = VecF::load(vb + j * D + (c0 + cc) * W);
+        for (int h = 0; h < HT; ++h) o[h][cc] = VecF::fma(pv[h], v, o[h][cc]);
+      }
+    }
+    for (int h = 0; h < HT; ++h)
+      for (int cc = 0; cc < CT; ++cc)
+        if (c0 + cc < NV) o[h][cc].store(acc + h * D + (c0 + cc) * W);
+  }
+}
+
+// Calls f(std::integral_constant<int, HT>, g0) for each tile of up to kHeadTile heads.
+template <typename F>
+inline void for_head_tiles(int64_t group, F&& f) {
+  int64_t g0 = 0;
+  for (; g0 + kHeadTile <= group; g0 += kHeadTile) f(std::integral_constant<int, kHeadTile>{}, g0);
+  switch (group - g0) {
+    case 3: f(std::integral_constant<int, 3>{}, g0); break;
+    case 2: f(std::integral_constant<int, 2>{}, g0); break;
+    case 1: f(std::integral_constant<int, 1>{}, g0); break;
+    default: break;
+  }
+}
+
 // Attends the G query heads of one KV head to keys [0, len) of k/v. Keys go in blocks of
 // kBlock: each block is converted to float32 once, then read from L1 by every head.
 // \param qf      [G, D] float32, already scaled
@@ -78,53 +149,39 @@ inline const float* block_f32(const T* src, int64_t j0, int nb, float* scratch) 
 template <typename T, int D>
 void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_t len,
                   SplitRecord rec, float* scratch) {
-  constexpr int NV = (D + W - 1) / W;  // vectors per head row
-  constexpr int kTail = D - (NV - 1) * W;
+  static_assert(D % W == 0, "head sizes are multiples of the vector width");
   std::fill(rec.acc, rec.acc + group * D, 0.0f);
   std::fill(rec.m, rec.m + group, kNegInf);
   std::fill(rec.l, rec.l + group, 0.0f);
+  float* corr = rec.scores + group * kBlock;  // [G]
   for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
     prefetch_block<T, D>(k, v, j0 + kPrefetchBlocks * kBlock, len);
     const float* kb = block_f32<T, D>(k, j0, nb, scratch);
     const float* vb = block_f32<T, D>(v, j0, nb, scratch + kBlock * D);
+    for_head_tiles(group, [&](auto ht, int64_t g0) {
+      score_tile<D, decltype(ht)::value>(qf + g0 * D, kb, rec.scores + g0 * kBlock);
+    });
+    // Online softmax: scores become probabilities relative to the running maximum.
     for (int64_t g = 0; g < group; ++g) {
-      // Scores of the block: one accumulator per key, one q vector at a time.
-      const float* qg = qf + g * D;
       float* s = rec.scores + g * kBlock;
-      VecF acc[kBlock];
-      for (auto& a : acc) a = VecF::zero();
-      for (int c = 0; c < NV; ++c) {
-        const int n = c == NV - 1 ? kTail : W;
-        const VecF qv = load_n(qg + c * W, n);
-        for (int j = 0; j < kBlock; ++j) acc[j] = VecF::fma(qv, load_n(kb + j * D + c * W, n), acc[j]);
-      }
-      reduce_sum16(acc, s);
       for (int j = nb; j < kBlock; ++j) s[j] = kNegInf;
-      // Online softmax over the block.
       VecF mx = VecF::set1(kNegInf);
       for (int j = 0; j < kBlock; j += W) mx = VecF::max(mx, VecF::load(s + j));
       const float m_new = std::max(rec.m[g], mx.reduce_max());
-      const float corr = std::exp(rec.m[g] - m_new);
+      corr[g] = std::exp(rec.m[g] - m_new);
       VecF sum = VecF::zero(), mv = VecF::set1(m_new);
       for (int j = 0; j < kBlock; j += W) {
         VecF p = (VecF::load(s + j) - mv).exp();
         p.store(s + j);
         sum = sum + p;
       }
-      rec.l[g] = rec.l[g] * corr + sum.reduce_sum();
+      rec.l[g] = rec.l[g] * corr[g] + sum.reduce_sum();
       rec.m[g] = m_new;
-      // acc = acc * corr + sum_j p_j v_j, the head's accumulator held in registers.
-      float* ag = rec.acc + g * D;
-      VecF o[NV];
-      const VecF cv = VecF::set1(corr);
-      for (int c = 0; c < NV; ++c) o[c] = load_n(ag + c * W, c == NV - 1 ? kTail : W) * cv;
-      for (int j = 0; j < nb; ++j) {
-        const VecF p = VecF::set1(s[j]);
-        for (int c = 0; c < NV; ++c) o[c] = VecF::fma(p, load_n(vb + j * D + c * W, c == NV - 1 ? kTail : W), o[c]);
-      }
-      for (int c = 0; c < NV; ++c) store_n(o[c], ag + c * W, c == NV - 1 ? kTail : W);
     }
+    for_head_tiles(group, [&](auto ht, int64_t g0) {
+      accumulate_tile<D, decltype(ht)::value>(rec.acc + g0 * D, rec.scores + g0 * kBlock, corr + g0, vb, nb);
+    });
   }
 }
 
@@ -203,7 +260,7 @@ int64_t gqa_decode_workspace_floats(const DecodePlan& plan, int64_t batch, int64
                                     int64_t head_dim) {
   // Per KV head: max_splits records of group query heads; as many query heads in all.
   return batch * num_q_heads * head_dim +
-         plan.max_splits * batch * num_q_heads * (head_dim + 2 + kBlock) +
+         plan.max_splits * batch * num_q_heads * (head_dim + 3 + kBlock) +
          plan.threads * 2 * kBlock * head_dim;
 }
 
