@@ -99,15 +99,68 @@ def _config(meta: _Meta, has_output: bool, vocab: int) -> dict:
     return cfg
 
 
+def _spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a sentencepiece vocabulary: every split of a token into two
+    tokens, the merged token's score deciding the order (best first)."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    found = []
+    for token, score in zip(tokens, scores):
+        pairs = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
+        pairs.sort(key=lambda p: (vocab[p[0]], vocab[p[1]]))
+        found += [(score, left, right) for left, right in pairs]
+    found.sort(key=lambda m: (m[0], len(m[1]), len(m[2])), reverse=True)
+    return [(left, right) for _, left, right in found]
+
+
+def _spm_tokenizer(meta: _Meta, tokens):
+    """A sentencepiece (Llama 2 style) vocabulary as a byte-fallback BPE tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    scores = meta.get("tokenizer.ggml.scores", required=True)
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=_spm_merges(tokens, scores),
+                     unk_token=tokens[int(unk)] if unk is not None else None, fuse_unk=True, byte_fallback=True)
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(content=" ", left=1, right=0)])
+    return tok
+
+
 def _tokenizer(meta: _Meta):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, processors
 
     kind = meta.get("tokenizer.ggml.model", required=True)
-    if kind != "gpt2":
-        raise ModelLoadError(f"{meta._path}: GGUF tokenizer model {kind!r} is not supported by convert (supported: gpt2 BPE)")
+    if kind not in ("gpt2", "llama"):
+        raise ModelLoadError(
+            f"{meta._path}: GGUF tokenizer model {kind!r} is not supported by convert (supported: gpt2, llama)"
+        )
     tokens = meta.get("tokenizer.ggml.tokens", required=True)
-    merges = meta.get("tokenizer.ggml.merges", required=True)
     types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    if kind == "llama":
+        tok = _spm_tokenizer(meta, tokens)
+    else:
+        tok = _bpe_tokenizer(meta, tokens)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == _TOKEN_CONTROL])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == _TOKEN_USER_DEFINED])
+    bos_id = meta.get("tokenizer.ggml.bos_token_id")
+    # llama.cpp adds BOS to a sentencepiece vocabulary unless the file says otherwise.
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")) and bos_id is not None
+    steps = [processors.ByteLevel(trim_offsets=False)] if kind == "gpt2" else []
+    if add_bos:
+        bos = tokens[int(bos_id)]
+        steps.append(processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                                   special_tokens=[(bos, int(bos_id))]))
+    if steps:
+        tok.post_processor = steps[0] if len(steps) == 1 else processors.Sequence(steps)
+    return tok, _tokenizer_config(meta, tokens, add_bos)
+
+
+def _bpe_tokenizer(meta: _Meta, tokens):
+    """A byte-level BPE (GPT-2 style) vocabulary with the pre-tokenizer llama.cpp names."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    merges = meta.get("tokenizer.ggml.merges", required=True)
     vocab = {t: i for i, t in enumerate(tokens)}
     bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False, byte_fallback=False)
     tok = Tokenizer(bpe)
@@ -125,20 +178,10 @@ def _tokenizer(meta: _Meta):
     else:
         raise ModelLoadError(f"{meta._path}: GGUF pre-tokenizer {pre!r} is not supported by convert (smollm, llama-bpe, gpt-2)")
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == _TOKEN_CONTROL])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == _TOKEN_USER_DEFINED])
-    bos_id = meta.get("tokenizer.ggml.bos_token_id")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos_id is not None
-    if add_bos:
-        bos = tokens[int(bos_id)]
-        tok.post_processor = processors.Sequence([
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-                                          special_tokens=[(bos, int(bos_id))]),
-        ])
-    else:
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
 
+
+def _tokenizer_config(meta: _Meta, tokens, add_bos: bool) -> dict:
     def name(key):
         v = meta.get(key)
         return tokens[int(v)] if v is not None and 0 <= int(v) < len(tokens) else None
@@ -157,7 +200,7 @@ def _tokenizer(meta: _Meta):
     template = meta.get("tokenizer.chat_template")
     if template:
         tok_cfg["chat_template"] = template
-    return tok, {k: v for k, v in tok_cfg.items() if v is not None}
+    return {k: v for k, v in tok_cfg.items() if v is not None}
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
