@@ -16,7 +16,7 @@ namespace {
 
 constexpr int W = VecF::W;
 constexpr int kBlock = 16;        // keys scored together (a multiple of every W)
-constexpr int kPrefetchBlocks = 2;   // blocks of keys requested ahead of the one in use
+constexpr int kPrefetchBlocks = 4;   // blocks of keys requested ahead of the one in use (float32)
 constexpr int64_t kMinSplit = 128;  // fewer keys per split costs more in the combine than it saves
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -54,20 +54,9 @@ inline void prefetch_block(const T* k, const T* v, int64_t j0, int64_t len) {
   const char* kp = reinterpret_cast<const char*>(k);
   const char* vp = reinterpret_cast<const char*>(v);
   for (int64_t off = j0 * D * static_cast<int64_t>(sizeof(T)); off < end; off += 64) {
-    __builtin_prefetch(kp + off, 0, 3);
-    __builtin_prefetch(vp + off, 0, 3);
+    __builtin_prefetch(kp + off, 0, 2);
+    __builtin_prefetch(vp + off, 0, 2);
   }
-}
-
-// Copies keys [j0, j0 + nb) of src into a float32 block [kBlock, D], zero-filling the rest.
-template <typename T, int D>
-inline const float* block_f32(const T* src, int64_t j0, int nb, float* scratch) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (nb == kBlock) return src + j0 * D;  // already float32 and whole: read in place
-  }
-  detail::convert_to_f32(scratch, src + j0 * D, int64_t(nb) * D);
-  std::fill(scratch + int64_t(nb) * D, scratch + int64_t(kBlock) * D, 0.0f);
-  return scratch;
 }
 
 // Tiles of query heads handled together: every K or V vector loaded from L1 serves
@@ -77,10 +66,10 @@ constexpr int kKeyTile = 4;
 
 // scores[h, j] = q[h] . k[j] for the HT heads of a tile and the kBlock keys of a block.
 // \param q      [HT, D] float32 (scaled)
-// \param kb     [kBlock, D] float32
+// \param kb     [kBlock, D] (float32 or bf16, converted as loaded)
 // \param scores [HT, kBlock], row stride kBlock
-template <int D, int HT>
-inline void score_tile(const float* q, const float* kb, float* scores) {
+template <int D, int HT, typename S>
+inline void score_tile(const float* q, const S* kb, float* scores) {
   constexpr int NV = D / W;
   for (int j0 = 0; j0 < kBlock; j0 += kKeyTile) {
     VecF acc[kHeadTile * kKeyTile];
@@ -102,8 +91,8 @@ inline void score_tile(const float* q, const float* kb, float* scores) {
 
 // acc[h] = acc[h] * corr[h] + sum_j p[h, j] v[j] for the HT heads of a tile.
 // \param acc [HT, D] float32; p [HT, kBlock] (row stride kBlock); corr [HT]; vb [kBlock, D]
-template <int D, int HT>
-inline void accumulate_tile(float* acc, const float* p, const float* corr, const float* vb, int nb) {
+template <int D, int HT, typename S>
+inline void accumulate_tile(float* acc, const float* p, const float* corr, const S* vb, int nb) {
   constexpr int NV = D / W;
   constexpr int CT = 4;  // vectors of the head dimension per pass
   for (int c0 = 0; c0 < NV; c0 += CT) {
@@ -141,8 +130,40 @@ inline void for_head_tiles(int64_t group, F&& f) {
   }
 }
 
-// Attends the G query heads of one KV head to keys [0, len) of k/v. Keys go in blocks of
-// kBlock: each block is converted to float32 once, then read from L1 by every head.
+// One block of keys for every query head of the group: scores, online softmax, values.
+// \param kb, vb [kBlock, D] (rows past nb hold zeros when nb < kBlock)
+template <int D, typename S>
+inline void attend_block(const float* qf, int64_t group, const S* kb, const S* vb, int nb,
+                         SplitRecord rec) {
+  float* corr = rec.scores + group * kBlock;  // [G]
+  for_head_tiles(group, [&](auto ht, int64_t g0) {
+    score_tile<D, decltype(ht)::value>(qf + g0 * D, kb, rec.scores + g0 * kBlock);
+  });
+  // Online softmax: scores become probabilities relative to the running maximum.
+  for (int64_t g = 0; g < group; ++g) {
+    float* s = rec.scores + g * kBlock;
+    for (int j = nb; j < kBlock; ++j) s[j] = kNegInf;
+    VecF mx = VecF::set1(kNegInf);
+    for (int j = 0; j < kBlock; j += W) mx = VecF::max(mx, VecF::load(s + j));
+    const float m_new = std::max(rec.m[g], mx.reduce_max());
+    corr[g] = std::exp(rec.m[g] - m_new);
+    VecF sum = VecF::zero(), mv = VecF::set1(m_new);
+    for (int j = 0; j < kBlock; j += W) {
+      VecF p = (VecF::load(s + j) - mv).exp();
+      p.store(s + j);
+      sum = sum + p;
+    }
+    rec.l[g] = rec.l[g] * corr[g] + sum.reduce_sum();
+    rec.m[g] = m_new;
+  }
+  for_head_tiles(group, [&](auto ht, int64_t g0) {
+    accumulate_tile<D, decltype(ht)::value>(rec.acc + g0 * D, rec.scores + g0 * kBlock, corr + g0, vb, nb);
+  });
+}
+
+// Attends the G query heads of one KV head to keys [0, len) of k/v, a block of kBlock keys
+// at a time: whole blocks are read in place (bf16 converted as loaded, once per head tile),
+// the last partial one through a zero-padded float32 copy.
 // \param qf      [G, D] float32, already scaled
 // \param k       [len, D], v [len, D]
 // \param scratch [2, kBlock, D] float32
@@ -153,35 +174,20 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
   std::fill(rec.acc, rec.acc + group * D, 0.0f);
   std::fill(rec.m, rec.m + group, kNegInf);
   std::fill(rec.l, rec.l + group, 0.0f);
-  float* corr = rec.scores + group * kBlock;  // [G]
   for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
-    prefetch_block<T, D>(k, v, j0 + kPrefetchBlocks * kBlock, len);
-    const float* kb = block_f32<T, D>(k, j0, nb, scratch);
-    const float* vb = block_f32<T, D>(v, j0, nb, scratch + kBlock * D);
-    for_head_tiles(group, [&](auto ht, int64_t g0) {
-      score_tile<D, decltype(ht)::value>(qf + g0 * D, kb, rec.scores + g0 * kBlock);
-    });
-    // Online softmax: scores become probabilities relative to the running maximum.
-    for (int64_t g = 0; g < group; ++g) {
-      float* s = rec.scores + g * kBlock;
-      for (int j = nb; j < kBlock; ++j) s[j] = kNegInf;
-      VecF mx = VecF::set1(kNegInf);
-      for (int j = 0; j < kBlock; j += W) mx = VecF::max(mx, VecF::load(s + j));
-      const float m_new = std::max(rec.m[g], mx.reduce_max());
-      corr[g] = std::exp(rec.m[g] - m_new);
-      VecF sum = VecF::zero(), mv = VecF::set1(m_new);
-      for (int j = 0; j < kBlock; j += W) {
-        VecF p = (VecF::load(s + j) - mv).exp();
-        p.store(s + j);
-        sum = sum + p;
+    if (nb == kBlock) {
+      if constexpr (std::is_same_v<T, float>) prefetch_block<T, D>(k, v, j0 + kPrefetchBlocks * kBlock, len);
+      attend_block<D>(qf, group, k + j0 * D, v + j0 * D, nb, rec);
+    } else {
+      float* kb = scratch;
+      float* vb = scratch + kBlock * D;
+      for (auto [src, dst] : {std::pair{k, kb}, std::pair{v, vb}}) {
+        detail::convert_to_f32(dst, src + j0 * D, int64_t(nb) * D);
+        std::fill(dst + int64_t(nb) * D, dst + int64_t(kBlock) * D, 0.0f);
       }
-      rec.l[g] = rec.l[g] * corr[g] + sum.reduce_sum();
-      rec.m[g] = m_new;
+      attend_block<D>(qf, group, kb, vb, nb, rec);
     }
-    for_head_tiles(group, [&](auto ht, int64_t g0) {
-      accumulate_tile<D, decltype(ht)::value>(rec.acc + g0 * D, rec.scores + g0 * kBlock, corr + g0, vb, nb);
-    });
   }
 }
 
