@@ -61,7 +61,12 @@ class ModelConfig:
             raise ModelLoadError(f"{path}: not a readable JSON file ({e})") from None
         if not isinstance(data, dict):
             raise ModelLoadError(f"{path}: expected a JSON object")
-        return cls.from_dict(data, str(path))
+        try:
+            return cls.from_dict(data, str(path))
+        except ModelLoadError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError) as e:  # a field of an unexpected shape
+            raise ModelLoadError(f"{path}: invalid configuration ({type(e).__name__}: {e})") from None
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
@@ -128,7 +133,7 @@ class ModelConfig:
 
 def _rope_config(d: dict, source: str) -> RopeConfig:
     # transformers 4 writes rope_theta + rope_scaling; transformers 5 writes rope_parameters.
-    params = dict(d.get("rope_parameters") or {})
+    params = d.get("rope_parameters") or {}
     scaling = d.get("rope_scaling") or {}
     if not isinstance(params, dict) or not isinstance(scaling, dict):
         raise ModelLoadError(f"{source}: rope_parameters / rope_scaling must be objects")

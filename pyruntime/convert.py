@@ -203,18 +203,12 @@ def _tokenizer_config(meta: _Meta, tokens, add_bos: bool) -> dict:
     return {k: v for k, v in tok_cfg.items() if v is not None}
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
-    """Writes a Hugging Face style folder for a Llama-family GGUF file; returns out_dir."""
+def _read_gguf(gguf_path: Path, progress: bool):
+    """config, tokenizer, tokenizer config and float32 tensors (Hugging Face names) of a GGUF file."""
     import gguf
     from gguf.quants import dequantize
 
-    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    if not gguf_path.is_file():
-        raise ModelLoadError(f"{gguf_path}: GGUF file not found")
-    try:
-        reader = gguf.GGUFReader(str(gguf_path))
-    except Exception as e:  # gguf raises ValueError, struct errors, numpy errors on bad files
-        raise ModelLoadError(f"{gguf_path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    reader = gguf.GGUFReader(str(gguf_path))
     meta = _Meta(reader, gguf_path)
     names = {t.name for t in reader.tensors}
     tokens = meta.get("tokenizer.ggml.tokens", required=True)
@@ -237,6 +231,21 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Tr
         elif t.name.endswith("attn_k.weight"):
             w = _reverse_permute(w, cfg["num_key_value_heads"])
         tensors[hf] = torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True))
+
+    return cfg, tokenizer, tok_cfg, tensors
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
+    """Writes a Hugging Face style folder for a Llama-family GGUF file; returns out_dir."""
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"{gguf_path}: GGUF file not found")
+    try:
+        cfg, tokenizer, tok_cfg, tensors = _read_gguf(gguf_path, progress)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # a damaged file surfaces as any of numpy's, struct's or gguf's errors
+        raise ModelLoadError(f"{gguf_path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))

@@ -1,5 +1,13 @@
+"""Shared fixtures: the device grid of the kernel tests; the bundled SmolLM2 loaded by pyruntime
+and transformers' own loading of the same GGUF file (the independent reference)."""
+
 import pytest
 import torch
+
+import pyruntime
+from pyruntime import models
+
+MODEL = "smollm2-135m-instruct"
 
 CUDA = torch.cuda.is_available()
 
@@ -11,3 +19,38 @@ def pytest_configure(config):
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA GPU"))])
 def device(request):
     return request.param
+
+
+
+@pytest.fixture(scope="session")
+def llm():
+    return pyruntime.LLM(MODEL, progress=False)
+
+
+@pytest.fixture(scope="session")
+def llm_bf16():
+    return pyruntime.LLM(MODEL, dtype="bfloat16", progress=False)
+
+
+@pytest.fixture(scope="session")
+def gguf_path():
+    return models.bundled_gguf(MODEL)
+
+
+@pytest.fixture(scope="session")
+def hf_model(gguf_path):
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(llm):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(llm.path)
+
+
+@pytest.fixture(scope="session")
+def hf_gguf_tokenizer(gguf_path):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)

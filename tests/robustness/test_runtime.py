@@ -1,0 +1,101 @@
+"""The runtime under concurrent use, interruption, many calls and long contexts."""
+
+import gc
+import resource
+import threading
+
+import pytest
+import torch
+
+
+def chat(llm, text):
+    return llm.render_chat([{"role": "user", "content": text}])
+
+
+def test_two_threads_each_get_their_own_correct_result(llm):
+    prompts = [chat(llm, "What is the capital of France?"), chat(llm, "Name three fruits.")]
+    want = [llm.generate(p, max_new_tokens=16).token_ids for p in prompts]
+    got = [None, None]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                got[i] = llm.generate(prompts[i], max_new_tokens=16).token_ids
+                assert got[i] == want[i]
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and got == want
+
+
+def test_keyboard_interrupt_leaves_llm_usable(llm, monkeypatch):
+    prompt = chat(llm, "Tell me about the moon.")
+    want = llm.generate(prompt, max_new_tokens=12).token_ids
+    real = llm.model.decode
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llm.model, "decode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(prompt, max_new_tokens=12)
+    monkeypatch.setattr(llm.model, "decode", real)
+    again = llm.generate(prompt, max_new_tokens=12)
+    assert again.token_ids == want
+    # The interrupted call left nothing half-written to be reused as a cached prefix.
+    assert again.stats.cached_prompt_tokens in (0, len(llm.tokenizer.encode(prompt)) - 1)
+
+
+def test_abandoned_stream_releases_the_llm(llm):
+    stream = llm.stream(chat(llm, "Count to twenty."), max_new_tokens=30)
+    next(stream)
+    del stream
+    gc.collect()
+    assert len(llm.generate("Hello", max_new_tokens=2).token_ids) == 2
+
+
+def rss_kb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def test_1000_generate_calls_do_not_grow_memory(llm):
+    prompts = ["Hi", "The sky is", "One two three", "Paris is"]
+    llm.generate(prompts[0], max_new_tokens=2)
+    gc.collect()
+    first = rss_kb()
+    for i in range(1000):
+        llm.generate(prompts[i % 4], max_new_tokens=2, temperature=0.7 if i % 2 else 0.0, seed=i)
+    gc.collect()
+    assert rss_kb() <= first * 1.05
+
+
+def test_long_context_stays_finite(llm_bf16):
+    # 4000 prompt tokens through one prefill, then decode to the end of a 4096-token context.
+    ids = (llm_bf16.tokenizer.encode("The history of every river is a story of water and stone. ") * 400)[:4000]
+    logits = llm_bf16.logits(ids)
+    assert torch.isfinite(logits).all()
+    c = llm_bf16.generate(ids, max_new_tokens=96, temperature=1.0, seed=0)
+    assert len(c.token_ids) >= 1
+    assert c.stats.prompt_tokens == 4000
+
+
+def test_large_magnitude_inputs_stay_finite():
+    from pyruntime import ops
+
+    x = torch.randn(4, 576) * 1e4
+    out = ops.rms_norm(x, torch.ones(576))
+    assert torch.isfinite(out).all()
