@@ -1,10 +1,39 @@
 #!/usr/bin/env bash
-# All the tests: the plain C++ library (CMake, CUDA sources compiled when nvcc exists,
-# C++ tests by ctest), then the Python suite (pytest). Run ./setup.sh first.
+# All the tests. Run ./setup.sh first.
+#  1. the plain C++ library (CMake; CUDA sources compiled when nvcc exists), C++ tests by ctest;
+#  2. the same C++ tests, and the kernel/runtime Python tests against an extension built
+#     with AddressSanitizer + UndefinedBehaviorSanitizer (PYRUNTIME_SKIP_SANITIZERS=1 skips);
+#  3. the whole pytest suite on the regular build (extra arguments go to pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > build.log 2>&1 || { cat build.log; exit 1; }
-ninja -C build >> build.log 2>&1 || { tail -50 build.log; exit 1; }
-grep -E "pyruntime: (CPU|CUDA)" build.log || true
+PY=.venv/bin/python
+log=build.log
+: > "$log"
+step() { echo "== $*"; }
+fail() { tail -60 "$log"; exit 1; }
+
+step "C++ library and tests (build/)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >> "$log" 2>&1 || fail
+ninja -C build >> "$log" 2>&1 || fail
+grep -E "pyruntime: (CPU|CUDA)" "$log" || true
 (cd build && ctest --output-on-failure)
-.venv/bin/python -m pytest -q "$@"
+
+if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
+  step "C++ tests under ASan + UBSan (build-asan/)"
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYRUNTIME_SANITIZE=ON \
+    -DPYRUNTIME_CUDA=OFF >> "$log" 2>&1 || fail
+  ninja -C build-asan test_kernels >> "$log" 2>&1 || fail
+  (cd build-asan && ctest --output-on-failure)
+
+  step "Python kernel and runtime tests against an ASan + UBSan extension (build-asan-py/)"
+  PYRUNTIME_SANITIZE=1 MAX_JOBS=${MAX_JOBS:-2} $PY setup.py -q build_ext --build-temp build-asan-py/tmp \
+    --build-lib build-asan-py/lib >> "$log" 2>&1 || fail
+  so=$(ls build-asan-py/lib/pyruntime/_C*.so)
+  LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
+    ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 UBSAN_OPTIONS=halt_on_error=1 \
+    PYRUNTIME_EXTENSION="$so" $PY -m pytest -q -p no:cacheprovider \
+    tests/kernels tests/robustness/test_properties.py tests/runtime/test_generation.py
+fi
+
+step "pytest"
+$PY -m pytest -q "$@"
