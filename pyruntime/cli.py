@@ -72,6 +72,16 @@ def cmd_chat(ns) -> int:
         messages.append({"role": "assistant", "content": reply})
 
 
+def cmd_bench(ns) -> int:
+    from pyruntime.bench import format_report, run_bench, write_json
+
+    report = run_bench(_load(ns), prompt_tokens=ns.prompt_tokens, new_tokens=ns.new_tokens, reps=ns.reps)
+    print(format_report(report))
+    if ns.json:
+        write_json(report, ns.json)
+    return 0
+
+
 def cmd_convert(ns) -> int:
     from pyruntime.convert import convert_gguf
 
@@ -94,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(c)
     _sampling_args(c)
     c.set_defaults(func=cmd_chat)
+    b = sub.add_parser("bench", help="decode latency: TTFT, TPOT p50/p90/p99, tokens/s, MBU")
+    _model_args(b)
+    b.add_argument("--prompt-tokens", type=int, default=128)
+    b.add_argument("--new-tokens", type=int, default=128)
+    b.add_argument("--reps", type=int, default=3)
+    b.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    b.set_defaults(func=cmd_bench)
     v = sub.add_parser("convert", help="convert a Llama-family GGUF file to a Hugging Face style folder")
     v.add_argument("gguf")
     v.add_argument("out_dir")

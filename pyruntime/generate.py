@@ -35,6 +35,7 @@ class Stats:
     ttft_s: float = 0.0  # time to first token
     decode_tokens_per_s: float = 0.0
     total_s: float = 0.0
+    decode_step_s: list[float] = field(default_factory=list)  # wall time of each decode step
 
 
 @dataclass
@@ -138,13 +139,14 @@ class LLM:
 
     def generate(self, prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                 stop: str | list[str] | None = None, logprobs: int | None = None):
+                 stop: str | list[str] | None = None, logprobs: int | None = None, ignore_eos: bool = False):
         """prompt: a string, a list of token ids, or a list of those (generated as one batch,
-        returning a list). Returns a Completion per prompt."""
+        returning a list). Returns a Completion per prompt. ignore_eos=True generates
+        max_new_tokens whatever the model says (for benchmarks)."""
         batch = _is_batch(prompt)
         prompts = [self._prompt_ids(p) for p in (prompt if batch else [prompt])]
         args = self._check_args(prompts, max_new_tokens, stop, logprobs,
-                                SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed))
+                                SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed), ignore_eos)
         with self._lock:
             seqs, stats = None, None
             for seqs, stats in self._run(prompts, *args):
@@ -154,18 +156,18 @@ class LLM:
 
     def stream(self, prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,
-               stop: str | list[str] | None = None) -> Iterator[str]:
+               stop: str | list[str] | None = None, ignore_eos: bool = False) -> Iterator[str]:
         """Yields text pieces as tokens are produced; they join to generate(...).text."""
         if _is_batch(prompt):
             raise ValueError("stream() takes one prompt (a string or a list of token ids)")
         prompts = [self._prompt_ids(prompt)]
         args = self._check_args(prompts, max_new_tokens, stop, None,
-                                SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed))
+                                SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed), ignore_eos)
         return self._stream(prompts, args)
 
     def _stream(self, prompts, args):
         with self._lock:
-            for seqs, _ in self._run(prompts, *args, streaming=True):
+            for seqs, _ in self._run(prompts, *args):
                 piece = seqs[0].pending
                 if piece:
                     yield piece
@@ -222,7 +224,7 @@ class LLM:
             raise ValueError("prompt is empty")
         return ids
 
-    def _check_args(self, prompts, max_new_tokens, stop, logprobs, params):
+    def _check_args(self, prompts, max_new_tokens, stop, logprobs, params, ignore_eos):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
         for p in prompts:
@@ -235,9 +237,12 @@ class LLM:
             raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
         if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= 20):
             raise ValueError(f"logprobs must be an int in [0, 20] or None, got {logprobs!r}")
-        return max_new_tokens, stops, logprobs, params
+        if not isinstance(ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be a bool, got {ignore_eos!r}")
+        eos = () if ignore_eos else self.eos_token_ids
+        return max_new_tokens, stops, logprobs, params, eos
 
-    def _run(self, prompts, max_new_tokens, stops, logprobs, params, streaming=False):
+    def _run(self, prompts, max_new_tokens, stops, logprobs, params, eos):
         """Generates for every prompt; yields (sequences, stats) after each step."""
         t_start = time.perf_counter()
         b = len(prompts)
@@ -263,7 +268,7 @@ class LLM:
                 logits.append(self.model.prefill(torch.tensor(p[start:]), self._cache, row, start))
             stats[0].cached_prompt_tokens = reuse
             t_first = time.perf_counter()
-            self._accept(seqs, torch.stack(logits), max_new_tokens, logprobs)
+            self._accept(seqs, torch.stack(logits), max_new_tokens, logprobs, eos)
             for st in stats:
                 st.ttft_s = t_first - t_start
             yield seqs, stats
@@ -271,7 +276,11 @@ class LLM:
                 tokens = torch.tensor([s.ids[-1] for s in seqs])
                 # A finished sequence re-feeds its last token at the same slot; nobody reads it.
                 positions = torch.tensor([len(s.prompt) + len(s.ids) - 1 for s in seqs])
-                self._accept(seqs, self.model.decode(tokens, positions, self._cache), max_new_tokens, logprobs)
+                t_step = time.perf_counter()
+                self._accept(seqs, self.model.decode(tokens, positions, self._cache), max_new_tokens, logprobs, eos)
+                step_s = time.perf_counter() - t_step
+                for st in stats:
+                    st.decode_step_s.append(step_s)
                 yield seqs, stats
             t_end = time.perf_counter()
             for s, st in zip(seqs, stats):
@@ -286,7 +295,7 @@ class LLM:
             self._cached_ids = []
             raise
 
-    def _accept(self, seqs, logits, max_new_tokens, logprobs):
+    def _accept(self, seqs, logits, max_new_tokens, logprobs, eos):
         """Samples the next token of every unfinished sequence from its logits row."""
         for s, row in zip(seqs, logits):
             s.pending = ""
@@ -296,7 +305,7 @@ class LLM:
             s.ids.append(token)
             if logprobs is not None:
                 s.logprobs.append(self._logprob(row, token, logprobs))
-            if token in self.eos_token_ids:
+            if token in eos:
                 s.finish_reason = "stop"
             else:
                 s.pending = s.text.push(token)

@@ -65,35 +65,6 @@ inline double median_seconds(const std::function<void()>& fn, double min_s) {
   return times[times.size() / 2];
 }
 
-// STREAM-style read of a 1 GiB buffer by all threads: the bandwidth bound of a
-// memory-bound kernel on this machine, measured in the same run as the kernels.
-inline double measure_read_bandwidth_gbps() {
-  const size_t n = (size_t(1) << 30) / sizeof(float);
-  std::unique_ptr<float[]> buf(new float[n]);
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
-  volatile float sink = 0.0f;
-  auto read_all = [&] {
-    float total = 0.0f;
-#pragma omp parallel reduction(+ : total)
-    {
-      using pyruntime::VecF;
-      VecF a0 = VecF::zero(), a1 = VecF::zero(), a2 = VecF::zero(), a3 = VecF::zero();
-#pragma omp for schedule(static)
-      for (size_t i = 0; i < n; i += 4 * VecF::W) {
-        a0 = a0 + VecF::load(buf.get() + i);
-        a1 = a1 + VecF::load(buf.get() + i + VecF::W);
-        a2 = a2 + VecF::load(buf.get() + i + 2 * VecF::W);
-        a3 = a3 + VecF::load(buf.get() + i + 3 * VecF::W);
-      }
-      total += (a0 + a1 + a2 + a3).reduce_sum();
-    }
-    sink = sink + total;
-  };
-  const double t = median_seconds(read_all, 1.0);
-  return double(n * sizeof(float)) / t / 1e9;
-}
-
 // float32 multiply-adds per second over all threads (16 independent vector chains each).
 inline double measure_fma_gflops() {
   using pyruntime::VecF;
@@ -144,7 +115,7 @@ inline int run(const char* binary, std::vector<Case>& cases, int argc, char** ar
       return 2;
     }
   }
-  const double bw = measure_read_bandwidth_gbps();
+  const double bw = pyruntime::cpu::measure_read_bandwidth_gbps();
   const double fma = measure_fma_gflops();
   std::printf("%s  commit %s  isa %s  threads %d  read bandwidth %.1f GB/s  fp32 FMA %.1f G/s\n",
               binary, PYRUNTIME_GIT_COMMIT, pyruntime::isa_name(), omp_get_max_threads(), bw, fma);

@@ -46,6 +46,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #undef PYRUNTIME_HEAD_DIM_ITEM
   }, "head sizes the attention kernels are compiled for");
   m.def("cpu_num_threads", &pyruntime::cpu::num_threads);
+  m.def("measure_read_bandwidth_gbps", &pyruntime::cpu::measure_read_bandwidth_gbps,
+        pybind11::arg("bytes") = int64_t(1) << 30, pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "read bandwidth of this machine now (all kernel threads), GB/s");
   m.def("set_cpu_num_threads", &pyruntime::cpu::set_num_threads, "0 restores the default");
 #ifdef PYRUNTIME_WITH_CUDA
   m.attr("with_cuda") = true;

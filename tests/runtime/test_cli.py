@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ def run(*args, input=None):
     return subprocess.run([sys.executable, "-m", "pyruntime", *args], capture_output=True, text=True, input=input, timeout=600)
 
 
-@pytest.mark.parametrize("cmd", [[], ["generate"], ["chat"], ["convert"]])
+@pytest.mark.parametrize("cmd", [[], ["generate"], ["chat"], ["convert"], ["bench"]])
 def test_help(cmd):
     r = run(*cmd, "--help")
     assert r.returncode == 0 and "usage: pyruntime" in r.stdout
@@ -36,6 +37,28 @@ def test_convert_writes_a_loadable_folder(tmp_path, gguf_path, llm):
         assert (out / f).exists()
     converted = pyruntime.LLM(out, progress=False)
     assert converted.generate("Hello", max_new_tokens=8).token_ids == llm.generate("Hello", max_new_tokens=8).token_ids
+
+
+def test_bench_reports_latency_mbu_and_kv_cache(tmp_path, llm):
+    out = tmp_path / "bench.json"
+    r = run("bench", "--prompt-tokens", "16", "--new-tokens", "8", "--reps", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "TPOT p50/p90/p99" in r.stdout and "MBU" in r.stdout and "KV cache" in r.stdout
+    report = json.loads(out.read_text())
+    assert report["kv_cache_bytes"] == llm.kv_cache_bytes
+    assert report["weight_bytes"] == llm.weight_bytes
+    assert 0 < report["tpot_ms_p50"] <= report["tpot_ms_p90"] <= report["tpot_ms_p99"]
+    assert 0 < report["mbu"] < 2 and report["read_bandwidth_gbps"] > 0
+    want = report["bytes_per_token"] * report["decode_tokens_per_s"] / (report["read_bandwidth_gbps"] * 1e9)
+    assert abs(report["mbu"] - want) < 1e-9
+
+
+def test_ignore_eos_generates_exactly_max_new_tokens(llm):
+    prompt = llm.render_chat([{"role": "user", "content": "Reply with just the word yes."}])
+    assert llm.generate(prompt, max_new_tokens=40).finish_reason == "stop"
+    c = llm.generate(prompt, max_new_tokens=40, ignore_eos=True)
+    assert len(c.token_ids) == 40 and c.finish_reason == "length"
+    assert len(c.stats.decode_step_s) == 39
 
 
 def test_bad_model_is_a_clean_error():

@@ -13,6 +13,10 @@ namespace pyruntime::cpu {
 int num_threads();
 void set_num_threads(int n);
 
+// STREAM-style read of `bytes` bytes by all threads (median of a few passes): the bandwidth
+// a memory-bound kernel can reach on this machine now, in GB/s.
+double measure_read_bandwidth_gbps(int64_t bytes = int64_t(1) << 30);
+
 // out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight
 // \param out    [rows, hidden], row stride out_stride
 // \param x      [rows, hidden], row stride x_stride

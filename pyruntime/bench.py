@@ -1,0 +1,86 @@
+"""`pyruntime bench`: decode latency of one sequence, with the machine's bandwidth measured
+in the same run: TTFT, time per output token p50/p90/p99, tokens/s and model bandwidth
+utilisation (MBU = bytes read per token x tokens/s / measured read bandwidth)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 3) -> dict:
+    """Measures `reps` generations of new_tokens after a prompt of prompt_tokens tokens."""
+    from pyruntime._ext import C
+
+    if prompt_tokens < 1 or new_tokens < 2 or reps < 1:
+        raise ValueError("prompt_tokens >= 1, new_tokens >= 2 and reps >= 1 are needed")
+    if prompt_tokens + new_tokens > llm.max_seq_len:
+        raise ValueError(f"prompt_tokens + new_tokens exceeds max_seq_len {llm.max_seq_len}")
+    text_ids = llm.tokenizer.encode("The history of every river is a story of water, stone and time. ")
+    ids = (text_ids * (prompt_tokens // len(text_ids) + 1))[:prompt_tokens]
+    llm.generate(ids, max_new_tokens=4, ignore_eos=True)  # warm-up
+    runs = []
+    for _ in range(reps):
+        llm.logits(ids[:1])  # replace the cached prefix: every rep prefills the whole prompt
+        runs.append(llm.generate(ids, max_new_tokens=new_tokens, ignore_eos=True).stats)
+    bandwidth = C.measure_read_bandwidth_gbps()
+    steps = [s for st in runs for s in st.decode_step_s]
+    cfg = llm.config
+    elem = torch.finfo(llm.model.dtype).bits // 8
+    kv_per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * elem
+    mean_ctx = prompt_tokens + new_tokens / 2
+    bytes_per_token = llm.weight_bytes + kv_per_pos * mean_ctx
+    tps = statistics.median(st.decode_tokens_per_s for st in runs)
+    return {
+        "model": str(llm.path), "dtype": llm.dtype, "threads": llm.threads, "commit": _commit(),
+        "cpu": platform.processor() or platform.machine(), "isa": C.cpu_isa(),
+        "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "reps": reps,
+        "ttft_ms": statistics.median(st.ttft_s for st in runs) * 1e3,
+        "prefill_tokens_per_s": prompt_tokens / statistics.median(st.ttft_s for st in runs),
+        "tpot_ms_p50": _percentile(steps, 50) * 1e3,
+        "tpot_ms_p90": _percentile(steps, 90) * 1e3,
+        "tpot_ms_p99": _percentile(steps, 99) * 1e3,
+        "decode_tokens_per_s": tps,
+        "weight_bytes": llm.weight_bytes,
+        "kv_cache_bytes": llm.kv_cache_bytes,
+        "bytes_per_token": bytes_per_token,
+        "read_bandwidth_gbps": bandwidth,
+        "mbu": bytes_per_token * tps / (bandwidth * 1e9),
+    }
+
+
+def format_report(r: dict) -> str:
+    return "\n".join([
+        f"pyruntime bench  commit {r['commit']}  {r['cpu']} ({r['isa']})  threads {r['threads']}",
+        f"model {r['model']}  dtype {r['dtype']}",
+        f"weights {r['weight_bytes'] / 1e6:.1f} MB  KV cache {r['kv_cache_bytes'] / 1e6:.1f} MB (allocated for max_seq_len)",
+        f"prompt {r['prompt_tokens']} tokens, {r['new_tokens']} new tokens, median of {r['reps']}",
+        f"TTFT            {r['ttft_ms']:.1f} ms  (prefill {r['prefill_tokens_per_s']:.0f} tokens/s)",
+        f"TPOT p50/p90/p99 {r['tpot_ms_p50']:.2f} / {r['tpot_ms_p90']:.2f} / {r['tpot_ms_p99']:.2f} ms",
+        f"decode          {r['decode_tokens_per_s']:.1f} tokens/s",
+        f"MBU             {100 * r['mbu']:.0f}%  ({r['bytes_per_token'] / 1e6:.0f} MB/token, "
+        f"read bandwidth {r['read_bandwidth_gbps']:.1f} GB/s measured now)",
+    ])
+
+
+def write_json(r: dict, path: str) -> None:
+    Path(path).write_text(json.dumps(r, indent=1))
