@@ -67,7 +67,7 @@ def extension():
 
     sources = [s for s in read_sources() if with_cuda or not s.endswith(".cu")]
     debug = os.environ.get("PYRUNTIME_DEBUG") == "1"
-    cxx = ["-O0" if debug else "-O3", "-g" if debug else "-g0", "-fopenmp", "-std=c++17"]
+    cxx = ["-O0" if debug else "-O3", "-g" if debug else "-g0", "-fopenmp"]  # the C++ standard: torch's
     cxx += ISA_FLAGS[chosen_isa()]
     ldflags = ["-fopenmp"]
     if os.environ.get("PYRUNTIME_SANITIZE") == "1":
@@ -78,7 +78,7 @@ def extension():
         name="pyruntime._C",
         sources=[str(Path("csrc") / s) for s in sources],
         include_dirs=[str(CSRC / "include")],
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]} if with_cuda else {"cxx": cxx},
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]} if with_cuda else {"cxx": cxx},
         extra_link_args=ldflags,
         define_macros=[("PYRUNTIME_WITH_CUDA", "1")] if with_cuda else [],
     )

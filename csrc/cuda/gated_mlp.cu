@@ -26,18 +26,6 @@ __device__ __forceinline__ void warp_row_dots(const T* w, const XT* x, int64_t t
     if (t < tokens) acc[t] = warp_sum(acc[t]);
 }
 
-// y[t, r] = w[r] . x[t]; one warp per row.
-template <typename T>
-__global__ void linear_kernel(float* y, const T* x, const T* w, int64_t tokens, int64_t in,
-                              int64_t out) {
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (r >= out) return;
-  float acc[kMaxTokens];
-  warp_row_dots(w + r * in, x, tokens, in, acc);
-  if ((threadIdx.x & 31) == 0)
-    for (int64_t t = 0; t < tokens; ++t) y[t * out + r] = acc[t];
-}
-
 // act[t, i] = silu(gate_i . x[t]) * (up_i . x[t]); one warp per intermediate index.
 template <typename T>
 __global__ void gate_up_kernel(float* act, const T* x, const T* gate_up, int64_t tokens,
@@ -70,18 +58,6 @@ void check_tokens(int64_t tokens, const char* what) {
 }
 
 }  // namespace
-
-void linear_f32_out(DType dtype, float* y, const void* x, const void* w, int64_t tokens,
-                    int64_t in_f, int64_t out_f, cudaStream_t stream) {
-  check_tokens(tokens, "linear_f32_out");
-  if (tokens == 0 || out_f == 0) return;
-  dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    linear_kernel<T><<<grid_1d(out_f, kWarps), kWarps * 32, 0, stream>>>(
-        y, static_cast<const T*>(x), static_cast<const T*>(w), tokens, in_f, out_f);
-  });
-  check_launch("linear_f32_out");
-}
 
 int64_t gated_mlp_workspace_floats(int64_t tokens, int64_t hidden, int64_t inter) {
   (void)hidden;

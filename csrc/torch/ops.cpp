@@ -99,16 +99,13 @@ T* ptr(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
 }
 
-cpu::HeadsView heads_view(const at::Tensor& t) {
+HeadsView heads_view(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.size(1)};
 }
 
 #ifdef PYRUNTIME_WITH_CUDA
 DType to_dtype(at::ScalarType st) {
   return st == at::kFloat ? DType::Float32 : st == at::kBFloat16 ? DType::BFloat16 : DType::Float16;
-}
-cuda::HeadsView cuda_heads_view(const at::Tensor& t) {
-  return {t.stride(0), t.stride(1), t.size(1)};
 }
 cudaStream_t stream_of(const at::Tensor& t) {
   return at::cuda::getCurrentCUDAStream(t.device().index()).stream();
@@ -219,8 +216,8 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& q, at::Tensor& k,
   if (q.is_cuda()) {
     PYRUNTIME_CUDA_GUARD(q);
     return cuda::rotary_embedding(to_dtype(q.scalar_type()), positions.data_ptr<int64_t>(),
-                                  q.data_ptr(), cuda_heads_view(q), k.data_ptr(),
-                                  cuda_heads_view(k), tokens, head_dim,
+                                  q.data_ptr(), heads_view(q), k.data_ptr(),
+                                  heads_view(k), tokens, head_dim,
                                   cos_sin_cache.data_ptr<float>(), rot_dim, is_neox, stream_of(q));
   }
 #endif
@@ -272,7 +269,7 @@ void rotary_embedding_and_cache(const at::Tensor& positions, at::Tensor& q, at::
     PYRUNTIME_CUDA_GUARD(q);
     return cuda::rotary_embedding_and_cache(
         to_dtype(q.scalar_type()), positions.data_ptr<int64_t>(), q.data_ptr(),
-        cuda_heads_view(q3), k.data_ptr(), v.data_ptr(), cuda_heads_view(k3), k_cache.data_ptr(),
+        heads_view(q3), k.data_ptr(), v.data_ptr(), heads_view(k3), k_cache.data_ptr(),
         v_cache.data_ptr(), batch, tokens, max_seq, head_dim, cos_sin_cache.data_ptr<float>(),
         rot_dim, is_neox, stream_of(q));
   }

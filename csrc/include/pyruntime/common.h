@@ -62,4 +62,11 @@ class InvalidArgument : public std::invalid_argument {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Layout of one [tokens, heads, head_dim] operand whose last dimension is contiguous.
+struct HeadsView {
+  int64_t token_stride;
+  int64_t head_stride;
+  int64_t num_heads;
+};
+
 }  // namespace pyruntime

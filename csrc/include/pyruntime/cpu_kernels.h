@@ -32,12 +32,7 @@ template <typename T>
 void fused_add_rms_norm(T* x, int64_t x_stride, T* residual, int64_t residual_stride,
                         const T* weight, int64_t rows, int64_t hidden, float eps);
 
-// Layout of one [tokens, heads, head_dim] operand whose last dimension is contiguous.
-struct HeadsView {
-  int64_t token_stride;
-  int64_t head_stride;
-  int64_t num_heads;
-};
+using pyruntime::HeadsView;
 
 // In-place rotary embedding of q and k.
 // \param positions     [num_tokens], each in [0, max_pos)

@@ -11,11 +11,7 @@
 
 namespace pyruntime::cuda {
 
-struct HeadsView {
-  int64_t token_stride;
-  int64_t head_stride;
-  int64_t num_heads;
-};
+using pyruntime::HeadsView;
 
 // \param out [rows, hidden] (row stride out_stride), x [rows, hidden] (x_stride), weight [hidden]
 void rms_norm(DType dtype, void* out, int64_t out_stride, const void* x, int64_t x_stride,
@@ -44,11 +40,6 @@ void rotary_embedding_and_cache(DType dtype, const int64_t* positions, void* q, 
 // \param out [rows, inter] (out_stride), x [rows, 2*inter] (x_stride)
 void silu_and_mul(DType dtype, void* out, int64_t out_stride, const void* x, int64_t x_stride,
                   int64_t rows, int64_t inter, cudaStream_t stream);
-
-// y = x W^T for few tokens, W read once. \param y [tokens, out_f] float32;
-// x [tokens, in_f] (dtype); w [out_f, in_f] (dtype)
-void linear_f32_out(DType dtype, float* y, const void* x, const void* w, int64_t tokens,
-                    int64_t in_f, int64_t out_f, cudaStream_t stream);
 
 // out = down(silu(gate x) * up x). \param workspace gated_mlp_workspace_floats floats
 int64_t gated_mlp_workspace_floats(int64_t tokens, int64_t hidden, int64_t inter);

@@ -268,19 +268,4 @@ inline VecF silu(VecF x) {
   return x * reciprocal(one + (VecF::zero() - x).exp());
 }
 
-// Dot product of a storage row with a float32 vector, any length.
-template <typename T> inline float dot_f32(const T* a, const float* x, int64_t n) {
-  VecF acc0 = VecF::zero(), acc1 = VecF::zero();
-  int64_t i = 0;
-  for (; i + 2 * VecF::W <= n; i += 2 * VecF::W) {
-    acc0 = VecF::fma(VecF::load(a + i), VecF::load(x + i), acc0);
-    acc1 = VecF::fma(VecF::load(a + i + VecF::W), VecF::load(x + i + VecF::W), acc1);
-  }
-  for (; i < n; i += VecF::W) {
-    int m = static_cast<int>(n - i < VecF::W ? n - i : VecF::W);
-    acc0 = VecF::fma(load_n(a + i, m), load_n(x + i, m), acc0);
-  }
-  return (acc0 + acc1).reduce_sum();
-}
-
 }  // namespace pyruntime
