@@ -1,6 +1,7 @@
 """The runtime under concurrent use, interruption, many calls and long contexts."""
 
 import gc
+import math
 import resource
 import threading
 
@@ -88,9 +89,10 @@ def test_long_context_stays_finite(llm_bf16):
     ids = (llm_bf16.tokenizer.encode("The history of every river is a story of water and stone. ") * 400)[:4000]
     logits = llm_bf16.logits(ids)
     assert torch.isfinite(logits).all()
-    c = llm_bf16.generate(ids, max_new_tokens=96, temperature=1.0, seed=0)
-    assert len(c.token_ids) >= 1
-    assert c.stats.prompt_tokens == 4000
+    c = llm_bf16.generate(ids, max_new_tokens=96, temperature=1.0, seed=0, ignore_eos=True, logprobs=1)
+    assert c.stats.prompt_tokens == 4000 and len(c.token_ids) == 96
+    # Every step's distribution is finite up to the last of 4096 positions.
+    assert all(math.isfinite(lp.logprob) and math.isfinite(lp.top_logprobs[0][2]) for lp in c.logprobs)
 
 
 def test_large_magnitude_inputs_stay_finite():

@@ -111,6 +111,21 @@ def test_garbage_safetensors(broken):
         load(broken)
 
 
+def test_header_offsets_lie(broken):
+    path = broken / "model.safetensors"
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    name = "model.layers.0.mlp.down_proj.weight"
+    begin, end = header[name]["data_offsets"]
+    header[name]["data_offsets"] = [begin + 10**9, end + 10**9]  # past the end of the file
+    raw = json.dumps(header).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n :])
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        load(broken)
+
+
 def test_tensor_missing(broken):
     edit_tensors(broken, lambda t: t.pop("model.layers.0.mlp.up_proj.weight"))
     with pytest.raises(ModelLoadError, match="model.safetensors.*model.layers.0.mlp.up_proj.weight.*missing"):
