@@ -32,7 +32,8 @@ if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
   LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
     ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 UBSAN_OPTIONS=halt_on_error=1 \
     PYRUNTIME_EXTENSION="$so" $PY -m pytest -q -p no:cacheprovider \
-    tests/kernels tests/robustness/test_properties.py tests/runtime/test_generation.py
+    tests/kernels tests/robustness/test_properties.py tests/runtime/test_generation.py \
+    tests/runtime/test_architectures.py tests/runtime/test_bad_models.py
 fi
 
 step "pytest"
