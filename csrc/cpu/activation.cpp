@@ -12,7 +12,14 @@ void silu_and_mul(T* out, int64_t out_stride, const T* x, int64_t x_stride, int6
     const T* gate = x + r * x_stride;
     const T* up = gate + inter;
     T* o = out + r * out_stride;
-    for (int64_t i = 0; i < inter; i += W) {
+    int64_t i = 0;
+    for (; i + 2 * W <= inter; i += 2 * W) {
+      VecF g0, g1, u0, u1;
+      load2(gate + i, g0, g1);
+      load2(up + i, u0, u1);
+      store2(o + i, silu(g0) * u0, silu(g1) * u1);
+    }
+    for (; i < inter; i += W) {
       int n = static_cast<int>(inter - i < W ? inter - i : W);
       store_n(silu(load_n(gate + i, n)) * load_n(up + i, n), o + i, n);
     }

@@ -52,15 +52,16 @@ struct VecF {
   void store_partial(bf16* p, int n) const {
     _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), to_bf16());
   }
-  // Round to nearest even; NaN stays NaN.
-  __m256i to_bf16() const {
+  // bf16 bits of every lane (round to nearest even; NaN stays NaN) in its low 16 bits.
+  __m512i bf16_bits() const {
     __m512i u = _mm512_castps_si512(v);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
     __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
-    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+    return _mm512_srli_epi32(r, 16);
   }
+  __m256i to_bf16() const { return _mm512_cvtepi32_epi16(bf16_bits()); }
   friend VecF operator+(VecF a, VecF b) { return VecF(_mm512_add_ps(a.v, b.v)); }
   friend VecF operator-(VecF a, VecF b) { return VecF(_mm512_sub_ps(a.v, b.v)); }
   friend VecF operator*(VecF a, VecF b) { return VecF(_mm512_mul_ps(a.v, b.v)); }
@@ -254,6 +255,38 @@ inline void reduce_sum16(const VecF* acc, float* out) {
   for (int j = 0; j < 16; ++j) out[j] = acc[j].reduce_sum();
 #endif
 }
+
+// 2W consecutive elements as two vectors, in an order private to load2/store2 that is the
+// same for every operand: element-wise code over several operands need not restore it, and
+// bf16 is widened with one unpack per vector instead of a widen and a shift.
+inline void load2(const float* p, VecF& a, VecF& b) {
+  a = VecF::load(p);
+  b = VecF::load(p + VecF::W);
+}
+inline void store2(float* p, const VecF& a, const VecF& b) {
+  a.store(p);
+  b.store(p + VecF::W);
+}
+#if defined(PYRUNTIME_VEC_AVX512)
+inline void load2(const bf16* p, VecF& a, VecF& b) {
+  const __m512i x = _mm512_loadu_si512(p);
+  a = VecF(_mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), x)));
+  b = VecF(_mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), x)));
+}
+inline void store2(bf16* p, const VecF& a, const VecF& b) {
+  // Round each half, then pack the bits back in load2's order.
+  _mm512_storeu_si512(p, _mm512_packus_epi32(a.bf16_bits(), b.bf16_bits()));
+}
+#else
+inline void load2(const bf16* p, VecF& a, VecF& b) {
+  a = VecF::load(p);
+  b = VecF::load(p + VecF::W);
+}
+inline void store2(bf16* p, const VecF& a, const VecF& b) {
+  a.store(p);
+  b.store(p + VecF::W);
+}
+#endif
 
 // Loads n <= W elements: a full vector when n == W, a masked one otherwise.
 template <typename T> inline VecF load_n(const T* p, int n) {
