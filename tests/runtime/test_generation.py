@@ -169,3 +169,16 @@ def test_bad_prompts(llm):
         llm.generate(42)
     with pytest.raises(ValueError, match="stream"):
         next(llm.stream(["a", "b"]))
+
+
+def test_chat_turns_reuse_the_kv_cache_of_earlier_turns(llm):
+    # The flow of `pyruntime chat`: the whole history is rendered again each turn, and only
+    # what follows the previous turn's tokens is prefilled.
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    first_prompt = llm.render_chat(messages)
+    first = llm.generate(first_prompt, max_new_tokens=30)
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And of Germany?"}]
+    second = llm.generate(llm.render_chat(messages), max_new_tokens=30)
+    reused = second.stats.cached_prompt_tokens
+    assert reused >= len(llm.tokenizer.encode(first_prompt)) + len(first.token_ids) - 1
+    assert "Berlin" in second.text
