@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All the tests. Run ./setup.sh first.
-#  1. the plain C++ library (CMake; CUDA sources compiled when nvcc exists), C++ tests by ctest;
+#  1. the plain C++ library (CMake; CUDA sources compiled when nvcc exists), C++ tests by ctest,
+#     also of the AVX2 and scalar builds of the kernels;
 #  2. the same C++ tests, and the kernel/runtime Python tests against an extension built
 #     with AddressSanitizer + UndefinedBehaviorSanitizer (PYRUNTIME_SKIP_SANITIZERS=1 skips);
 #  3. the whole pytest suite on the regular build (extra arguments go to pytest).
@@ -17,6 +18,13 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >> "$log" 2>&1 || fail
 ninja -C build >> "$log" 2>&1 || fail
 grep -E "pyruntime: (CPU|CUDA)" "$log" || true
 (cd build && ctest --output-on-failure)
+
+for isa in avx2 scalar; do
+  step "C++ tests of the $isa fallback (build-$isa/)"
+  cmake -S . -B "build-$isa" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPYRUNTIME_ISA=$isa -DPYRUNTIME_CUDA=OFF >> "$log" 2>&1 || fail
+  ninja -C "build-$isa" test_kernels >> "$log" 2>&1 || fail
+  (cd "build-$isa" && ctest --output-on-failure)
+done
 
 if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
   step "C++ tests under ASan + UBSan (build-asan/)"

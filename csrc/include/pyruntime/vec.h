@@ -259,11 +259,13 @@ inline void reduce_sum16(const VecF* acc, float* out) {
 // 2W consecutive elements as two vectors, in an order private to load2/store2 that is the
 // same for every operand: element-wise code over several operands need not restore it, and
 // bf16 is widened with one unpack per vector instead of a widen and a shift.
-inline void load2(const float* p, VecF& a, VecF& b) {
+template <typename T>
+inline void load2(const T* p, VecF& a, VecF& b) {
   a = VecF::load(p);
   b = VecF::load(p + VecF::W);
 }
-inline void store2(float* p, const VecF& a, const VecF& b) {
+template <typename T>
+inline void store2(T* p, const VecF& a, const VecF& b) {
   a.store(p);
   b.store(p + VecF::W);
 }
@@ -276,15 +278,6 @@ inline void load2(const bf16* p, VecF& a, VecF& b) {
 inline void store2(bf16* p, const VecF& a, const VecF& b) {
   // Round each half, then pack the bits back in load2's order.
   _mm512_storeu_si512(p, _mm512_packus_epi32(a.bf16_bits(), b.bf16_bits()));
-}
-#else
-inline void load2(const bf16* p, VecF& a, VecF& b) {
-  a = VecF::load(p);
-  b = VecF::load(p + VecF::W);
-}
-inline void store2(bf16* p, const VecF& a, const VecF& b) {
-  a.store(p);
-  b.store(p + VecF::W);
 }
 #endif
 
