@@ -59,22 +59,20 @@ class _TensorSource:
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-                if not isinstance(weight_map, dict):
-                    raise TypeError("weight_map is not an object")
+                if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                    raise TypeError("weight_map is not an object of file names")
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ModelLoadError(f"{index}: not a valid safetensors index ({e})") from None
-            files = {name: folder / fname for name, fname in weight_map.items()}
+            shards = [folder / f for f in sorted(set(weight_map.values()))]
+            self._source = index  # what a missing tensor's message names
         else:
-            single = folder / "model.safetensors"
-            if not single.exists():
+            shards = [folder / "model.safetensors"]
+            if not shards[0].exists():
                 raise ModelLoadError(f"{folder}: no model.safetensors or model.safetensors.index.json")
-            files = None
-            self._files = {single: None}
-        if files is not None:
-            self._files = {f: None for f in sorted(set(files.values()))}
+            self._source = shards[0]
         self._handles = {}
         self._where = {}
-        for f in self._files:
+        for f in shards:
             if not f.exists():
                 raise ModelLoadError(f"{f}: safetensors shard not found")
             try:
@@ -92,7 +90,7 @@ class _TensorSource:
     def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         f = self._where.get(name)
         if f is None:
-            raise ModelLoadError(f"{next(iter(self._files))}: tensor {name!r} is missing")
+            raise ModelLoadError(f"{self._source}: tensor {name!r} is missing")
         try:
             t = self._handles[f].get_tensor(name)
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:

@@ -62,7 +62,12 @@ def test_abandoned_stream_releases_the_llm(llm):
     next(stream)
     del stream
     gc.collect()
-    assert len(llm.generate("Hello", max_new_tokens=2).token_ids) == 2
+    # A lock left held by the abandoned stream would make this call hang: run it with a deadline.
+    result = []
+    worker = threading.Thread(target=lambda: result.append(llm.generate("Hello", max_new_tokens=2)), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive() and len(result[0].token_ids) == 2
 
 
 def rss_kb():

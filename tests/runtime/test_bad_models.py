@@ -170,3 +170,10 @@ def test_gguf_not_a_gguf(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 20)
     with pytest.raises(ModelLoadError, match="x.gguf"):
         convert_gguf(bad, tmp_path / "out")
+
+
+@pytest.mark.parametrize("weight_map", [[], {"model.norm.weight": 3}, {"model.norm.weight": "missing.safetensors"}])
+def test_bad_sharded_index(broken, weight_map):
+    (broken / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ModelLoadError, match="index.json|missing.safetensors"):
+        load(broken)
