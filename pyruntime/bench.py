@@ -45,7 +45,7 @@ def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 
     bandwidth = C.measure_read_bandwidth_gbps()
     steps = [s for st in runs for s in st.decode_step_s]
     cfg = llm.config
-    elem = torch.finfo(llm.model.dtype).bits // 8
+    elem = torch.finfo(llm.kv_dtype).bits // 8
     kv_per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * elem
     mean_ctx = prompt_tokens + new_tokens / 2
     bytes_per_token = llm.weight_bytes + kv_per_pos * mean_ctx

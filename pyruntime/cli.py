@@ -11,7 +11,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 def _model_args(p):
     p.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"model folder, .gguf file or bundled model name (default: {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--max-seq-len", type=int, default=None)
 

@@ -16,6 +16,7 @@ import torch
 from pyruntime import _ext, models
 from pyruntime.config import ModelConfig
 from pyruntime.detokenize import TextStream
+from pyruntime.engine import PRECISIONS
 from pyruntime.errors import ModelLoadError
 from pyruntime.kv_cache import KVCache
 from pyruntime.model import Transformer, check_supported
@@ -23,7 +24,6 @@ from pyruntime.sampling import Sampler, SamplingParams
 from pyruntime.tokenizer import Tokenizer
 from pyruntime.weights import load_weights
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEFAULT_MAX_SEQ_LEN = 4096
 
 
@@ -86,8 +86,10 @@ def _physical_cores() -> int:
 class LLM:
     def __init__(self, model: str | Path, dtype: str = "float32", max_seq_len: int | None = None,
                  threads: int | None = None, device: str = "cpu", progress: bool = True):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype not in PRECISIONS:
+            raise ValueError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
+        if dtype == "int8" and device != "cpu":
+            raise ValueError("dtype='int8' runs on the CPU engine only; use device='cpu'")
         if device != "cpu":
             if device != "cuda":
                 raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -117,11 +119,11 @@ class LLM:
                 f"max_seq_len {self.max_seq_len} exceeds the model's sliding_window {self.config.sliding_window}, "
                 "which this runtime does not implement; pass max_seq_len <= sliding_window"
             )
-        weights = load_weights(self.path, self.config, DTYPES[dtype], progress=progress)
+        weights = load_weights(self.path, self.config, PRECISIONS[dtype].load, progress=progress)
         if device == "cuda":
             weights = _to_device(weights, device)
-        self.weights = weights
-        self.model = Transformer(self.config, weights, self.max_seq_len)
+        self.model = Transformer(self.config, weights, self.max_seq_len, dtype, self.threads)
+        del weights  # int8: the float32 copy goes; the engine keeps the quantised one
         self._lock = threading.Lock()
         self._cache = self._new_cache(1)
         self._cached_ids: list[int] = []  # tokens whose K/V are in row 0 of the cache
@@ -131,11 +133,16 @@ class LLM:
     def kv_cache_bytes(self) -> int:
         """Bytes of the KV cache for one sequence: 2 x layers x Hkv x D x max_seq_len x bytes."""
         c = self.config
-        return KVCache.bytes_for(c.num_layers, 1, c.num_kv_heads, self.max_seq_len, c.head_dim, DTYPES[self.dtype])
+        return KVCache.bytes_for(c.num_layers, 1, c.num_kv_heads, self.max_seq_len, c.head_dim, self.kv_dtype)
 
     @property
     def weight_bytes(self) -> int:
-        return self.weights.nbytes()
+        """Bytes of weights the model reads per token (int8: values and scales)."""
+        return self.model.weight_bytes
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        return PRECISIONS[self.dtype].kv
 
     def generate(self, prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,
@@ -207,7 +214,7 @@ class LLM:
 
     def _new_cache(self, rows: int) -> KVCache:
         c = self.config
-        return KVCache(c.num_layers, rows, c.num_kv_heads, self.max_seq_len, c.head_dim, DTYPES[self.dtype], self.device)
+        return KVCache(c.num_layers, rows, c.num_kv_heads, self.max_seq_len, c.head_dim, self.kv_dtype, self.device)
 
     def _prompt_ids(self, prompt) -> list[int]:
         if isinstance(prompt, str):

@@ -1,5 +1,6 @@
-"""The decoder's forward pass on the compiled ops: prefill of one sequence's prompt chunk,
-and one decode step for a batch of sequences. Weights as in weights.py."""
+"""The decoder's forward pass: prefill of one sequence's prompt chunk, and one decode step
+for a batch of sequences. On the CPU both run in the compiled engine (engine.py), one C++
+call per chunk or step; on CUDA the layers are sequenced here from the compiled ops."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from pyruntime import ops
 from pyruntime._ext import C
 from pyruntime.config import ModelConfig, cos_sin_cache
+from pyruntime.engine import CpuEngine
 from pyruntime.errors import ModelLoadError
 from pyruntime.kv_cache import KVCache
 from pyruntime.weights import ModelWeights
@@ -27,13 +29,21 @@ def check_supported(cfg: ModelConfig, source) -> None:
 
 
 class Transformer:
-    def __init__(self, cfg: ModelConfig, weights: ModelWeights, max_seq_len: int):
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, max_seq_len: int, dtype: str = "float32",
+                 threads: int = 0):
         self.cfg = cfg
-        self.w = weights
-        self.dtype = weights.embed.dtype
         self.device = weights.embed.device
-        self.cos_sin = cos_sin_cache(cfg.rope, cfg.rotary_dim, max_seq_len).to(self.device)
+        cos_sin = cos_sin_cache(cfg.rope, cfg.rotary_dim, max_seq_len)
         self.scale = cfg.head_dim**-0.5
+        if self.device.type == "cpu":
+            self.engine = CpuEngine(cfg, weights, cos_sin, dtype, max_seq_len, threads)
+            self.w = None  # the engine holds what it needs (int8: only the quantised weights)
+            self.weight_bytes = self.engine.nbytes()
+        else:
+            self.engine = None
+            self.w = weights
+            self.weight_bytes = weights.nbytes()
+            self.cos_sin = cos_sin.to(self.device)
 
     def _attention_inputs(self, layer, x):
         """x [T, H] -> q [T, Hq, D], k, v [T, Hkv, D] views of one fused projection."""
@@ -77,6 +87,8 @@ class Transformer:
         positions < start_pos already). Returns float32 logits [V] of the last token, or
         [T, V] of every token with all_logits."""
         t = tokens.shape[0]
+        if self.engine is not None:
+            return self._engine_prefill(tokens, cache, row, start_pos, all_logits)
         positions = torch.arange(start_pos, start_pos + t, device=self.device).view(1, t)
 
         def attend(i, q, k, v):
@@ -94,11 +106,32 @@ class Transformer:
         """One step for sequences 0..B-1 of the cache: tokens int64 [B] at positions int64 [B].
         Returns float32 logits [B, V]."""
         b = tokens.shape[0]
+        if self.engine is not None:
+            n = self.engine.max_tokens
+            out = [self.engine.forward(tokens[g0 : g0 + n], positions[g0 : g0 + n],
+                                       torch.arange(g0, min(b, g0 + n)), cache.k, cache.v, 0)
+                   for g0 in range(0, b, n)]
+            return torch.cat(out) if len(out) > 1 else out[0]
         out = []
         for g0 in range(0, b, DECODE_GROUP):
             g1 = min(b, g0 + DECODE_GROUP)
             out.append(self._decode_group(tokens[g0:g1], positions[g0:g1], cache, g0, g1))
         return torch.cat(out) if len(out) > 1 else out[0]
+
+    def _engine_prefill(self, tokens, cache, row, start_pos, all_logits):
+        t, n = tokens.shape[0], self.engine.max_tokens
+        rows = torch.full((min(t, n),), row, dtype=torch.int64)
+        out = []
+        for c0 in range(0, t, n):
+            c1 = min(t, c0 + n)
+            positions = torch.arange(start_pos + c0, start_pos + c1)
+            # Logits of every token, or of the prompt's last one: earlier chunks only fill the cache.
+            first = 0 if all_logits else (c1 - c0 - 1 if c1 == t else c1 - c0)
+            logits = self.engine.forward(tokens[c0:c1], positions, rows[: c1 - c0], cache.k, cache.v, first)
+            if logits.shape[0]:
+                out.append(logits)
+        logits = torch.cat(out) if len(out) > 1 else out[0]
+        return logits if all_logits else logits[0]
 
     def _decode_group(self, tokens, positions, cache, r0, r1):
         n = r1 - r0

@@ -5,6 +5,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "attention_internal.h"
 #include "linear_internal.h"
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/dispatch.h"
@@ -183,7 +184,7 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
       float* kb = scratch;
       float* vb = scratch + kBlock * D;
       for (auto [src, dst] : {std::pair{k, kb}, std::pair{v, vb}}) {
-        detail::convert_to_f32(dst, src + j0 * D, int64_t(nb) * D);
+        detail::convert(dst, src + j0 * D, int64_t(nb) * D);
         std::fill(dst + int64_t(nb) * D, dst + int64_t(kBlock) * D, 0.0f);
       }
       attend_block<D>(qf, group, kb, vb, nb, rec);
@@ -191,23 +192,24 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
   }
 }
 
-template <typename T, int D>
-void decode_attention_impl(T* out, const T* q, const T* k_cache, const T* v_cache,
-                           const int32_t* seq_lens, int64_t batch, int64_t num_q_heads,
-                           int64_t num_kv_heads, int64_t max_seq, float scale,
-                           const DecodePlan& plan, float* workspace) {
+// Every thread of the enclosing parallel region calls this (orphaned worksharing loops).
+template <typename TQ, typename TC, int D>
+void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_cache,
+                           const TC* v_cache, const int64_t* cache_rows, const int32_t* seq_lens,
+                           int64_t batch, int64_t num_q_heads, int64_t num_kv_heads,
+                           int64_t max_seq, float scale, const DecodePlan& plan,
+                           float* workspace) {
   const int64_t group = num_q_heads / num_kv_heads;
   const int64_t rec_floats = record_floats(group, D);
   float* qf = workspace;  // [batch, num_q_heads, D]
   float* records = qf + batch * num_q_heads * D;  // [batch, num_kv_heads, max_splits, record]
   const int64_t splits = plan.max_splits;
   float* scratch_base = records + batch * num_kv_heads * splits * rec_floats;  // [threads, 2, kBlock, D]
-#pragma omp parallel num_threads(static_cast<int>(plan.threads))
   {
     float* scratch = scratch_base + omp_get_thread_num() * 2 * kBlock * D;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < batch * num_q_heads; ++i) {
-      detail::convert_to_f32(qf + i * D, q + i * D, D);
+      detail::convert(qf + i * D, q + (i / num_q_heads) * q_stride + (i % num_q_heads) * D, D);
       for (int d = 0; d < D; ++d) qf[i * D + d] *= scale;
     }
 #pragma omp for collapse(3) schedule(dynamic, 1)
@@ -218,9 +220,10 @@ void decode_attention_impl(T* out, const T* q, const T* k_cache, const T* v_cach
           const int64_t begin = s * split_len;
           const int64_t end = std::min<int64_t>(seq_lens[b], begin + split_len);
           if (begin >= end) continue;
-          const int64_t kv_off = ((b * num_kv_heads + h) * max_seq + begin) * D;
+          const int64_t row = cache_rows ? cache_rows[b] : b;
+          const int64_t kv_off = ((row * num_kv_heads + h) * max_seq + begin) * D;
           float* rec = records + ((b * num_kv_heads + h) * splits + s) * rec_floats;
-          attend_split<T, D>(qf + (b * num_q_heads + h * group) * D, group, k_cache + kv_off,
+          attend_split<TC, D>(qf + (b * num_q_heads + h * group) * D, group, k_cache + kv_off,
                              v_cache + kv_off, end - begin, record_at(rec, group, D), scratch);
         }
     // Exact combine of the splits: rescale each by exp(m_s - max m) and normalise.
@@ -270,16 +273,18 @@ int64_t gqa_decode_workspace_floats(const DecodePlan& plan, int64_t batch, int64
          plan.threads * 2 * kBlock * head_dim;
 }
 
-template <typename T>
-void gqa_decode_attention(T* out, const T* q, const T* k_cache, const T* v_cache,
-                          const int32_t* seq_lens, int64_t batch, int64_t num_q_heads,
-                          int64_t num_kv_heads, int64_t max_seq, int64_t head_dim, float scale,
-                          const DecodePlan& plan, float* workspace) {
+template <typename TQ, typename TC>
+void detail::gqa_decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_cache,
+                               const TC* v_cache, const int64_t* cache_rows,
+                               const int32_t* seq_lens, int64_t batch, int64_t num_q_heads,
+                               int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
+                               float scale, const DecodePlan& plan, float* workspace) {
   switch (head_dim) {
-#define PYRUNTIME_HEAD_DIM_CASE(D)                                                            \
-  case D:                                                                                     \
-    return decode_attention_impl<T, D>(out, q, k_cache, v_cache, seq_lens, batch, num_q_heads, \
-                                       num_kv_heads, max_seq, scale, plan, workspace);
+#define PYRUNTIME_HEAD_DIM_CASE(D)                                                         \
+  case D:                                                                                  \
+    return decode_attention_team<TQ, TC, D>(out, q, q_stride, k_cache, v_cache, cache_rows, \
+                                            seq_lens, batch, num_q_heads, num_kv_heads,     \
+                                            max_seq, scale, plan, workspace);
     PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_CASE)
 #undef PYRUNTIME_HEAD_DIM_CASE
     default:
@@ -288,11 +293,35 @@ void gqa_decode_attention(T* out, const T* q, const T* k_cache, const T* v_cache
   }
 }
 
+template <typename T>
+void gqa_decode_attention(T* out, const T* q, const T* k_cache, const T* v_cache,
+                          const int32_t* seq_lens, int64_t batch, int64_t num_q_heads,
+                          int64_t num_kv_heads, int64_t max_seq, int64_t head_dim, float scale,
+                          const DecodePlan& plan, float* workspace) {
+  if (!is_supported_head_dim(head_dim))
+    throw InvalidArgument("gqa_decode_attention: unsupported head size " +
+                          std::to_string(head_dim) + " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
+#pragma omp parallel num_threads(static_cast<int>(plan.threads))
+  detail::gqa_decode_attention_team<T, T>(out, q, num_q_heads * head_dim, k_cache, v_cache, nullptr,
+                                  seq_lens, batch, num_q_heads, num_kv_heads, max_seq, head_dim,
+                                  scale, plan, workspace);
+}
+
 template void gqa_decode_attention<float>(float*, const float*, const float*, const float*,
                                           const int32_t*, int64_t, int64_t, int64_t, int64_t,
                                           int64_t, float, const DecodePlan&, float*);
 template void gqa_decode_attention<bf16>(bf16*, const bf16*, const bf16*, const bf16*,
                                          const int32_t*, int64_t, int64_t, int64_t, int64_t,
                                          int64_t, float, const DecodePlan&, float*);
+
+#define PYRUNTIME_INSTANTIATE_TEAM(TQ, TC)                                                  \
+  template void detail::gqa_decode_attention_team<TQ, TC>(TQ*, const TQ*, int64_t, const TC*, const TC*, \
+                                                  const int64_t*, const int32_t*, int64_t,      \
+                                                  int64_t, int64_t, int64_t, int64_t, float,    \
+                                                  const DecodePlan&, float*);
+PYRUNTIME_INSTANTIATE_TEAM(float, float)
+PYRUNTIME_INSTANTIATE_TEAM(bf16, bf16)
+PYRUNTIME_INSTANTIATE_TEAM(float, bf16)
+#undef PYRUNTIME_INSTANTIATE_TEAM
 
 }  // namespace pyruntime::cpu

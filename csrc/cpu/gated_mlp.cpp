@@ -24,14 +24,15 @@ void linear(T* y, const T* x, const T* w, int64_t tokens, int64_t in_features,
             int64_t out_features, float* workspace) {
   float* xf = workspace;                       // [tokens, in_features]
   float* yf = workspace + tokens * in_features;  // [tokens, out_features]
-  detail::convert_to_f32(xf, x, tokens * in_features);
+  detail::convert(xf, x, tokens * in_features);
 #pragma omp parallel if (out_features * in_features > 65536)
   {
     const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
     // Row blocks a multiple of the vector width so the store below stays in bounds.
     const int64_t per = ceil_div(ceil_div(out_features, nt), W) * W;
     const int64_t r0 = std::min(out_features, tid * per), r1 = std::min(out_features, r0 + per);
-    detail::linear_rows(yf, out_features, xf, in_features, w, in_features, tokens, in_features, r0, r1);
+    detail::linear_rows(yf, out_features, xf, in_features, detail::DenseRows<T>{w, in_features}, tokens,
+                        in_features, r0, r1);
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t r = r0; r < r1; r += W) {
         const int n = static_cast<int>(std::min<int64_t>(W, r1 - r));
@@ -51,7 +52,7 @@ template <typename T>
 void gated_mlp(T* out, const T* x, const T* gate_up, const T* down, int64_t tokens,
                int64_t hidden, int64_t inter, float* workspace) {
   float* xf = workspace;
-  detail::convert_to_f32(xf, x, tokens * hidden);
+  detail::convert(xf, x, tokens * hidden);
   float* act_base = xf + tokens * hidden;
   float* partial_base = act_base + 2 * tokens * (inter + omp_get_max_threads() * W);
 #pragma omp parallel
@@ -64,10 +65,9 @@ void gated_mlp(T* out, const T* x, const T* gate_up, const T* down, int64_t toke
     float* up = gate + tokens * chunk;                  // [tokens, chunk]
     float* partial = partial_base + tid * tokens * hidden;  // [tokens, hidden]
     if (len > 0) {
-      detail::linear_rows(gate, chunk, xf, hidden, gate_up + i0 * hidden, hidden, tokens, hidden,
-                          0, len);
-      detail::linear_rows(up, chunk, xf, hidden, gate_up + (inter + i0) * hidden, hidden, tokens,
-                          hidden, 0, len);
+      const detail::DenseRows<T> rows{gate_up, hidden};
+      detail::linear_rows(gate, chunk, xf, hidden, rows.from(i0), tokens, hidden, 0, len);
+      detail::linear_rows(up, chunk, xf, hidden, rows.from(inter + i0), tokens, hidden, 0, len);
       for (int64_t t = 0; t < tokens; ++t) {
         float* g = gate + t * chunk;
         const float* u = up + t * chunk;
@@ -77,7 +77,8 @@ void gated_mlp(T* out, const T* x, const T* gate_up, const T* down, int64_t toke
         }
       }
       // This thread's slice of the intermediate times the matching columns of down.
-      detail::linear_rows(partial, hidden, gate, chunk, down + i0, inter, tokens, len, 0, hidden);
+      detail::linear_rows(partial, hidden, gate, chunk, detail::DenseRows<T>{down + i0, inter}, tokens,
+                          len, 0, hidden);
     } else {
       std::fill(partial, partial + tokens * hidden, 0.0f);
     }

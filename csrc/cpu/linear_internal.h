@@ -1,15 +1,43 @@
-// Row-parallel pieces of matrix-vector products shared by the CPU kernels.
+// Row-parallel pieces of matrix-vector products shared by the CPU kernels and the engine.
 #pragma once
+
+#include <type_traits>
 
 #include "pyruntime/vec.h"
 
 namespace pyruntime::cpu::detail {
 
+// Rows of a dense weight matrix [*, in] (float32 or bfloat16) with row stride `stride`.
+template <typename T>
+struct DenseRows {
+  const T* w;
+  int64_t stride;
+  DenseRows from(int64_t r) const { return {w + r * stride, stride}; }
+  VecF load(int64_t r, int64_t i, int n) const { return load_n(w + r * stride + i, n); }
+};
+
+// Rows of an int8 weight matrix [*, in] with one float32 scale per group of
+// (1 << group_shift) columns: weight = q * scale. Groups are whole vectors, so there are
+// no partial loads.
+struct Q8Rows {
+  const int8_t* w;
+  const float* scales;  // [*, in >> group_shift]
+  int64_t stride, scale_stride;
+  int group_shift;
+  Q8Rows from(int64_t r) const {
+    return {w + r * stride, scales + r * scale_stride, stride, scale_stride, group_shift};
+  }
+  VecF load(int64_t r, int64_t i, int) const {
+    return VecF::load(w + r * stride + i) * VecF::set1(scales[r * scale_stride + (i >> group_shift)]);
+  }
+};
+
 // A tile of R weight rows times NT tokens: every weight vector loaded serves NT tokens and
-// every x vector R rows (the loads, not the FMAs, bound this loop).
-template <int R, int NT, typename T>
-inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_stride, const T* w,
-                        int64_t w_stride, int64_t in) {
+// every x vector R rows (the loads, not the FMAs, bound this loop). With Accumulate the
+// sums are added to y instead of stored.
+template <int R, int NT, bool Accumulate, typename Rows>
+inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
+                        int64_t in) {
   constexpr int W = VecF::W;
   static_assert(R * NT <= 16, "at most 16 accumulators");
   VecF acc[16];
@@ -19,7 +47,7 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
     VecF xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = load_n(x + t * x_stride + i, n);
     for (int r = 0; r < R; ++r) {
-      const VecF wv = load_n(w + r * w_stride + i, n);
+      const VecF wv = w.load(r, i, n);
       for (int t = 0; t < NT; ++t) acc[r * NT + t] = VecF::fma(wv, xv[t], acc[r * NT + t]);
     }
   }
@@ -27,44 +55,50 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
   float sums[16];
   reduce_sum16(acc, sums);
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < NT; ++t) y[t * y_stride + r] = sums[r * NT + t];
+    for (int t = 0; t < NT; ++t) {
+      float& out = y[t * y_stride + r];
+      out = Accumulate ? out + sums[r * NT + t] : sums[r * NT + t];
+    }
 }
 
-template <int NT, typename T>
-inline void linear_rows_nt(float* y, int64_t y_stride, const float* x, int64_t x_stride, const T* w,
-                           int64_t w_stride, int64_t in, int64_t row_begin, int64_t row_end) {
-  constexpr int R = 4;
-  int64_t r = row_begin;
-  for (; r + R <= row_end; r += R)
-    linear_tile<R, NT>(y + r, y_stride, x, x_stride, w + r * w_stride, w_stride, in);
-  for (; r < row_end; ++r) linear_tile<1, NT>(y + r, y_stride, x, x_stride, w + r * w_stride, w_stride, in);
+// R rows [r, r + R) times every token, four tokens at a time: the rows stay in L1 while
+// the tokens stream past (a prefill chunk reads each weight once).
+template <int R, bool Accumulate, typename Rows>
+inline void linear_row_block(float* y, int64_t y_stride, const float* x, int64_t x_stride,
+                             const Rows& w, int64_t tokens, int64_t in) {
+  int64_t t0 = 0;
+  for (; t0 + 4 <= tokens; t0 += 4)
+    linear_tile<R, 4, Accumulate>(y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in);
+  float* yt = y + t0 * y_stride;
+  const float* xt = x + t0 * x_stride;
+  switch (tokens - t0) {
+    case 3: linear_tile<R, 3, Accumulate>(yt, y_stride, xt, x_stride, w, in); break;
+    case 2: linear_tile<R, 2, Accumulate>(yt, y_stride, xt, x_stride, w, in); break;
+    case 1: linear_tile<R, 1, Accumulate>(yt, y_stride, xt, x_stride, w, in); break;
+    default: break;
+  }
 }
 
-// y[t, r] = w[r, :in] . x[t, :in] for rows r in [row_begin, row_end). Each token's sum is
+// y[t, r] (+)= w[r, :in] . x[t, :in] for rows r in [row_begin, row_end). Each token's sum is
 // accumulated in the same order whatever the number of tokens, so a sequence's result
 // does not depend on what else is in its batch.
 // \param y [tokens, *] row stride y_stride, float32
 // \param x [tokens, in] row stride x_stride, float32
-// \param w [*, in] row stride w_stride
-template <typename T>
-inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const T* w,
-                        int64_t w_stride, int64_t tokens, int64_t in, int64_t row_begin,
-                        int64_t row_end) {
-  for (int64_t t0 = 0; t0 < tokens; t0 += 4) {
-    float* yt = y + t0 * y_stride;
-    const float* xt = x + t0 * x_stride;
-    switch (tokens - t0 < 4 ? tokens - t0 : 4) {
-      case 1: linear_rows_nt<1>(yt, y_stride, xt, x_stride, w, w_stride, in, row_begin, row_end); break;
-      case 2: linear_rows_nt<2>(yt, y_stride, xt, x_stride, w, w_stride, in, row_begin, row_end); break;
-      case 3: linear_rows_nt<3>(yt, y_stride, xt, x_stride, w, w_stride, in, row_begin, row_end); break;
-      default: linear_rows_nt<4>(yt, y_stride, xt, x_stride, w, w_stride, in, row_begin, row_end); break;
-    }
-  }
+// \param w weight rows (DenseRows or Q8Rows)
+template <bool Accumulate = false, typename Rows>
+inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
+                        int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end) {
+  constexpr int R = 4;
+  int64_t r = row_begin;
+  for (; r + R <= row_end; r += R)
+    linear_row_block<R, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in);
+  for (; r < row_end; ++r)
+    linear_row_block<1, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in);
 }
 
-// dst[i] = float(src[i]) for n elements.
-template <typename T>
-inline void convert_to_f32(float* dst, const T* src, int64_t n) {
+// dst[i] = src[i] for n elements, converted through float32.
+template <typename D, typename S>
+inline void convert(D* dst, const S* src, int64_t n) {
   constexpr int W = VecF::W;
   for (int64_t i = 0; i < n; i += W) {
     const int m = static_cast<int>(n - i < W ? n - i : W);

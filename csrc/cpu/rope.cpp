@@ -1,35 +1,10 @@
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/vec.h"
+#include "rope_internal.h"
 
 namespace pyruntime::cpu {
 
 namespace {
-
-constexpr int W = VecF::W;
-
-// Rotates the first rot_dim features of one head in place.
-// \param x   [head_dim]
-// \param cos [rot_dim / 2], sin [rot_dim / 2]
-template <typename T>
-inline void rotate_head(T* x, const float* cos, const float* sin, int64_t rot_dim, bool is_neox) {
-  const int64_t half = rot_dim / 2;
-  if (is_neox) {
-    T* x2p = x + half;
-    for (int64_t i = 0; i < half; i += W) {
-      int n = static_cast<int>(half - i < W ? half - i : W);
-      VecF x1 = load_n(x + i, n), x2 = load_n(x2p + i, n);
-      VecF c = load_n(cos + i, n), s = load_n(sin + i, n);
-      store_n(x1 * c - x2 * s, x + i, n);
-      store_n(x2 * c + x1 * s, x2p + i, n);
-    }
-  } else {
-    for (int64_t i = 0; i < half; ++i) {
-      float x1 = to_float(x[2 * i]), x2 = to_float(x[2 * i + 1]);
-      x[2 * i] = from_float<T>(x1 * cos[i] - x2 * sin[i]);
-      x[2 * i + 1] = from_float<T>(x2 * cos[i] + x1 * sin[i]);
-    }
-  }
-}
 
 template <typename T>
 inline void rotate_token(T* q, const HeadsView& qv, T* k, const HeadsView& kv, int64_t token,
@@ -37,9 +12,9 @@ inline void rotate_token(T* q, const HeadsView& qv, T* k, const HeadsView& kv, i
   const float* cos = cos_sin_cache + pos * rot_dim;
   const float* sin = cos + rot_dim / 2;
   for (int64_t h = 0; h < qv.num_heads; ++h)
-    rotate_head(q + token * qv.token_stride + h * qv.head_stride, cos, sin, rot_dim, is_neox);
+    detail::rotate_head(q + token * qv.token_stride + h * qv.head_stride, cos, sin, rot_dim, is_neox);
   for (int64_t h = 0; h < kv.num_heads; ++h)
-    rotate_head(k + token * kv.token_stride + h * kv.head_stride, cos, sin, rot_dim, is_neox);
+    detail::rotate_head(k + token * kv.token_stride + h * kv.head_stride, cos, sin, rot_dim, is_neox);
 }
 
 template <typename T>

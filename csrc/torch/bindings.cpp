@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "engine.h"
 #include "ops.h"
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/dispatch.h"
@@ -50,6 +51,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bytes") = int64_t(1) << 30, pybind11::call_guard<pybind11::gil_scoped_release>(),
         "read bandwidth of this machine now (all kernel threads), GB/s");
   m.def("set_cpu_num_threads", &pyruntime::cpu::set_num_threads, "0 restores the default");
+  namespace py = pybind11;
+  py::class_<pyruntime::EngineHandle>(m, "Engine",
+                                      "whole forward steps on the CPU with resident weights")
+      .def(py::init<const std::map<std::string, double>&, const std::string&, at::ScalarType,
+                    std::map<std::string, at::Tensor>>(),
+           py::arg("config"), py::arg("format"), py::arg("kv_dtype"), py::arg("tensors"))
+      .def("forward", &pyruntime::EngineHandle::forward, py::arg("tokens"), py::arg("positions"),
+           py::arg("rows"), py::arg("k_cache"), py::arg("v_cache"), py::arg("logits"),
+           py::arg("first_logit"), py::call_guard<py::gil_scoped_release>())
+      .def("set_profiling", &pyruntime::EngineHandle::set_profiling)
+      .def("profile", &pyruntime::EngineHandle::profile)
+      .def_property_readonly("threads", &pyruntime::EngineHandle::threads)
+      .def_property_readonly("max_tokens", &pyruntime::EngineHandle::max_tokens);
 #ifdef PYRUNTIME_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

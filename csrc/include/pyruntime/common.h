@@ -32,6 +32,7 @@ inline bf16 float_to_bf16(float f) {
 
 inline float to_float(float v) { return v; }
 inline float to_float(bf16 v) { return bf16_to_float(v); }
+inline float to_float(int8_t v) { return static_cast<float>(v); }
 
 template <typename T> inline T from_float(float v);
 template <> inline float from_float<float>(float v) { return v; }

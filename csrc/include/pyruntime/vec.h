@@ -36,6 +36,10 @@ struct VecF {
     __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return VecF(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
   }
+  // W signed bytes widened to float (int8 weights; always whole vectors).
+  static VecF load(const int8_t* p) {
+    return VecF(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+  }
   // First n (< W) lanes from p, the rest zero; never touches memory past p[n-1].
   static VecF load_partial(const float* p, int n) {
     return VecF(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
@@ -110,6 +114,9 @@ struct VecF {
   static VecF load(const bf16* p) {
     __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return VecF(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+  }
+  static VecF load(const int8_t* p) {
+    return VecF(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))));
   }
   template <typename T> static VecF load_partial(const T* p, int n) {
     T tmp[W];

@@ -1,0 +1,365 @@
+#include "pyruntime/engine.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <string>
+
+#include "attention_internal.h"
+#include "linear_internal.h"
+#include "pyruntime/cpu_kernels.h"
+#include "pyruntime/dispatch.h"
+#include "pyruntime/vec.h"
+#include "rope_internal.h"
+
+namespace pyruntime::cpu {
+
+const char* weight_format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::Float32: return "float32";
+    case WeightFormat::BFloat16: return "bfloat16";
+    case WeightFormat::Int8: return "int8";
+  }
+  return "unknown";
+}
+
+const char* op_name(Op op) {
+  static const char* names[] = {"embed",     "attn_norm",  "qkv_proj", "rope_kv_cache",
+                                "attention", "o_proj",     "mlp_norm", "gate_up_silu",
+                                "down_proj", "final_norm", "lm_head"};
+  const int i = static_cast<int>(op);
+  return i >= 0 && i < static_cast<int>(Op::Count) ? names[i] : "unknown";
+}
+
+namespace {
+
+constexpr int W = VecF::W;
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Rows [begin, end) of `total` for thread tid of nt, in blocks of `align`.
+inline void thread_range(int64_t total, int64_t align, int tid, int nt, int64_t& begin, int64_t& end) {
+  const int64_t per = ceil_div(ceil_div(total, nt), align) * align;
+  begin = std::min(total, tid * per);
+  end = std::min(total, begin + per);
+}
+
+template <typename TW>
+struct RowsOf {
+  static detail::DenseRows<TW> of(const Matrix& m) { return {static_cast<const TW*>(m.data), m.cols}; }
+};
+template <>
+struct RowsOf<int8_t> {
+  static detail::Q8Rows of(const Matrix& m) {
+    int shift = 0;
+    while ((int64_t(1) << shift) < m.group) ++shift;
+    return {static_cast<const int8_t*>(m.data), m.scales, m.cols, m.cols / m.group, shift};
+  }
+};
+
+// out[i] = row r of m as float32.
+template <typename TW>
+inline void matrix_row_to_f32(float* out, const Matrix& m, int64_t r) {
+  const TW* row = static_cast<const TW*>(m.data) + r * m.cols;
+  if constexpr (std::is_same_v<TW, int8_t>) {
+    const float* s = m.scales + r * (m.cols / m.group);
+    for (int64_t i = 0; i < m.cols; i += W)
+      (VecF::load(row + i) * VecF::set1(s[i / m.group])).store(out + i);
+  } else {
+    detail::convert(out, row, m.cols);
+  }
+}
+
+inline void rms_norm_row(float* out, const float* x, const float* weight, int64_t hidden, float eps) {
+  VecF acc = VecF::zero();
+  for (int64_t i = 0; i < hidden; i += W) {
+    const int n = static_cast<int>(std::min<int64_t>(W, hidden - i));
+    const VecF v = load_n(x + i, n);
+    acc = VecF::fma(v, v, acc);
+  }
+  const VecF inv = VecF::set1(1.0f / std::sqrt(acc.reduce_sum() / static_cast<float>(hidden) + eps));
+  for (int64_t i = 0; i < hidden; i += W) {
+    const int n = static_cast<int>(std::min<int64_t>(W, hidden - i));
+    store_n(load_n(x + i, n) * inv * load_n(weight + i, n), out + i, n);
+  }
+}
+
+void check_matrix(const Matrix& m, int64_t rows, int64_t cols, WeightFormat f, const std::string& name) {
+  PYRUNTIME_CHECK(m.data != nullptr, "engine: " + name + " is missing");
+  PYRUNTIME_CHECK(m.rows == rows && m.cols == cols,
+                  "engine: " + name + " must be [" + std::to_string(rows) + ", " +
+                      std::to_string(cols) + "], got [" + std::to_string(m.rows) + ", " +
+                      std::to_string(m.cols) + "]");
+  if (f == WeightFormat::Int8) {
+    PYRUNTIME_CHECK(m.scales != nullptr, "engine: " + name + " (int8) has no scales");
+    PYRUNTIME_CHECK(m.group >= 16 && (m.group & (m.group - 1)) == 0 && m.group % W == 0 &&
+                        cols % m.group == 0,
+                    "engine: " + name + " group size " + std::to_string(m.group) +
+                        " must be a power of two >= 16 dividing " + std::to_string(cols));
+  }
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  EngineSpec spec;
+  int threads = 1;
+  int64_t qkv_dim = 0, q_dim = 0, kv_dim = 0, chunk = 0;
+  float scale = 1.0f;
+  // Activations, float32, for spec.max_tokens tokens.
+  std::vector<float> resid, xn, qkv, attn, act, tmp;  // tmp: per-thread gate and up slices
+  std::vector<int32_t> seq_lens;
+  std::vector<float> attn_ws;
+  bool profiling = false;
+  std::vector<ProfileEvent> events;
+
+  explicit Impl(EngineSpec s) : spec(std::move(s)) {}
+  virtual ~Impl() = default;
+  virtual void run(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
+                   void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
+                   int64_t first_logit) = 0;
+};
+
+namespace {
+
+template <typename TW, typename TC>
+struct EngineImpl final : Engine::Impl {
+  using Engine::Impl::Impl;
+
+  void run(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
+           void* k_cache_v, void* v_cache_v, int64_t cache_rows, float* logits,
+           int64_t first_logit) override {
+    const EngineSpec& s = spec;
+    const int64_t H = s.hidden, I = s.inter, D = s.head_dim, Hq = s.num_heads, Hkv = s.num_kv_heads;
+    TC* k_cache = static_cast<TC*>(k_cache_v);
+    TC* v_cache = static_cast<TC*>(v_cache_v);
+    const int64_t layer_stride = cache_rows * Hkv * s.max_seq * D;
+    for (int64_t i = 0; i < n; ++i) seq_lens[i] = static_cast<int32_t>(positions[i] + 1);
+    DecodePlan plan = plan_gqa_decode(seq_lens.data(), n, Hkv);
+    plan.threads = std::max<int64_t>(plan.threads, threads);
+    const int64_t ws = gqa_decode_workspace_floats(plan, n, Hq, D);
+    if (static_cast<int64_t>(attn_ws.size()) < ws) attn_ws.resize(ws);  // grows once at most
+    if (profiling) events.clear();
+    const int64_t n_logits = n - first_logit;
+
+#pragma omp parallel num_threads(threads)
+    {
+      const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+      int64_t mark_ns = (profiling && tid == 0) ? now_ns() : 0;
+      auto mark = [&](int layer, Op op) {
+        if (profiling && tid == 0) {
+          const int64_t t = now_ns();
+          events.push_back({layer, op, mark_ns, t});
+          mark_ns = t;
+        }
+      };
+      float* gate = tmp.data() + static_cast<int64_t>(tid) * 2 * s.max_tokens * chunk;
+      float* up = gate + s.max_tokens * chunk;
+
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < n; ++t) matrix_row_to_f32<TW>(resid.data() + t * H, s.embed, tokens[t]);
+      mark(-1, Op::Embed);
+
+      for (int l = 0; l < static_cast<int>(s.layers.size()); ++l) {
+        const EngineLayer& L = s.layers[l];
+        TC* kc = k_cache + l * layer_stride;
+        TC* vc = v_cache + l * layer_stride;
+
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n; ++t) rms_norm_row(xn.data() + t * H, resid.data() + t * H, L.attn_norm, H, s.eps);
+        mark(l, Op::AttnNorm);
+
+        int64_t r0, r1;
+        thread_range(qkv_dim, 4, tid, nt, r0, r1);
+        detail::linear_rows(qkv.data(), qkv_dim, xn.data(), H, RowsOf<TW>::of(L.qkv), n, H, r0, r1);
+        if (L.qkv_bias)
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t r = r0; r < r1; ++r) qkv[t * qkv_dim + r] += L.qkv_bias[r];
+#pragma omp barrier
+        mark(l, Op::QKV);
+
+        // q heads rotated in place; k heads rotated, then k and v stored in the cache.
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < n * (Hq + Hkv); ++item) {
+          const int64_t t = item / (Hq + Hkv), h = item % (Hq + Hkv), pos = positions[t];
+          const float* cos = s.cos_sin + pos * s.rot_dim;
+          float* base = qkv.data() + t * qkv_dim;
+          if (h < Hq) {
+            detail::rotate_head(base + h * D, cos, cos + s.rot_dim / 2, s.rot_dim, s.is_neox);
+          } else {
+            const int64_t kh = h - Hq;
+            float* k = base + q_dim + kh * D;
+            detail::rotate_head(k, cos, cos + s.rot_dim / 2, s.rot_dim, s.is_neox);
+            const int64_t dst = ((rows[t] * Hkv + kh) * s.max_seq + pos) * D;
+            detail::convert(kc + dst, k, D);
+            detail::convert(vc + dst, base + q_dim + kv_dim + kh * D, D);
+          }
+        }
+        mark(l, Op::RopeCache);
+
+        detail::gqa_decode_attention_team<float, TC>(attn.data(), qkv.data(), qkv_dim, kc, vc, rows,
+                                                     seq_lens.data(), n, Hq, Hkv, s.max_seq, D,
+                                                     scale, plan, attn_ws.data());
+        mark(l, Op::Attention);
+
+        thread_range(H, 4, tid, nt, r0, r1);
+        detail::linear_rows<true>(resid.data(), H, attn.data(), q_dim, RowsOf<TW>::of(L.o), n, q_dim, r0, r1);
+        if (L.o_bias)
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t r = r0; r < r1; ++r) resid[t * H + r] += L.o_bias[r];
+#pragma omp barrier
+        mark(l, Op::OProj);
+
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n; ++t) rms_norm_row(xn.data() + t * H, resid.data() + t * H, L.mlp_norm, H, s.eps);
+        mark(l, Op::MlpNorm);
+
+        int64_t i0, i1;
+        thread_range(I, W, tid, nt, i0, i1);
+        if (i1 > i0) {
+          const auto gu = RowsOf<TW>::of(L.gate_up);
+          detail::linear_rows(gate, chunk, xn.data(), H, gu.from(i0), n, H, 0, i1 - i0);
+          detail::linear_rows(up, chunk, xn.data(), H, gu.from(I + i0), n, H, 0, i1 - i0);
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t i = 0; i < i1 - i0; i += W) {
+              const int m = static_cast<int>(std::min<int64_t>(W, i1 - i0 - i));
+              store_n(silu(load_n(gate + t * chunk + i, m)) * load_n(up + t * chunk + i, m),
+                      act.data() + t * I + i0 + i, m);
+            }
+        }
+#pragma omp barrier
+        mark(l, Op::GateUpSilu);
+
+        thread_range(H, 4, tid, nt, r0, r1);
+        detail::linear_rows<true>(resid.data(), H, act.data(), I, RowsOf<TW>::of(L.down), n, I, r0, r1);
+#pragma omp barrier
+        mark(l, Op::Down);
+      }
+
+      if (n_logits > 0) {  // the same on every thread: the barriers inside match
+#pragma omp for schedule(static)
+        for (int64_t t = first_logit; t < n; ++t)
+          rms_norm_row(xn.data() + t * H, resid.data() + t * H, s.final_norm, H, s.eps);
+        mark(-1, Op::FinalNorm);
+
+        int64_t v0, v1;
+        thread_range(s.vocab, 4, tid, nt, v0, v1);
+        detail::linear_rows(logits, s.vocab, xn.data() + first_logit * H, H, RowsOf<TW>::of(s.lm_head),
+                            n_logits, H, v0, v1);
+#pragma omp barrier
+        mark(-1, Op::LMHead);
+      }
+    }
+  }
+};
+
+template <typename TW>
+std::unique_ptr<Engine::Impl> make_impl(EngineSpec spec) {
+  if (spec.kv_dtype == DType::BFloat16) return std::make_unique<EngineImpl<TW, bf16>>(std::move(spec));
+  return std::make_unique<EngineImpl<TW, float>>(std::move(spec));
+}
+
+}  // namespace
+
+Engine::Engine(EngineSpec s) {
+  const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
+  PYRUNTIME_CHECK(H > 0 && I > 0 && s.vocab > 0 && s.num_heads > 0 && s.num_kv_heads > 0,
+                  "engine: hidden, inter, vocab, num_heads and num_kv_heads must be positive");
+  PYRUNTIME_CHECK(s.num_heads % s.num_kv_heads == 0,
+                  "engine: num_heads (" + std::to_string(s.num_heads) +
+                      ") must be a multiple of num_kv_heads (" + std::to_string(s.num_kv_heads) + ")");
+  PYRUNTIME_CHECK(is_supported_head_dim(D), "engine: unsupported head_dim " + std::to_string(D) +
+                                                " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
+  PYRUNTIME_CHECK(s.rot_dim > 0 && s.rot_dim <= D && s.rot_dim % 2 == 0,
+                  "engine: rot_dim must be even and in (0, head_dim]");
+  PYRUNTIME_CHECK(s.max_seq > 0 && s.max_seq <= INT32_MAX, "engine: max_seq out of range");
+  PYRUNTIME_CHECK(s.max_tokens > 0, "engine: max_tokens must be positive");
+  PYRUNTIME_CHECK(s.kv_dtype == DType::Float32 || s.kv_dtype == DType::BFloat16,
+                  "engine: kv_dtype must be float32 or bfloat16");
+  PYRUNTIME_CHECK(s.cos_sin && s.final_norm, "engine: cos_sin and final_norm are required");
+  PYRUNTIME_CHECK(!s.layers.empty(), "engine: no layers");
+  const int64_t q_dim = s.num_heads * D, kv_dim = s.num_kv_heads * D;
+  check_matrix(s.embed, s.vocab, H, s.format, "embed");
+  check_matrix(s.lm_head, s.vocab, H, s.format, "lm_head");
+  for (size_t l = 0; l < s.layers.size(); ++l) {
+    const EngineLayer& L = s.layers[l];
+    const std::string p = "layers." + std::to_string(l) + ".";
+    PYRUNTIME_CHECK(L.attn_norm && L.mlp_norm, "engine: " + p + "norm weights are missing");
+    check_matrix(L.qkv, q_dim + 2 * kv_dim, H, s.format, p + "qkv");
+    check_matrix(L.o, H, q_dim, s.format, p + "o");
+    check_matrix(L.gate_up, 2 * I, H, s.format, p + "gate_up");
+    check_matrix(L.down, H, I, s.format, p + "down");
+  }
+  switch (s.format) {
+    case WeightFormat::Float32: impl_ = make_impl<float>(std::move(s)); break;
+    case WeightFormat::BFloat16: impl_ = make_impl<bf16>(std::move(s)); break;
+    case WeightFormat::Int8: impl_ = make_impl<int8_t>(std::move(s)); break;
+  }
+  Impl& m = *impl_;
+  const EngineSpec& sp = m.spec;
+  m.threads = sp.threads > 0 ? sp.threads : omp_get_max_threads();
+  m.q_dim = q_dim;
+  m.kv_dim = kv_dim;
+  m.qkv_dim = q_dim + 2 * kv_dim;
+  m.chunk = ceil_div(ceil_div(I, m.threads), W) * W;
+  m.scale = sp.scale > 0.0f ? sp.scale : 1.0f / std::sqrt(static_cast<float>(D));
+  const int64_t N = sp.max_tokens;
+  m.resid.assign(N * H, 0.0f);
+  m.xn.assign(N * H, 0.0f);
+  m.qkv.assign(N * m.qkv_dim, 0.0f);
+  m.attn.assign(N * q_dim, 0.0f);
+  m.act.assign(N * I, 0.0f);
+  m.tmp.assign(static_cast<int64_t>(m.threads) * 2 * N * m.chunk, 0.0f);
+  m.seq_lens.assign(N, 0);
+  // Attention workspace for n tokens of the longest length; it can only grow when the
+  // OpenMP thread count is raised later.
+  std::vector<int32_t> longest(N, static_cast<int32_t>(sp.max_seq));
+  DecodePlan plan = plan_gqa_decode(longest.data(), N, sp.num_kv_heads);
+  plan.threads = std::max<int64_t>(plan.threads, m.threads);
+  m.attn_ws.assign(gqa_decode_workspace_floats(plan, N, sp.num_heads, D), 0.0f);
+  m.events.reserve(static_cast<size_t>(static_cast<int>(Op::Count)) * (sp.layers.size() + 1));
+}
+
+Engine::~Engine() = default;
+
+void Engine::forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
+                     void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
+                     int64_t first_logit) {
+  const EngineSpec& s = impl_->spec;
+  PYRUNTIME_CHECK(n >= 1 && n <= s.max_tokens,
+                  "engine.forward: n must be in [1, " + std::to_string(s.max_tokens) + "], got " +
+                      std::to_string(n));
+  PYRUNTIME_CHECK(first_logit >= 0 && first_logit <= n,
+                  "engine.forward: first_logit must be in [0, n]");
+  PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n),
+                  "engine.forward: null cache or logits");
+  for (int64_t i = 0; i < n; ++i) {
+    PYRUNTIME_CHECK(tokens[i] >= 0 && tokens[i] < s.vocab,
+                    "engine.forward: tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
+                        " is outside [0, " + std::to_string(s.vocab) + ")");
+    PYRUNTIME_CHECK(positions[i] >= 0 && positions[i] < s.max_seq,
+                    "engine.forward: positions[" + std::to_string(i) + "] = " +
+                        std::to_string(positions[i]) + " is outside [0, " + std::to_string(s.max_seq) + ")");
+    PYRUNTIME_CHECK(rows[i] >= 0 && rows[i] < cache_rows,
+                    "engine.forward: rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                        " is outside [0, " + std::to_string(cache_rows) + ")");
+    for (int64_t j = 0; j < i; ++j)
+      PYRUNTIME_CHECK(rows[j] != rows[i] || positions[j] != positions[i],
+                      "engine.forward: tokens " + std::to_string(j) + " and " + std::to_string(i) +
+                          " write the same cache row and position");
+  }
+  impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit);
+}
+
+const EngineSpec& Engine::spec() const { return impl_->spec; }
+int Engine::threads() const { return impl_->threads; }
+void Engine::set_profiling(bool on) { impl_->profiling = on; }
+const std::vector<ProfileEvent>& Engine::profile() const { return impl_->events; }
+
+}  // namespace pyruntime::cpu

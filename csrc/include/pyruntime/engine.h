@@ -1,0 +1,103 @@
+// The CPU engine: a whole forward step of a Llama-family decoder in one call, with the
+// weights resident, every buffer allocated once, and one OpenMP parallel region per call
+// whose phases are separated by barriers (no fork/join per op).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "pyruntime/common.h"
+
+namespace pyruntime::cpu {
+
+enum class WeightFormat { Float32, BFloat16, Int8 };
+
+const char* weight_format_name(WeightFormat f);
+
+// A weight matrix [rows, cols] as stored: float32, bfloat16, or int8 with one float32
+// scale per group of `group` columns (weight = q * scale; group a power of two and a
+// multiple of 16 that divides cols).
+struct Matrix {
+  const void* data = nullptr;
+  const float* scales = nullptr;  // int8: [rows, cols / group]
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t group = 0;
+};
+
+struct EngineLayer {
+  const float* attn_norm = nullptr;  // [H]
+  Matrix qkv;                        // [(Hq + 2 Hkv) D, H]: q rows, k rows, v rows
+  const float* qkv_bias = nullptr;   // [(Hq + 2 Hkv) D] or null
+  Matrix o;                          // [H, Hq D]
+  const float* o_bias = nullptr;     // [H] or null
+  const float* mlp_norm = nullptr;   // [H]
+  Matrix gate_up;                    // [2 I, H]: gate rows, then up rows
+  Matrix down;                       // [H, I]
+};
+
+struct EngineSpec {
+  int64_t hidden = 0, inter = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, vocab = 0;
+  int64_t max_seq = 0;     // positions the cos/sin table and the KV cache hold
+  int64_t rot_dim = 0;     // rotary features per head (<= head_dim)
+  bool is_neox = true;
+  float eps = 1e-6f;
+  float scale = 0.0f;      // attention scale; 0 means 1/sqrt(head_dim)
+  WeightFormat format = WeightFormat::Float32;  // of every Matrix
+  DType kv_dtype = DType::Float32;              // float32 or bfloat16
+  int64_t max_tokens = 16;  // tokens per forward call (decode batch or prefill chunk)
+  int threads = 0;          // 0: the OpenMP default
+  const float* cos_sin = nullptr;  // [max_seq, rot_dim]: cos half, then sin half
+  Matrix embed;                    // [vocab, H]
+  std::vector<EngineLayer> layers;
+  const float* final_norm = nullptr;  // [H]
+  Matrix lm_head;                     // [vocab, H]
+};
+
+// The phases of a step, as the profiler names them.
+enum class Op : int {
+  Embed, AttnNorm, QKV, RopeCache, Attention, OProj, MlpNorm, GateUpSilu, Down, FinalNorm, LMHead,
+  Count
+};
+const char* op_name(Op op);
+
+struct ProfileEvent {
+  int layer;  // -1 for the ops outside the layers
+  Op op;
+  int64_t begin_ns, end_ns;  // steady clock
+};
+
+class Engine {
+ public:
+  // Checks every size and pointer of spec (InvalidArgument naming the field) and allocates
+  // the activations for spec.max_tokens tokens. The weights stay owned by the caller.
+  explicit Engine(EngineSpec spec);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Runs n tokens through the model. Token i sits at position positions[i] of cache row
+  // rows[i]: its k and v are written there, and it attends to positions [0, positions[i]]
+  // of that row (positions below it must already hold keys, from earlier calls or from
+  // tokens of this call). Writes float32 logits [n - first_logit, vocab] of tokens
+  // first_logit..n-1.
+  // \param k_cache, v_cache [num_layers, cache_rows, Hkv, max_seq, D] of spec.kv_dtype
+  void forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
+               void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
+               int64_t first_logit);
+
+  const EngineSpec& spec() const;
+  int threads() const;
+  // Timers around every phase (on thread 0, after the phase's barrier); off by default.
+  void set_profiling(bool on);
+  // The events of the last forward call made with profiling on.
+  const std::vector<ProfileEvent>& profile() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pyruntime::cpu

@@ -1,0 +1,196 @@
+// The CPU engine (csrc/cpu/engine.cpp) for Python: weight tensors checked once and kept
+// alive for the engine's lifetime; forward checks the cache and output tensors.
+#include "engine.h"
+
+#include <c10/util/Exception.h>
+
+#include <string>
+
+namespace pyruntime {
+
+namespace {
+
+using cpu::WeightFormat;
+
+WeightFormat parse_format(const std::string& f) {
+  if (f == "float32") return WeightFormat::Float32;
+  if (f == "bfloat16") return WeightFormat::BFloat16;
+  if (f == "int8") return WeightFormat::Int8;
+  TORCH_CHECK_VALUE(false, "Engine: format must be float32, bfloat16 or int8, got '", f, "'");
+}
+
+at::ScalarType storage_type(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::Float32: return at::kFloat;
+    case WeightFormat::BFloat16: return at::kBFloat16;
+    case WeightFormat::Int8: return at::kChar;
+  }
+  return at::kFloat;
+}
+
+}  // namespace
+
+const at::Tensor& EngineHandle::tensor(const std::string& name) {
+  auto it = tensors_.find(name);
+  TORCH_CHECK_VALUE(it != tensors_.end(), "Engine: tensor '", name, "' is missing");
+  const at::Tensor& t = it->second;
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "Engine: ", name, " must be on the cpu, got ", t.device());
+  TORCH_CHECK_VALUE(t.is_contiguous(), "Engine: ", name, " must be contiguous");
+  return t;
+}
+
+const float* EngineHandle::vector(const std::string& name, int64_t size, bool optional) {
+  if (optional && !tensors_.count(name)) return nullptr;
+  const at::Tensor& t = tensor(name);
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == size, "Engine: ",
+                    name, " must be float32 [", size, "], got ", t.scalar_type(), " ", t.sizes());
+  return t.data_ptr<float>();
+}
+
+cpu::Matrix EngineHandle::matrix(const std::string& name, WeightFormat format) {
+  const at::Tensor& t = tensor(name);
+  TORCH_CHECK_VALUE(t.dim() == 2, "Engine: ", name, " must be 2-D, got ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == storage_type(format), "Engine: ", name, " must be ",
+                    storage_type(format), " for format ", cpu::weight_format_name(format), ", got ",
+                    t.scalar_type());
+  cpu::Matrix m;
+  m.data = t.data_ptr();
+  m.rows = t.size(0);
+  m.cols = t.size(1);
+  if (format == WeightFormat::Int8) {
+    const at::Tensor& s = tensor(name + ".scales");
+    TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat && s.dim() == 2 && s.size(0) == m.rows &&
+                          s.size(1) > 0 && m.cols % s.size(1) == 0,
+                      "Engine: ", name, ".scales must be float32 [", m.rows,
+                      ", groups] with groups dividing ", m.cols, ", got ", s.scalar_type(), " ",
+                      s.sizes());
+    m.scales = s.data_ptr<float>();
+    m.group = m.cols / s.size(1);
+  }
+  return m;
+}
+
+EngineHandle::EngineHandle(const std::map<std::string, double>& config, const std::string& format,
+                           at::ScalarType kv_dtype, std::map<std::string, at::Tensor> tensors)
+    : tensors_(std::move(tensors)) {
+  auto get = [&](const char* key) {
+    auto it = config.find(key);
+    TORCH_CHECK_VALUE(it != config.end(), "Engine: config['", key, "'] is missing");
+    return it->second;
+  };
+  TORCH_CHECK_VALUE(kv_dtype == at::kFloat || kv_dtype == at::kBFloat16,
+                    "Engine: kv_dtype must be float32 or bfloat16, got ", kv_dtype);
+  cpu::EngineSpec s;
+  s.hidden = static_cast<int64_t>(get("hidden"));
+  s.inter = static_cast<int64_t>(get("inter"));
+  s.num_heads = static_cast<int64_t>(get("num_heads"));
+  s.num_kv_heads = static_cast<int64_t>(get("num_kv_heads"));
+  s.head_dim = static_cast<int64_t>(get("head_dim"));
+  s.vocab = static_cast<int64_t>(get("vocab"));
+  s.max_seq = static_cast<int64_t>(get("max_seq"));
+  s.rot_dim = static_cast<int64_t>(get("rot_dim"));
+  s.is_neox = get("is_neox") != 0.0;
+  s.eps = static_cast<float>(get("eps"));
+  s.scale = static_cast<float>(get("scale"));
+  s.max_tokens = static_cast<int64_t>(get("max_tokens"));
+  s.threads = static_cast<int>(get("threads"));
+  const int64_t num_layers = static_cast<int64_t>(get("num_layers"));
+  s.format = parse_format(format);
+  s.kv_dtype = kv_dtype == at::kFloat ? DType::Float32 : DType::BFloat16;
+  kv_dtype_ = kv_dtype;
+  num_layers_ = num_layers;
+  TORCH_CHECK_VALUE(num_layers > 0, "Engine: num_layers must be positive");
+  TORCH_CHECK_VALUE(s.max_seq > 0 && s.rot_dim > 0, "Engine: max_seq and rot_dim must be positive");
+  {
+    const at::Tensor& cs = tensor("cos_sin");
+    TORCH_CHECK_VALUE(cs.scalar_type() == at::kFloat && cs.dim() == 2 && cs.size(0) >= s.max_seq &&
+                          cs.size(1) == s.rot_dim,
+                      "Engine: cos_sin must be float32 [>= ", s.max_seq, ", ", s.rot_dim, "], got ",
+                      cs.scalar_type(), " ", cs.sizes());
+    s.cos_sin = cs.data_ptr<float>();
+  }
+  const int64_t H = s.hidden;
+  s.embed = matrix("embed", s.format);
+  s.lm_head = matrix("lm_head", s.format);
+  s.final_norm = vector("final_norm", H);
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    cpu::EngineLayer L;
+    L.attn_norm = vector(p + "attn_norm", H);
+    L.mlp_norm = vector(p + "mlp_norm", H);
+    L.qkv = matrix(p + "qkv", s.format);
+    L.o = matrix(p + "o", s.format);
+    L.gate_up = matrix(p + "gate_up", s.format);
+    L.down = matrix(p + "down", s.format);
+    L.qkv_bias = vector(p + "qkv_bias", L.qkv.rows, /*optional=*/true);
+    L.o_bias = vector(p + "o_bias", H, /*optional=*/true);
+    s.layers.push_back(L);
+  }
+  try {
+    engine_ = std::make_unique<cpu::Engine>(std::move(s));
+  } catch (const InvalidArgument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
+void EngineHandle::forward(const at::Tensor& tokens, const at::Tensor& positions,
+                           const at::Tensor& rows, at::Tensor& k_cache, at::Tensor& v_cache,
+                           at::Tensor& logits, int64_t first_logit) {
+  const cpu::EngineSpec& s = engine_->spec();
+  for (auto [t, name] : {std::pair{&tokens, "tokens"}, {&positions, "positions"}, {&rows, "rows"}}) {
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == at::kLong && t->dim() == 1 &&
+                          t->is_contiguous(),
+                      "Engine.forward: ", name, " must be a contiguous int64 cpu vector, got ",
+                      t->scalar_type(), " ", t->sizes(), " on ", t->device());
+  }
+  const int64_t n = tokens.size(0);
+  TORCH_CHECK_VALUE(positions.size(0) == n && rows.size(0) == n,
+                    "Engine.forward: tokens, positions and rows must have one entry per token (", n,
+                    "), got ", positions.size(0), " and ", rows.size(0));
+  TORCH_CHECK_VALUE(n >= 1 && n <= s.max_tokens, "Engine.forward: tokens must hold 1 to ",
+                    s.max_tokens, " tokens, got ", n);
+  TORCH_CHECK_VALUE(first_logit >= 0 && first_logit <= n, "Engine.forward: first_logit must be in [0, ",
+                    n, "] (n: no logits), got ", first_logit);
+  for (auto [t, name] : {std::pair{&k_cache, "k_cache"}, {&v_cache, "v_cache"}}) {
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == kv_dtype_ && t->is_contiguous() &&
+                          t->dim() == 5 && t->size(0) == num_layers_ &&
+                          t->size(2) == s.num_kv_heads && t->size(3) == s.max_seq &&
+                          t->size(4) == s.head_dim,
+                      "Engine.forward: ", name, " must be a contiguous ", kv_dtype_,
+                      " cpu tensor [", num_layers_, ", rows, ", s.num_kv_heads, ", ", s.max_seq, ", ",
+                      s.head_dim, "], got ", t->scalar_type(), " ", t->sizes());
+  }
+  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "Engine.forward: v_cache shape ",
+                    v_cache.sizes(), " differs from k_cache ", k_cache.sizes());
+  TORCH_CHECK_VALUE(logits.device().is_cpu() && logits.scalar_type() == at::kFloat &&
+                        logits.is_contiguous() && logits.dim() == 2 &&
+                        logits.size(0) == n - first_logit && logits.size(1) == s.vocab,
+                    "Engine.forward: logits must be a contiguous float32 cpu tensor [",
+                    n - first_logit, ", ", s.vocab, "], got ", logits.scalar_type(), " ",
+                    logits.sizes());
+  std::lock_guard<std::mutex> guard(mutex_);
+  try {
+    engine_->forward(tokens.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
+                     rows.data_ptr<int64_t>(), n, k_cache.data_ptr(), v_cache.data_ptr(),
+                     k_cache.size(1), logits.data_ptr<float>(), first_logit);
+  } catch (const InvalidArgument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
+void EngineHandle::set_profiling(bool on) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  engine_->set_profiling(on);
+}
+
+std::vector<std::tuple<int64_t, std::string, int64_t, int64_t>> EngineHandle::profile() {
+  std::lock_guard<std::mutex> guard(mutex_);
+  std::vector<std::tuple<int64_t, std::string, int64_t, int64_t>> out;
+  for (const auto& e : engine_->profile()) out.emplace_back(e.layer, cpu::op_name(e.op), e.begin_ns, e.end_ns);
+  return out;
+}
+
+int64_t EngineHandle::threads() const { return engine_->threads(); }
+int64_t EngineHandle::max_tokens() const { return engine_->spec().max_tokens; }
+
+}  // namespace pyruntime

@@ -1,0 +1,46 @@
+// The CPU engine's Python face: see csrc/include/pyruntime/engine.h for the engine itself.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "pyruntime/engine.h"
+
+namespace pyruntime {
+
+class EngineHandle {
+ public:
+  // config: hidden, inter, num_heads, num_kv_heads, head_dim, vocab, num_layers, max_seq,
+  // rot_dim, is_neox, eps, scale, max_tokens, threads. tensors: embed, lm_head, final_norm,
+  // cos_sin, and per layer "layers.{i}." attn_norm, qkv, qkv_bias (optional), o, o_bias
+  // (optional), mlp_norm, gate_up, down; int8 matrices come with "<name>.scales".
+  EngineHandle(const std::map<std::string, double>& config, const std::string& format,
+               at::ScalarType kv_dtype, std::map<std::string, at::Tensor> tensors);
+
+  void forward(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& rows,
+               at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& logits, int64_t first_logit);
+  void set_profiling(bool on);
+  // (layer, op, begin_ns, end_ns) of the last forward call made with profiling on.
+  std::vector<std::tuple<int64_t, std::string, int64_t, int64_t>> profile();
+  int64_t threads() const;
+  int64_t max_tokens() const;
+
+ private:
+  const at::Tensor& tensor(const std::string& name);
+  const float* vector(const std::string& name, int64_t size, bool optional = false);
+  cpu::Matrix matrix(const std::string& name, cpu::WeightFormat format);
+
+  std::map<std::string, at::Tensor> tensors_;  // kept alive: the engine points into them
+  at::ScalarType kv_dtype_;
+  int64_t num_layers_ = 0;
+  std::unique_ptr<cpu::Engine> engine_;
+  std::mutex mutex_;
+};
+
+}  // namespace pyruntime

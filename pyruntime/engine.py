@@ -1,0 +1,130 @@
+"""The compiled CPU engine (csrc/cpu/engine.cpp): one C++ call runs a whole forward step
+(embedding, every layer, final norm, LM head) with the weights resident in the engine.
+
+Precisions ("dtype" of LLM): float32 and bfloat16 weights as loaded, or int8 weight-only:
+each weight matrix quantised once at load time to int8 with one float32 scale per group of
+64 (or 32) input features (absmax / 127, as llama.cpp's Q8_0), activations kept in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pyruntime._ext import C
+from pyruntime.config import ModelConfig
+from pyruntime.errors import ModelLoadError
+from pyruntime.weights import ModelWeights
+
+# Tokens per engine call: a decode batch, or a chunk of a prompt (each weight is read once
+# per chunk, so longer chunks read less but hold more activations).
+MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Precision:
+    load: torch.dtype  # weights are read from the checkpoint as this
+    kv: torch.dtype  # KV cache element type
+    quantize: bool = False  # int8 weight-only, from the loaded float32
+
+
+PRECISIONS = {
+    "float32": Precision(torch.float32, torch.float32),
+    "bfloat16": Precision(torch.bfloat16, torch.bfloat16),
+    "int8": Precision(torch.float32, torch.bfloat16, quantize=True),
+}
+
+
+def int8_group_size(in_features: int) -> int:
+    for g in (64, 32):
+        if in_features % g == 0:
+            return g
+    raise ValueError(f"int8 weights need in_features divisible by 32, got {in_features}")
+
+
+def quantize_int8(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [rows, cols] float -> (q int8 [rows, cols], scales float32 [rows, cols / group]) with
+    w ~= q * scale per group; scale = absmax / 127 of the group."""
+    if w.dim() != 2 or w.shape[1] % group:
+        raise ValueError(f"quantize_int8: w must be [rows, cols] with cols divisible by {group}, got {tuple(w.shape)}")
+    g = w.float().reshape(w.shape[0], -1, group)
+    scales = g.abs().amax(dim=2) / 127.0
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    q = torch.round(g / safe.unsqueeze(2)).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(w.shape).contiguous(), scales.contiguous()
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    group = q.shape[1] // scales.shape[1]
+    return (q.float().reshape(q.shape[0], -1, group) * scales.unsqueeze(2)).reshape(q.shape)
+
+
+class CpuEngine:
+    """Owns the engine's tensors (float32 norms and biases, weights in their storage format)."""
+
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, cos_sin: torch.Tensor, dtype: str,
+                 max_seq_len: int, threads: int):
+        prec = PRECISIONS[dtype]
+        self.kv_dtype = prec.kv
+        tensors: dict[str, torch.Tensor] = {}
+        done: dict[int, str] = {}  # data_ptr -> name already added (a tied LM head)
+
+        def matrix(name, w):
+            if w.data_ptr() in done:
+                src = done[w.data_ptr()]
+                tensors[name] = tensors[src]
+                if prec.quantize:
+                    tensors[name + ".scales"] = tensors[src + ".scales"]
+                return
+            done[w.data_ptr()] = name
+            if prec.quantize:
+                try:
+                    q, s = quantize_int8(w, int8_group_size(w.shape[1]))
+                except ValueError as e:
+                    raise ModelLoadError(f"{name}: {e}") from None
+                tensors[name], tensors[name + ".scales"] = q, s
+            else:
+                tensors[name] = w.contiguous()
+
+        def vector(name, v):
+            if v is not None:
+                tensors[name] = v.float().contiguous()
+
+        matrix("embed", weights.embed)
+        matrix("lm_head", weights.lm_head)
+        vector("final_norm", weights.final_norm)
+        for i, layer in enumerate(weights.layers):
+            p = f"layers.{i}."
+            for name in ("qkv", "o", "gate_up", "down"):
+                matrix(p + name, getattr(layer, name))
+            for name in ("attn_norm", "mlp_norm", "qkv_bias", "o_bias"):
+                vector(p + name, getattr(layer, name))
+        tensors["cos_sin"] = cos_sin.float().contiguous()
+        config = {
+            "hidden": cfg.hidden_size, "inter": cfg.intermediate_size, "num_heads": cfg.num_heads,
+            "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "vocab": cfg.vocab_size,
+            "num_layers": cfg.num_layers, "max_seq": max_seq_len, "rot_dim": cfg.rotary_dim,
+            "is_neox": 1.0, "eps": cfg.rms_norm_eps, "scale": cfg.head_dim**-0.5,
+            "max_tokens": MAX_TOKENS, "threads": threads,
+        }
+        self.tensors = tensors
+        self.engine = C.Engine(config, dtype, prec.kv, tensors)
+        self.max_tokens = self.engine.max_tokens
+        self.vocab = cfg.vocab_size
+
+    def nbytes(self) -> int:
+        """Bytes of distinct weight tensors (norms and biases included; not the rope table)."""
+        seen, total = set(), 0
+        for name, t in self.tensors.items():
+            if name != "cos_sin" and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, k_cache, v_cache,
+                first_logit: int) -> torch.Tensor:
+        """At most max_tokens tokens (int64 [n] each); float32 logits [n - first_logit, V]."""
+        logits = torch.empty(tokens.shape[0] - first_logit, self.vocab)
+        self.engine.forward(tokens, positions, rows, k_cache, v_cache, logits, first_logit)
+        return logits
