@@ -54,3 +54,8 @@ def hf_tokenizer(llm):
 def hf_gguf_tokenizer(gguf_path):
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+
+
+@pytest.fixture(scope="session")
+def llm_int8():
+    return pyruntime.LLM(MODEL, dtype="int8", progress=False)

@@ -61,7 +61,8 @@ def test_greedy_chat_matches_transformers(llm, hf_model, hf_tokenizer, text):
     assert got.finish_reason == ("stop" if want[-1] in llm.eos_token_ids else "length")
 
 
-def test_bfloat16_agrees_with_float32(llm, llm_bf16, hf_tokenizer):
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_low_precision_agrees_with_float32(llm, llm_bf16, llm_int8, hf_tokenizer, dtype):
     # Teacher-forced: the same token sequence through both; top-1 agreement per position.
     text = (
         "The history of the Roman Empire spans many centuries. It began when Augustus became the first emperor "
@@ -70,7 +71,7 @@ def test_bfloat16_agrees_with_float32(llm, llm_bf16, hf_tokenizer):
     )
     ids = hf_tokenizer(text).input_ids + as_list(chat_ids(hf_tokenizer, "Explain photosynthesis briefly."))
     ref = llm.logits(ids).argmax(-1)
-    got = llm_bf16.logits(ids).argmax(-1)
+    got = {"bfloat16": llm_bf16, "int8": llm_int8}[dtype].logits(ids).argmax(-1)
     agreement = (ref == got).float().mean().item()
     assert agreement >= 0.95, agreement
 

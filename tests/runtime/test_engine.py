@@ -1,0 +1,169 @@
+"""The compiled CPU engine: int8 weights against a dequantised transformers reference, prompts
+longer than one engine chunk, the profiler's events, and bad calls."""
+
+import shutil
+
+import pytest
+import torch
+
+import pyruntime
+from pyruntime import engine as engine_mod
+
+transformers = pytest.importorskip("transformers")
+
+
+def reference_quantize(w, group):
+    """Plain torch: per group of `group` input features, scale = absmax / 127, q = round(w / scale)."""
+    rows, cols = w.shape
+    out_q = torch.empty(rows, cols, dtype=torch.int8)
+    out_s = torch.empty(rows, cols // group)
+    for g in range(cols // group):
+        block = w[:, g * group:(g + 1) * group].double()
+        s = block.abs().max(dim=1).values / 127
+        out_s[:, g] = s.float()
+        safe = torch.where(s > 0, s, torch.ones_like(s))
+        out_q[:, g * group:(g + 1) * group] = torch.round(block / safe[:, None]).clamp(-127, 127).to(torch.int8)
+    return out_q, out_s
+
+
+@pytest.mark.parametrize("shape,group", [((8, 64), 64), ((33, 576), 64), ((5, 96), 32)])
+def test_quantize_int8_matches_reference(shape, group):
+    torch.manual_seed(0)
+    w = torch.randn(shape) * torch.rand(shape[0], 1) * 3
+    w[0] = 0.0  # an all-zero group gets scale 0, not NaN
+    q, s = engine_mod.quantize_int8(w, group)
+    want_q, want_s = reference_quantize(w, group)
+    torch.testing.assert_close(s, want_s, rtol=1e-6, atol=0)
+    assert (q.int() - want_q.int()).abs().max().item() <= 1  # round-half cases of float vs double
+    err = (engine_mod.dequantize_int8(q, s) - w).abs()
+    assert (err <= s.repeat_interleave(group, dim=1) * 0.5 + 1e-6).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, llm):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=True)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    folder = tmp_path_factory.mktemp("tiny-int8")
+    model.save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(llm.path / f, folder / f)
+    return model, folder
+
+
+def test_int8_logits_match_dequantized_reference(tiny_llama):
+    model, folder = tiny_llama
+    # The reference: transformers with every projection (and the tied embedding) replaced by
+    # its int8 round trip, quantised by the plain torch code above.
+    ref = transformers.AutoModelForCausalLM.from_config(model.config).eval()
+    state = {}
+    for name, p in model.state_dict().items():
+        if p.dim() == 2:
+            q, s = reference_quantize(p, 64)
+            p = (q.float().reshape(p.shape[0], -1, 64) * s[:, :, None]).reshape(p.shape)
+        state[name] = p
+    ref.load_state_dict(state)
+    ids = [5, 900, 17, 4000, 33, 12, 7, 49000, 1, 2, 3, 250] * 4
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0]
+    llm = pyruntime.LLM(folder, dtype="int8", progress=False)
+    got = llm.logits(ids)
+    # The KV cache of the int8 engine is bfloat16 (8 bits of mantissa): that is the error left.
+    err = (got - want).abs().max().item()
+    assert err < 0.02 * want.abs().max().item(), err
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.95
+    assert llm.weight_bytes < 0.3 * sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_long_prompt_runs_in_chunks(llm, hf_model):
+    # Longer than one engine call: the chunks after the first attend to the keys the first wrote.
+    n = engine_mod.MAX_TOKENS * 2 + 37
+    torch.manual_seed(1)
+    ids = torch.randint(100, 40000, (n,)).tolist()
+    with torch.no_grad():
+        want = hf_model(torch.tensor([ids])).logits[0]
+    got = llm.logits(ids)
+    assert (got - want).abs().max().item() < 2e-3
+    # The last-token path (generate's prefill) agrees with the all-logits one.
+    first = llm.generate(ids, max_new_tokens=1, ignore_eos=True)
+    assert first.token_ids[0] == int(want[-1].argmax())
+
+
+def test_int8_batch_rows_equal_alone(llm_int8):
+    prompts = ["The capital of France is", "def add(a, b):", "Once upon a time"]
+    alone = [llm_int8.generate(p, max_new_tokens=12, ignore_eos=True).token_ids for p in prompts]
+    batch = [c.token_ids for c in llm_int8.generate(prompts, max_new_tokens=12, ignore_eos=True)]
+    assert batch == alone
+
+
+def test_profile_events(llm):
+    eng = llm.model.engine.engine
+    eng.set_profiling(True)
+    try:
+        llm.generate("Hello", max_new_tokens=2, ignore_eos=True)
+        events = eng.profile()
+    finally:
+        eng.set_profiling(False)
+    n_layers = llm.config.num_layers
+    per_layer = ["attn_norm", "qkv_proj", "rope_kv_cache", "attention", "o_proj", "mlp_norm", "gate_up_silu",
+                 "down_proj"]
+    assert [e[1] for e in events] == ["embed"] + per_layer * n_layers + ["final_norm", "lm_head"]
+    assert [e[0] for e in events[1:-2]] == [l for l in range(n_layers) for _ in per_layer]
+    for (_, _, b0, e0), (_, _, b1, _) in zip(events, events[1:]):
+        assert b0 <= e0 == b1  # back to back, each starting where the previous ended
+
+
+def _call(llm, **over):
+    eng, cache = llm.model.engine.engine, llm._cache
+    args = dict(tokens=torch.tensor([1, 2]), positions=torch.tensor([0, 1]), rows=torch.tensor([0, 0]),
+                k_cache=cache.k, v_cache=cache.v, logits=torch.empty(1, llm.config.vocab_size), first_logit=1)
+    args.update(over)
+    eng.forward(**args)
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(tokens=torch.tensor([1, 49152])), "tokens\\[1\\]"),
+    (dict(tokens=torch.tensor([1, -1])), "tokens\\[1\\]"),
+    (dict(positions=torch.tensor([0, 10**6])), "positions\\[1\\]"),
+    (dict(rows=torch.tensor([0, 1])), "rows\\[1\\]"),
+    (dict(positions=torch.tensor([3, 3])), "same cache row and position"),
+    (dict(tokens=torch.tensor([1, 2], dtype=torch.int32)), "tokens"),
+    (dict(positions=torch.tensor([0])), "one entry per token"),
+    (dict(k_cache=torch.zeros(1)), "k_cache"),
+    (dict(logits=torch.empty(2, 5)), "logits"),
+    (dict(first_logit=3), "first_logit"),
+    (dict(tokens=torch.zeros(engine_mod.MAX_TOKENS + 1, dtype=torch.long),
+          positions=torch.arange(engine_mod.MAX_TOKENS + 1), rows=torch.zeros(engine_mod.MAX_TOKENS + 1, dtype=torch.long)),
+     "tokens must hold"),
+])
+def test_engine_rejects_bad_calls(llm, over, match):
+    with pytest.raises(ValueError, match=match):
+        _call(llm, **over)
+
+
+def test_engine_rejects_bad_weights(llm):
+    cfg = {"hidden": 8, "inter": 16, "num_heads": 2, "num_kv_heads": 1, "head_dim": 64, "vocab": 10,
+           "num_layers": 1, "max_seq": 4, "rot_dim": 64, "is_neox": 1, "eps": 1e-6, "scale": 0.125,
+           "max_tokens": 4, "threads": 1}
+    t = {"embed": torch.zeros(10, 8), "lm_head": torch.zeros(10, 8), "final_norm": torch.ones(8),
+         "cos_sin": torch.zeros(4, 64), "layers.0.attn_norm": torch.ones(8), "layers.0.mlp_norm": torch.ones(8),
+         "layers.0.qkv": torch.zeros(256, 8), "layers.0.o": torch.zeros(8, 128), "layers.0.gate_up": torch.zeros(32, 8),
+         "layers.0.down": torch.zeros(8, 16)}
+    from pyruntime._ext import C
+    C.Engine(cfg, "float32", torch.float32, t)  # the good one builds
+    with pytest.raises(ValueError, match="layers.0.o must be \\[8, 128\\]"):
+        C.Engine(cfg, "float32", torch.float32, {**t, "layers.0.o": torch.zeros(8, 64)})
+    with pytest.raises(ValueError, match="layers.0.down' is missing"):
+        C.Engine(cfg, "float32", torch.float32, {k: v for k, v in t.items() if k != "layers.0.down"})
+    with pytest.raises(ValueError, match="embed must be BFloat16"):
+        C.Engine(cfg, "bfloat16", torch.bfloat16, t)
+    with pytest.raises(ValueError, match="embed.scales"):
+        C.Engine(cfg, "int8", torch.bfloat16, {**t, "embed": torch.zeros(10, 8, dtype=torch.int8)})
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        C.Engine({**cfg, "num_kv_heads": 3}, "float32", torch.float32, t)
+    with pytest.raises(ValueError, match="format"):
+        C.Engine(cfg, "int4", torch.float32, t)
+    with pytest.raises(ValueError, match="cos_sin"):
+        C.Engine(cfg, "float32", torch.float32, {**t, "cos_sin": torch.zeros(2, 64)})
