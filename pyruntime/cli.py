@@ -1,4 +1,4 @@
-"""`pyruntime generate | chat | convert`: the command line."""
+"""`pyruntime generate | chat | bench | profile | convert`: the command line."""
 
 from __future__ import annotations
 
@@ -82,6 +82,16 @@ def cmd_bench(ns) -> int:
     return 0
 
 
+def cmd_profile(ns) -> int:
+    from pyruntime.profile import format_profile, run_profile
+
+    report = run_profile(_load(ns), prompt_tokens=ns.prompt_tokens, new_tokens=ns.new_tokens, trace=ns.trace)
+    print(format_profile(report))
+    if ns.trace:
+        print(f"wrote {ns.trace}")
+    return 0
+
+
 def cmd_convert(ns) -> int:
     from pyruntime.convert import convert_gguf
 
@@ -111,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reps", type=int, default=3)
     b.add_argument("--json", default=None, help="also write the figures to this JSON file")
     b.set_defaults(func=cmd_bench)
+    pr = sub.add_parser("profile", help="per-op share of the decode step, timed inside the engine")
+    _model_args(pr)
+    pr.add_argument("--prompt-tokens", type=int, default=128)
+    pr.add_argument("--new-tokens", type=int, default=32)
+    pr.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace (JSON) here")
+    pr.set_defaults(func=cmd_profile)
     v = sub.add_parser("convert", help="convert a Llama-family GGUF file to a Hugging Face style folder")
     v.add_argument("gguf")
     v.add_argument("out_dir")
