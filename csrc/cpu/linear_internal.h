@@ -14,6 +14,7 @@ struct DenseRows {
   int64_t stride;
   DenseRows from(int64_t r) const { return {w + r * stride, stride}; }
   VecF load(int64_t r, int64_t i, int n) const { return load_n(w + r * stride + i, n); }
+  void prefetch(int64_t r, int64_t i) const { __builtin_prefetch(w + r * stride + i, 0, 2); }
 };
 
 // Rows of an int8 weight matrix [*, in] with one float32 scale per group of
@@ -30,12 +31,14 @@ struct Q8Rows {
   VecF load(int64_t r, int64_t i, int) const {
     return VecF::load(w + r * stride + i) * VecF::set1(scales[r * scale_stride + (i >> group_shift)]);
   }
+  void prefetch(int64_t r, int64_t i) const { __builtin_prefetch(w + r * stride + i, 0, 2); }
 };
 
 // A tile of R weight rows times NT tokens: every weight vector loaded serves NT tokens and
 // every x vector R rows (the loads, not the FMAs, bound this loop). With Accumulate the
-// sums are added to y instead of stored.
-template <int R, int NT, bool Accumulate, typename Rows>
+// sums are added to y instead of stored. With Prefetch the next R rows are requested from
+// memory as these are read: one core cannot keep enough misses in flight otherwise.
+template <int R, int NT, bool Accumulate, bool Prefetch = false, typename Rows>
 inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
                         int64_t in) {
   constexpr int W = VecF::W;
@@ -47,6 +50,7 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
     VecF xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = load_n(x + t * x_stride + i, n);
     for (int r = 0; r < R; ++r) {
+      if constexpr (Prefetch) w.prefetch(R + r, i);
       const VecF wv = w.load(r, i, n);
       for (int t = 0; t < NT; ++t) acc[r * NT + t] = VecF::fma(wv, xv[t], acc[r * NT + t]);
     }
@@ -62,21 +66,26 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
 }
 
 // R rows [r, r + R) times every token, four tokens at a time: the rows stay in L1 while
-// the tokens stream past (a prefill chunk reads each weight once).
+// the tokens stream past (a prefill chunk reads each weight once). The first group of
+// tokens prefetches the next block of rows.
 template <int R, bool Accumulate, typename Rows>
 inline void linear_row_block(float* y, int64_t y_stride, const float* x, int64_t x_stride,
                              const Rows& w, int64_t tokens, int64_t in) {
-  int64_t t0 = 0;
-  for (; t0 + 4 <= tokens; t0 += 4)
-    linear_tile<R, 4, Accumulate>(y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in);
-  float* yt = y + t0 * y_stride;
-  const float* xt = x + t0 * x_stride;
-  switch (tokens - t0) {
-    case 3: linear_tile<R, 3, Accumulate>(yt, y_stride, xt, x_stride, w, in); break;
-    case 2: linear_tile<R, 2, Accumulate>(yt, y_stride, xt, x_stride, w, in); break;
-    case 1: linear_tile<R, 1, Accumulate>(yt, y_stride, xt, x_stride, w, in); break;
-    default: break;
-  }
+  auto tile = [&](auto nt, auto prefetch, int64_t t0) {
+    linear_tile<R, decltype(nt)::value, Accumulate, decltype(prefetch)::value>(
+        y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in);
+  };
+  auto group = [&](auto prefetch, int64_t t0) {
+    switch (tokens - t0 < 4 ? tokens - t0 : 4) {
+      case 4: tile(std::integral_constant<int, 4>{}, prefetch, t0); break;
+      case 3: tile(std::integral_constant<int, 3>{}, prefetch, t0); break;
+      case 2: tile(std::integral_constant<int, 2>{}, prefetch, t0); break;
+      case 1: tile(std::integral_constant<int, 1>{}, prefetch, t0); break;
+      default: break;
+    }
+  };
+  group(std::true_type{}, 0);
+  for (int64_t t0 = 4; t0 < tokens; t0 += 4) group(std::false_type{}, t0);
 }
 
 // y[t, r] (+)= w[r, :in] . x[t, :in] for rows r in [row_begin, row_end). Each token's sum is
