@@ -159,6 +159,19 @@ struct EngineImpl final : Engine::Impl {
           mark_ns = t;
         }
       };
+      // y (+)= m x (+ bias) for this thread's rows of m, over `tokens` tokens; then every
+      // thread waits for the others (the next phase reads all of y).
+      auto project = [&](auto accumulate, float* y, const float* x, const Matrix& m, const float* bias,
+                         int64_t tokens) {
+        int64_t r0, r1;
+        thread_range(m.rows, 4, tid, nt, r0, r1);
+        detail::linear_rows<decltype(accumulate)::value>(y, m.rows, x, m.cols, RowsOf<TW>::of(m), tokens, m.cols,
+                                                         r0, r1);
+        if (bias)
+          for (int64_t t = 0; t < tokens; ++t)
+            for (int64_t r = r0; r < r1; ++r) y[t * m.rows + r] += bias[r];
+#pragma omp barrier
+      };
       float* gate = tmp.data() + static_cast<int64_t>(tid) * 2 * s.max_tokens * chunk;
       float* up = gate + s.max_tokens * chunk;
 
@@ -175,13 +188,7 @@ struct EngineImpl final : Engine::Impl {
         for (int64_t t = 0; t < n; ++t) rms_norm_row(xn.data() + t * H, resid.data() + t * H, L.attn_norm, H, s.eps);
         mark(l, Op::AttnNorm);
 
-        int64_t r0, r1;
-        thread_range(qkv_dim, 4, tid, nt, r0, r1);
-        detail::linear_rows(qkv.data(), qkv_dim, xn.data(), H, RowsOf<TW>::of(L.qkv), n, H, r0, r1);
-        if (L.qkv_bias)
-          for (int64_t t = 0; t < n; ++t)
-            for (int64_t r = r0; r < r1; ++r) qkv[t * qkv_dim + r] += L.qkv_bias[r];
-#pragma omp barrier
+        project(std::false_type{}, qkv.data(), xn.data(), L.qkv, L.qkv_bias, n);
         mark(l, Op::QKV);
 
         // q heads rotated in place; k heads rotated, then k and v stored in the cache.
@@ -208,12 +215,7 @@ struct EngineImpl final : Engine::Impl {
                                                      scale, plan, attn_ws.data());
         mark(l, Op::Attention);
 
-        thread_range(H, 4, tid, nt, r0, r1);
-        detail::linear_rows<true>(resid.data(), H, attn.data(), q_dim, RowsOf<TW>::of(L.o), n, q_dim, r0, r1);
-        if (L.o_bias)
-          for (int64_t t = 0; t < n; ++t)
-            for (int64_t r = r0; r < r1; ++r) resid[t * H + r] += L.o_bias[r];
-#pragma omp barrier
+        project(std::true_type{}, resid.data(), attn.data(), L.o, L.o_bias, n);  // residual add
         mark(l, Op::OProj);
 
 #pragma omp for schedule(static)
@@ -236,9 +238,7 @@ struct EngineImpl final : Engine::Impl {
 #pragma omp barrier
         mark(l, Op::GateUpSilu);
 
-        thread_range(H, 4, tid, nt, r0, r1);
-        detail::linear_rows<true>(resid.data(), H, act.data(), I, RowsOf<TW>::of(L.down), n, I, r0, r1);
-#pragma omp barrier
+        project(std::true_type{}, resid.data(), act.data(), L.down, nullptr, n);  // residual add
         mark(l, Op::Down);
       }
 
@@ -248,11 +248,7 @@ struct EngineImpl final : Engine::Impl {
           rms_norm_row(xn.data() + t * H, resid.data() + t * H, s.final_norm, H, s.eps);
         mark(-1, Op::FinalNorm);
 
-        int64_t v0, v1;
-        thread_range(s.vocab, 4, tid, nt, v0, v1);
-        detail::linear_rows(logits, s.vocab, xn.data() + first_logit * H, H, RowsOf<TW>::of(s.lm_head),
-                            n_logits, H, v0, v1);
-#pragma omp barrier
+        project(std::false_type{}, logits, xn.data() + first_logit * H, s.lm_head, nullptr, n_logits);
         mark(-1, Op::LMHead);
       }
     }

@@ -11,7 +11,7 @@ def run(*args, input=None):
     return subprocess.run([sys.executable, "-m", "pyruntime", *args], capture_output=True, text=True, input=input, timeout=600)
 
 
-@pytest.mark.parametrize("cmd", [[], ["generate"], ["chat"], ["convert"], ["bench"]])
+@pytest.mark.parametrize("cmd", [[], ["generate"], ["chat"], ["convert"], ["bench"], ["profile"]])
 def test_help(cmd):
     r = run(*cmd, "--help")
     assert r.returncode == 0 and "usage: pyruntime" in r.stdout
@@ -65,3 +65,17 @@ def test_bad_model_is_a_clean_error():
     r = run("generate", "hi", "--model", "/nonexistent/model")
     assert r.returncode == 2
     assert "error" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_profile_writes_a_trace(tmp_path):
+    trace = tmp_path / "trace.json"
+    r = run("profile", "--dtype", "int8", "--prompt-tokens", "8", "--new-tokens", "3", "--trace", str(trace))
+    assert r.returncode == 0, r.stderr
+    assert "gate_up_silu" in r.stdout and "decode step" in r.stdout
+    shares = [float(line.split()[-1].rstrip("%")) for line in r.stdout.splitlines()
+              if line.split() and line.split()[0] in ("qkv_proj", "attention", "gate_up_silu", "down_proj", "lm_head")]
+    assert len(shares) == 5 and 50 < sum(shares) <= 100.5
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e["name"] for e in events}
+    assert {"prefill", "decode 1", "decode 3", "layer 0", "layer 29", "attention", "lm_head"} <= names
+    assert all(e["ph"] == "X" and e["dur"] >= 0 for e in events)
