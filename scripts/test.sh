@@ -22,7 +22,7 @@ grep -E "pyruntime: (CPU|CUDA)" "$log" || true
 for isa in avx2 scalar; do
   step "C++ tests of the $isa fallback (build-$isa/)"
   cmake -S . -B "build-$isa" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPYRUNTIME_ISA=$isa -DPYRUNTIME_CUDA=OFF >> "$log" 2>&1 || fail
-  ninja -C "build-$isa" test_kernels >> "$log" 2>&1 || fail
+  ninja -C "build-$isa" test_kernels test_engine >> "$log" 2>&1 || fail
   (cd "build-$isa" && ctest --output-on-failure)
 done
 
@@ -30,7 +30,7 @@ if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
   step "C++ tests under ASan + UBSan (build-asan/)"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYRUNTIME_SANITIZE=ON \
     -DPYRUNTIME_CUDA=OFF >> "$log" 2>&1 || fail
-  ninja -C build-asan test_kernels >> "$log" 2>&1 || fail
+  ninja -C build-asan test_kernels test_engine >> "$log" 2>&1 || fail
   (cd build-asan && ctest --output-on-failure)
 
   step "Python kernel and runtime tests against an ASan + UBSan extension (build-asan-py/)"

@@ -36,6 +36,9 @@ const char* op_name(Op op) {
 namespace {
 
 constexpr int W = VecF::W;
+// Calls with more tokens than this (prefill chunks) use the packed GEMM; decode batches the
+// row tiles, whose per-token sums do not depend on the batch.
+constexpr int64_t kTileMaxTokens = 16;
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -114,6 +117,8 @@ struct Engine::Impl {
   float scale = 1.0f;
   // Activations, float32, for spec.max_tokens tokens.
   std::vector<float> resid, xn, qkv, attn, act, tmp;  // tmp: per-thread gate and up slices
+  std::vector<float> pack;                            // per-thread packed weight panel (GEMM)
+  int64_t pack_floats = 0;
   std::vector<int32_t> seq_lens;
   std::vector<float> attn_ws;
   bool profiling = false;
@@ -159,14 +164,23 @@ struct EngineImpl final : Engine::Impl {
           mark_ns = t;
         }
       };
+      float* packed = pack.data() + static_cast<int64_t>(tid) * pack_floats;
+      // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token.
+      auto product = [&](auto accumulate, float* y, int64_t y_stride, const float* x, int64_t x_stride,
+                         const auto& w, int64_t tokens, int64_t in, int64_t r0, int64_t r1) {
+        constexpr bool acc = decltype(accumulate)::value;
+        if (tokens > kTileMaxTokens)
+          detail::gemm_rows<acc>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed);
+        else
+          detail::linear_rows<acc>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
+      };
       // y (+)= m x (+ bias) for this thread's rows of m, over `tokens` tokens; then every
       // thread waits for the others (the next phase reads all of y).
       auto project = [&](auto accumulate, float* y, const float* x, const Matrix& m, const float* bias,
                          int64_t tokens) {
         int64_t r0, r1;
         thread_range(m.rows, 4, tid, nt, r0, r1);
-        detail::linear_rows<decltype(accumulate)::value>(y, m.rows, x, m.cols, RowsOf<TW>::of(m), tokens, m.cols,
-                                                         r0, r1);
+        product(accumulate, y, m.rows, x, m.cols, RowsOf<TW>::of(m), tokens, m.cols, r0, r1);
         if (bias)
           for (int64_t t = 0; t < tokens; ++t)
             for (int64_t r = r0; r < r1; ++r) y[t * m.rows + r] += bias[r];
@@ -226,8 +240,8 @@ struct EngineImpl final : Engine::Impl {
         thread_range(I, W, tid, nt, i0, i1);
         if (i1 > i0) {
           const auto gu = RowsOf<TW>::of(L.gate_up);
-          detail::linear_rows(gate, chunk, xn.data(), H, gu.from(i0), n, H, 0, i1 - i0);
-          detail::linear_rows(up, chunk, xn.data(), H, gu.from(I + i0), n, H, 0, i1 - i0);
+          product(std::false_type{}, gate, chunk, xn.data(), H, gu.from(i0), n, H, 0, i1 - i0);
+          product(std::false_type{}, up, chunk, xn.data(), H, gu.from(I + i0), n, H, 0, i1 - i0);
           for (int64_t t = 0; t < n; ++t)
             for (int64_t i = 0; i < i1 - i0; i += W) {
               const int m = static_cast<int>(std::min<int64_t>(W, i1 - i0 - i));
@@ -313,6 +327,8 @@ Engine::Engine(EngineSpec s) {
   m.act.assign(N * I, 0.0f);
   m.tmp.assign(static_cast<int64_t>(m.threads) * 2 * N * m.chunk, 0.0f);
   m.seq_lens.assign(N, 0);
+  m.pack_floats = detail::gemm_pack_floats(std::max({H, q_dim, I}));
+  if (N > kTileMaxTokens) m.pack.assign(static_cast<int64_t>(m.threads) * m.pack_floats, 0.0f);
   // Attention workspace for n tokens of the longest length; it can only grow when the
   // OpenMP thread count is raised later.
   std::vector<int32_t> longest(N, static_cast<int32_t>(sp.max_seq));

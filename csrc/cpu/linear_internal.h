@@ -105,6 +105,88 @@ inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_st
     linear_row_block<1, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in);
 }
 
+// Products over many tokens (prefill chunks): a packed outer-product GEMM. kPanelRows rows
+// of w are packed once per panel, transposed to [in, kPanelRows] float32, into a per-thread
+// buffer; every group of up to kGemmTokens tokens then keeps panel x tokens sums in
+// registers, with one packed load per row vector and one broadcast of x per token and k.
+// (The sums run over k in order, so they differ in rounding from linear_rows.)
+constexpr int kPanelRows = 2 * VecF::W;
+#if defined(PYRUNTIME_VEC_AVX512)
+constexpr int kGemmTokens = 12;  // 24 accumulators of the 32 zmm registers
+#else
+constexpr int kGemmTokens = 6;   // 12 of the 16 ymm registers
+#endif
+
+inline int64_t gemm_pack_floats(int64_t in) { return in * kPanelRows; }
+
+// packed[k, j] = w[j, k] for the `rows` (<= kPanelRows) rows of w; zeros past them. A block
+// of W columns of every row goes through a small buffer so the packed rows are written in order.
+template <typename Rows>
+inline void gemm_pack(float* packed, const Rows& w, int rows, int64_t in) {
+  constexpr int W = VecF::W;
+  alignas(64) float block[kPanelRows * W];  // [row j][column kk]
+  for (int j = rows; j < kPanelRows; ++j) VecF::zero().store(block + j * W);
+  for (int64_t k0 = 0; k0 < in; k0 += W) {
+    const int n = static_cast<int>(in - k0 < W ? in - k0 : W);
+    for (int j = 0; j < rows; ++j) w.load(j, k0, n).store(block + j * W);
+    for (int kk = 0; kk < n; ++kk) {
+      float* dst = packed + (k0 + kk) * kPanelRows;
+      for (int j = 0; j < kPanelRows; ++j) dst[j] = block[j * W + kk];
+    }
+  }
+}
+
+template <int NT, bool Accumulate>
+inline void gemm_micro(float* y, int64_t y_stride, const float* x, int64_t x_stride,
+                       const float* packed, int rows, int64_t in) {
+  constexpr int W = VecF::W;
+  VecF acc0[NT], acc1[NT];
+  for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = VecF::zero();
+  for (int64_t k = 0; k < in; ++k) {
+    const VecF w0 = VecF::load(packed + k * kPanelRows), w1 = VecF::load(packed + k * kPanelRows + W);
+    for (int t = 0; t < NT; ++t) {
+      const VecF xb = VecF::set1(x[t * x_stride + k]);
+      acc0[t] = VecF::fma(w0, xb, acc0[t]);
+      acc1[t] = VecF::fma(w1, xb, acc1[t]);
+    }
+  }
+  const int n0 = rows < W ? rows : W, n1 = rows - n0;
+  for (int t = 0; t < NT; ++t) {
+    float* yt = y + t * y_stride;
+    if (Accumulate) {
+      acc0[t] = acc0[t] + load_n(yt, n0);
+      if (n1 > 0) acc1[t] = acc1[t] + load_n(yt + W, n1);
+    }
+    store_n(acc0[t], yt, n0);
+    if (n1 > 0) store_n(acc1[t], yt + W, n1);
+  }
+}
+
+template <bool Accumulate, int NT = kGemmTokens>
+inline void gemm_micro_n(int nt, float* y, int64_t y_stride, const float* x, int64_t x_stride,
+                         const float* packed, int rows, int64_t in) {
+  if constexpr (NT >= 1) {
+    if (nt == NT) return gemm_micro<NT, Accumulate>(y, y_stride, x, x_stride, packed, rows, in);
+    gemm_micro_n<Accumulate, NT - 1>(nt, y, y_stride, x, x_stride, packed, rows, in);
+  }
+}
+
+// y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and every token.
+// \param packed gemm_pack_floats(in) floats of this thread's own
+template <bool Accumulate = false, typename Rows>
+inline void gemm_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
+                      int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end, float* packed) {
+  for (int64_t r = row_begin; r < row_end; r += kPanelRows) {
+    const int rows = static_cast<int>(row_end - r < kPanelRows ? row_end - r : kPanelRows);
+    gemm_pack(packed, w.from(r), rows, in);
+    for (int64_t t0 = 0; t0 < tokens; t0 += kGemmTokens) {
+      const int nt = static_cast<int>(tokens - t0 < kGemmTokens ? tokens - t0 : kGemmTokens);
+      gemm_micro_n<Accumulate>(nt, y + t0 * y_stride + r, y_stride, x + t0 * x_stride, x_stride, packed,
+                               rows, in);
+    }
+  }
+}
+
 // dst[i] = src[i] for n elements, converted through float32.
 template <typename D, typename S>
 inline void convert(D* dst, const S* src, int64_t n) {
