@@ -178,7 +178,7 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
   for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
     if (nb == kBlock) {
-      if constexpr (std::is_same_v<T, float>) prefetch_block<T, D>(k, v, j0 + kPrefetchBlocks * kBlock, len);
+      prefetch_block<T, D>(k, v, j0 + kPrefetchBlocks * kBlock, len);
       attend_block<D>(qf, group, k + j0 * D, v + j0 * D, nb, rec);
     } else {
       float* kb = scratch;
