@@ -43,6 +43,16 @@ def test_batch_equals_alone(llm):
         assert a.finish_reason == b.finish_reason
 
 
+def test_batch_larger_than_a_decode_group_equals_alone(llm):
+    # 20 sequences: more than one engine call per step; each still gets exactly its own result.
+    prompts = [f"Item {i}: the colour of the sky is" for i in range(20)]
+    together = llm.generate(prompts, max_new_tokens=3, logprobs=1)
+    for p, b in zip(prompts, together):
+        a = llm.generate(p, max_new_tokens=3, logprobs=1)
+        assert a.token_ids == b.token_ids
+        assert [x.logprob for x in a.logprobs] == [x.logprob for x in b.logprobs]
+
+
 def test_batch_of_token_id_lists_with_sampling_and_seed(llm):
     ids = [llm.tokenizer.encode("Tell me a story"), llm.tokenizer.encode("Hello")]
     alone = [llm.generate(p, max_new_tokens=16, temperature=0.8, top_p=0.9, seed=7) for p in ids]
