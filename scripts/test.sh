@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 log=build.log
 : > "$log"
-step() { echo "== $*"; }
+step() { echo "== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 fail() { tail -60 "$log"; exit 1; }
 
 step "C++ library and tests (build/)"
@@ -45,4 +45,5 @@ if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
 fi
 
 step "pytest"
-$PY -m pytest -q "$@"
+$PY -m pytest -q --durations=15 "$@"
+step "done"
