@@ -37,22 +37,16 @@ PRECISIONS = {
 
 
 def int8_group_size(in_features: int) -> int:
-    for g in (64, 32):
-        if in_features % g == 0:
-            return g
-    raise ValueError(f"int8 weights need in_features divisible by 32, got {in_features}")
+    """64, else 32: the int8 group size for in_features input features (ValueError if neither divides it)."""
+    return C.int8_group_size(in_features)
 
 
 def quantize_int8(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
     """w [rows, cols] float -> (q int8 [rows, cols], scales float32 [rows, cols / group]) with
-    w ~= q * scale per group; scale = absmax / 127 of the group."""
+    w ~= q * scale per group; scale = absmax / 127 of the group (the compiled quantizer)."""
     if w.dim() != 2 or w.shape[1] % group:
         raise ValueError(f"quantize_int8: w must be [rows, cols] with cols divisible by {group}, got {tuple(w.shape)}")
-    g = w.float().reshape(w.shape[0], -1, group)
-    scales = g.abs().amax(dim=2) / 127.0
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    q = torch.round(g / safe.unsqueeze(2)).clamp_(-127, 127).to(torch.int8)
-    return q.reshape(w.shape).contiguous(), scales.contiguous()
+    return C.quantize_int8(w.detach().float().contiguous(), group)
 
 
 def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,6 @@ class Transformer:
         self.cfg = cfg
         self.device = weights.embed.device
         cos_sin = cos_sin_cache(cfg.rope, cfg.rotary_dim, max_seq_len)
-        self.scale = cfg.head_dim**-0.5
         if self.device.type == "cpu":
             self.engine = CpuEngine(cfg, weights, cos_sin, dtype, max_seq_len, threads)
             self.w = None  # the engine holds what it needs (int8: only the quantised weights)
@@ -44,6 +43,7 @@ class Transformer:
             self.w = weights
             self.weight_bytes = weights.nbytes()
             self.cos_sin = cos_sin.to(self.device)
+            self.scale = cfg.head_dim**-0.5
 
     def _attention_inputs(self, layer, x):
         """x [T, H] -> q [T, Hq, D], k, v [T, Hkv, D] views of one fused projection."""

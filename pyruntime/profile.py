@@ -12,39 +12,35 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 
-
-def _steps(llm, prompt_tokens: int, new_tokens: int):
-    """Prefill, then new_tokens greedy decode steps; yields (kind, events) per engine call."""
-    model, eng = llm.model, llm.model.engine.engine
+def _calls(llm, prompt_tokens: int, new_tokens: int):
+    """One greedy generation with the engine's timers on: [(kind, events)] per engine call."""
+    eng = llm.model.engine.engine
     text_ids = llm.tokenizer.encode("The history of every river is a story of water, stone and time. ")
     ids = (text_ids * (prompt_tokens // len(text_ids) + 1))[:prompt_tokens]
-    cache = llm._new_cache(1)
     eng.set_profiling(True)
     try:
-        logits = model.prefill(torch.tensor(ids), cache, 0, 0)
-        yield "prefill", eng.profile()
-        pos = len(ids)
-        for _ in range(new_tokens):
-            token = torch.tensor([int(logits.argmax())])
-            logits = model.decode(token, torch.tensor([pos]), cache)[0]
-            pos += 1
-            yield "decode", eng.profile()
+        done = llm.generate(ids, max_new_tokens=new_tokens + 1, ignore_eos=True)
+        events = eng.profile()
     finally:
         eng.set_profiling(False)
+    by_call = defaultdict(list)
+    for call, layer, op, b, e in events:
+        by_call[call].append((layer, op, b, e))
+    # The prompt (less what the KV cache already held) went in chunks of max_tokens.
+    prefill_calls = -(-(prompt_tokens - done.stats.cached_prompt_tokens) // eng.max_tokens)
+    return [("prefill" if c < prefill_calls else "decode", by_call[c]) for c in sorted(by_call)], prefill_calls
 
 
 def run_profile(llm, prompt_tokens: int = 128, new_tokens: int = 32, trace: str | None = None) -> dict:
     if llm.model.engine is None:
         raise ValueError("profile needs the CPU engine (device='cpu')")
-    if prompt_tokens < 1 or new_tokens < 1 or prompt_tokens + new_tokens > llm.max_seq_len:
-        raise ValueError(f"need prompt_tokens >= 1, new_tokens >= 1 and their sum <= max_seq_len {llm.max_seq_len}")
-    with llm._lock:
-        calls = list(_steps(llm, prompt_tokens, new_tokens))
+    if prompt_tokens < 1 or new_tokens < 1 or prompt_tokens + new_tokens + 1 > llm.max_seq_len:
+        raise ValueError(f"need prompt_tokens >= 1, new_tokens >= 1 and their sum < max_seq_len {llm.max_seq_len}")
+    calls, prefill_calls = _calls(llm, prompt_tokens, new_tokens)
     per_op = defaultdict(list)  # op -> total ns in each decode step
     step_ns = []
-    for kind, events in calls[1:]:
+    for kind, events in calls[prefill_calls:]:
         totals = defaultdict(int)
         for _, op, b, e in events:
             totals[op] += e - b
@@ -55,9 +51,10 @@ def run_profile(llm, prompt_tokens: int = 128, new_tokens: int = 32, trace: str 
     rows = sorted(((op, statistics.median(v)) for op, v in per_op.items()), key=lambda r: -r[1])
     if trace:
         write_trace(calls, trace)
+    prefill = [e for _, events in calls[:prefill_calls] for e in events]
     return {
         "dtype": llm.dtype, "threads": llm.model.engine.engine.threads, "prompt_tokens": prompt_tokens,
-        "new_tokens": new_tokens, "prefill_ms": (calls[0][1][-1][3] - calls[0][1][0][2]) / 1e6,
+        "new_tokens": new_tokens, "prefill_ms": sum(e - b for _, _, b, e in prefill) / 1e6,
         "decode_step_ms": step / 1e6,
         "ops": [{"op": op, "ms": ns / 1e6, "share": ns / step} for op, ns in rows],
     }
@@ -68,9 +65,12 @@ def write_trace(calls, path: str) -> None:
     t0 = calls[0][1][0][2]
     us = lambda ns: (ns - t0) / 1e3  # noqa: E731
     out = []
-    for i, (kind, events) in enumerate(calls):
+    decode_index = 0
+    for kind, events in calls:
         begin, end = events[0][2], events[-1][3]
-        out.append({"name": f"{kind} {i}" if kind == "decode" else kind, "cat": kind, "ph": "X", "pid": 1,
+        if kind == "decode":
+            decode_index += 1
+        out.append({"name": f"decode {decode_index}" if kind == "decode" else kind, "cat": kind, "ph": "X", "pid": 1,
                     "tid": 1, "ts": us(begin), "dur": (end - begin) / 1e3})
         layers = defaultdict(list)
         for layer, op, b, e in events:

@@ -2,7 +2,7 @@
 // (config.json + model.safetensors, float32/bfloat16/float16 tensors), builds the CPU engine,
 // prefills a prompt and times every greedy decode step.
 //
-// Usage: bench_decode MODEL_DIR [--dtype float32|bfloat16] [--prompt N] [--new N] [--threads N]
+// Usage: bench_decode MODEL_DIR [--dtype float32|bfloat16|int8] [--prompt N] [--new N] [--threads N]
 //                     [--json FILE]
 // (pyruntime converts the bundled GGUF into such a folder: see benchmarks/README.md.)
 #include <fcntl.h>
@@ -94,20 +94,9 @@ class SafeTensors {
 
  private:
   static float half_to_float(uint16_t h) {
-    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-    float f;
-    if (exp == 0) {
-      f = std::ldexp(static_cast<float>(mant), -24);
-    } else if (exp == 31) {
-      f = mant ? NAN : INFINITY;
-    } else {
-      f = std::ldexp(static_cast<float>(mant | 0x400), static_cast<int>(exp) - 25);
-    }
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u |= sign;
-    std::memcpy(&f, &u, 4);
-    return f;
+    _Float16 f;  // the compiler's own IEEE half (GCC >= 12, Clang on x86-64)
+    std::memcpy(&f, &h, 2);
+    return static_cast<float>(f);
   }
   std::string path_;
   int fd_ = -1;
@@ -117,27 +106,40 @@ class SafeTensors {
   json header_;
 };
 
-// Weight storage of the engine's format: float32 or bfloat16 copies of the tensors.
+// Weight storage of the engine's format: float32, bfloat16 or int8 (the library's quantizer)
+// copies of the tensors.
 struct Store {
-  bool bf16_weights = false;
+  pyruntime::cpu::WeightFormat format = pyruntime::cpu::WeightFormat::Float32;
   std::vector<std::vector<float>> f32;
   std::vector<std::vector<bf16>> b16;
+  std::vector<std::vector<int8_t>> q8;
   size_t bytes = 0;
 
   pyruntime::cpu::Matrix matrix(std::vector<float> w, int64_t rows, int64_t cols) {
+    using pyruntime::cpu::WeightFormat;
     pyruntime::cpu::Matrix m;
     m.rows = rows;
     m.cols = cols;
-    if (bf16_weights) {
+    if (format == WeightFormat::Int8) {
+      m.group = pyruntime::cpu::int8_group_size(cols);
+      std::vector<int8_t> q(w.size());
+      std::vector<float> scales(w.size() / m.group);
+      pyruntime::cpu::quantize_int8(w.data(), rows, cols, m.group, q.data(), scales.data());
+      bytes += q.size() + scales.size() * 4;
+      q8.push_back(std::move(q));
+      f32.push_back(std::move(scales));
+      m.data = q8.back().data();
+      m.scales = f32.back().data();
+    } else if (format == WeightFormat::BFloat16) {
       std::vector<bf16> b(w.size());
       for (size_t i = 0; i < w.size(); ++i) b[i] = pyruntime::float_to_bf16(w[i]);
+      bytes += b.size() * 2;
       b16.push_back(std::move(b));
       m.data = b16.back().data();
-      bytes += w.size() * 2;
     } else {
+      bytes += w.size() * 4;
       f32.push_back(std::move(w));
       m.data = f32.back().data();
-      bytes += f32.back().size() * 4;
     }
     return m;
   }
@@ -163,7 +165,7 @@ double percentile(std::vector<double> v, double p) {
 
 int run(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s MODEL_DIR [--dtype float32|bfloat16] [--prompt N] [--new N] [--threads N] [--json FILE]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL_DIR [--dtype float32|bfloat16|int8] [--prompt N] [--new N] [--threads N] [--json FILE]\n", argv[0]);
     return 2;
   }
   std::string dir = argv[1], dtype = "float32", json_path;
@@ -178,7 +180,8 @@ int run(int argc, char** argv) {
     else if (a == "--json") json_path = v;
     else throw std::runtime_error("unknown argument " + a);
   }
-  if (dtype != "float32" && dtype != "bfloat16") throw std::runtime_error("--dtype must be float32 or bfloat16");
+  if (dtype != "float32" && dtype != "bfloat16" && dtype != "int8")
+    throw std::runtime_error("--dtype must be float32, bfloat16 or int8");
   if (prompt < 1 || new_tokens < 2) throw std::runtime_error("--prompt >= 1 and --new >= 2 are needed");
   if (threads > 0) omp_set_num_threads(threads);
 
@@ -197,12 +200,15 @@ int run(int argc, char** argv) {
 
   SafeTensors st(dir + "/model.safetensors");
   Store store;
-  store.bf16_weights = dtype == "bfloat16";
+  store.format = dtype == "int8"       ? pyruntime::cpu::WeightFormat::Int8
+                 : dtype == "bfloat16" ? pyruntime::cpu::WeightFormat::BFloat16
+                                       : pyruntime::cpu::WeightFormat::Float32;
+  const bool bf16_cache = dtype != "float32";  // as the Python LLM: int8 keeps a bfloat16 cache
   pyruntime::cpu::EngineSpec s;
   s.hidden = H; s.inter = I; s.num_heads = Hq; s.num_kv_heads = Hkv; s.head_dim = D; s.vocab = V;
   s.max_seq = max_seq; s.rot_dim = D; s.eps = cfg.value("rms_norm_eps", 1e-6);
-  s.format = store.bf16_weights ? pyruntime::cpu::WeightFormat::BFloat16 : pyruntime::cpu::WeightFormat::Float32;
-  s.kv_dtype = store.bf16_weights ? pyruntime::DType::BFloat16 : pyruntime::DType::Float32;
+  s.format = store.format;
+  s.kv_dtype = bf16_cache ? pyruntime::DType::BFloat16 : pyruntime::DType::Float32;
   s.max_tokens = 256;
   s.embed = store.matrix(st.get("model.embed_tokens.weight", {V, H}), V, H);
   s.lm_head = tied || !st.has("lm_head.weight") ? s.embed : store.matrix(st.get("lm_head.weight", {V, H}), V, H);
@@ -239,12 +245,12 @@ int run(int argc, char** argv) {
   std::vector<float> kf, vf;
   std::vector<bf16> kb, vb;
   void *kc, *vc;
-  if (store.bf16_weights) {
+  if (bf16_cache) {
     kb.resize(kv_elems); vb.resize(kv_elems); kc = kb.data(); vc = vb.data();
   } else {
     kf.resize(kv_elems); vf.resize(kv_elems); kc = kf.data(); vc = vf.data();
   }
-  const int64_t kv_bytes_per_pos = 2 * L * Hkv * D * (store.bf16_weights ? 2 : 4);
+  const int64_t kv_bytes_per_pos = 2 * L * Hkv * D * (bf16_cache ? 2 : 4);
   std::vector<float> logits(V);
   std::vector<int64_t> tokens, positions, rows;
   auto argmax = [&] { return static_cast<int64_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()); };

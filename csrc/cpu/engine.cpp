@@ -9,6 +9,7 @@
 
 #include "attention_internal.h"
 #include "linear_internal.h"
+#include "norm_internal.h"
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/dispatch.h"
 #include "pyruntime/vec.h"
@@ -79,20 +80,6 @@ inline void matrix_row_to_f32(float* out, const Matrix& m, int64_t r) {
   }
 }
 
-inline void rms_norm_row(float* out, const float* x, const float* weight, int64_t hidden, float eps) {
-  VecF acc = VecF::zero();
-  for (int64_t i = 0; i < hidden; i += W) {
-    const int n = static_cast<int>(std::min<int64_t>(W, hidden - i));
-    const VecF v = load_n(x + i, n);
-    acc = VecF::fma(v, v, acc);
-  }
-  const VecF inv = VecF::set1(1.0f / std::sqrt(acc.reduce_sum() / static_cast<float>(hidden) + eps));
-  for (int64_t i = 0; i < hidden; i += W) {
-    const int n = static_cast<int>(std::min<int64_t>(W, hidden - i));
-    store_n(load_n(x + i, n) * inv * load_n(weight + i, n), out + i, n);
-  }
-}
-
 void check_matrix(const Matrix& m, int64_t rows, int64_t cols, WeightFormat f, const std::string& name) {
   PYRUNTIME_CHECK(m.data != nullptr, "engine: " + name + " is missing");
   PYRUNTIME_CHECK(m.rows == rows && m.cols == cols,
@@ -122,6 +109,7 @@ struct Engine::Impl {
   std::vector<int32_t> seq_lens;
   std::vector<float> attn_ws;
   bool profiling = false;
+  int calls = 0;  // forward calls profiled since profiling was switched on
   std::vector<ProfileEvent> events;
 
   explicit Impl(EngineSpec s) : spec(std::move(s)) {}
@@ -150,7 +138,7 @@ struct EngineImpl final : Engine::Impl {
     plan.threads = std::max<int64_t>(plan.threads, threads);
     const int64_t ws = gqa_decode_workspace_floats(plan, n, Hq, D);
     if (static_cast<int64_t>(attn_ws.size()) < ws) attn_ws.resize(ws);  // grows once at most
-    if (profiling) events.clear();
+    const int call = profiling ? calls++ : 0;
     const int64_t n_logits = n - first_logit;
 
 #pragma omp parallel num_threads(threads)
@@ -160,7 +148,7 @@ struct EngineImpl final : Engine::Impl {
       auto mark = [&](int layer, Op op) {
         if (profiling && tid == 0) {
           const int64_t t = now_ns();
-          events.push_back({layer, op, mark_ns, t});
+          events.push_back({call, layer, op, mark_ns, t});
           mark_ns = t;
         }
       };
@@ -199,7 +187,7 @@ struct EngineImpl final : Engine::Impl {
         TC* vc = v_cache + l * layer_stride;
 
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < n; ++t) rms_norm_row(xn.data() + t * H, resid.data() + t * H, L.attn_norm, H, s.eps);
+        for (int64_t t = 0; t < n; ++t) detail::rms_norm_row(xn.data() + t * H, resid.data() + t * H, L.attn_norm, H, s.eps);
         mark(l, Op::AttnNorm);
 
         project(std::false_type{}, qkv.data(), xn.data(), L.qkv, L.qkv_bias, n);
@@ -233,7 +221,7 @@ struct EngineImpl final : Engine::Impl {
         mark(l, Op::OProj);
 
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < n; ++t) rms_norm_row(xn.data() + t * H, resid.data() + t * H, L.mlp_norm, H, s.eps);
+        for (int64_t t = 0; t < n; ++t) detail::rms_norm_row(xn.data() + t * H, resid.data() + t * H, L.mlp_norm, H, s.eps);
         mark(l, Op::MlpNorm);
 
         int64_t i0, i1;
@@ -259,7 +247,7 @@ struct EngineImpl final : Engine::Impl {
       if (n_logits > 0) {  // the same on every thread: the barriers inside match
 #pragma omp for schedule(static)
         for (int64_t t = first_logit; t < n; ++t)
-          rms_norm_row(xn.data() + t * H, resid.data() + t * H, s.final_norm, H, s.eps);
+          detail::rms_norm_row(xn.data() + t * H, resid.data() + t * H, s.final_norm, H, s.eps);
         mark(-1, Op::FinalNorm);
 
         project(std::false_type{}, logits, xn.data() + first_logit * H, s.lm_head, nullptr, n_logits);
@@ -371,7 +359,13 @@ void Engine::forward(const int64_t* tokens, const int64_t* positions, const int6
 
 const EngineSpec& Engine::spec() const { return impl_->spec; }
 int Engine::threads() const { return impl_->threads; }
-void Engine::set_profiling(bool on) { impl_->profiling = on; }
+void Engine::set_profiling(bool on) {
+  if (on && !impl_->profiling) {
+    impl_->events.clear();
+    impl_->calls = 0;
+  }
+  impl_->profiling = on;
+}
 const std::vector<ProfileEvent>& Engine::profile() const { return impl_->events; }
 
 }  // namespace pyruntime::cpu

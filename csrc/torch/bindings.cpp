@@ -52,6 +52,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "read bandwidth of this machine now (all kernel threads), GB/s");
   m.def("set_cpu_num_threads", &pyruntime::cpu::set_num_threads, "0 restores the default");
   namespace py = pybind11;
+  m.def("quantize_int8", &pyruntime::quantize_int8, py::arg("w"), py::arg("group"),
+        "int8 weight-only quantisation (absmax / 127 per group): (q, scales)");
+  m.def("int8_group_size", &pyruntime::int8_group_size, py::arg("cols"));
   py::class_<pyruntime::EngineHandle>(m, "Engine",
                                       "whole forward steps on the CPU with resident weights")
       .def(py::init<const std::map<std::string, double>&, const std::string&, at::ScalarType,

@@ -30,6 +30,28 @@ at::ScalarType storage_type(WeightFormat f) {
 
 }  // namespace
 
+std::tuple<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& w, int64_t group) {
+  TORCH_CHECK_VALUE(w.device().is_cpu() && w.scalar_type() == at::kFloat && w.dim() == 2,
+                    "quantize_int8: w must be a float32 cpu matrix, got ", w.scalar_type(), " ",
+                    w.sizes(), " on ", w.device());
+  TORCH_CHECK_VALUE(group > 0 && w.size(1) % group == 0, "quantize_int8: w must be [rows, cols] with cols ",
+                    "divisible by group ", group, ", got ", w.sizes());
+  const at::Tensor src = w.contiguous();
+  at::Tensor q = at::empty(src.sizes(), src.options().dtype(at::kChar));
+  at::Tensor scales = at::empty({src.size(0), src.size(1) / group}, src.options());
+  cpu::quantize_int8(src.data_ptr<float>(), src.size(0), src.size(1), group, q.data_ptr<int8_t>(),
+                     scales.data_ptr<float>());
+  return {q, scales};
+}
+
+int64_t int8_group_size(int64_t cols) {
+  try {
+    return cpu::int8_group_size(cols);
+  } catch (const InvalidArgument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
 const at::Tensor& EngineHandle::tensor(const std::string& name) {
   auto it = tensors_.find(name);
   TORCH_CHECK_VALUE(it != tensors_.end(), "Engine: tensor '", name, "' is missing");
@@ -183,10 +205,11 @@ void EngineHandle::set_profiling(bool on) {
   engine_->set_profiling(on);
 }
 
-std::vector<std::tuple<int64_t, std::string, int64_t, int64_t>> EngineHandle::profile() {
+std::vector<EngineHandle::Event> EngineHandle::profile() {
   std::lock_guard<std::mutex> guard(mutex_);
-  std::vector<std::tuple<int64_t, std::string, int64_t, int64_t>> out;
-  for (const auto& e : engine_->profile()) out.emplace_back(e.layer, cpu::op_name(e.op), e.begin_ns, e.end_ns);
+  std::vector<Event> out;
+  for (const auto& e : engine_->profile())
+    out.emplace_back(e.call, e.layer, cpu::op_name(e.op), e.begin_ns, e.end_ns);
   return out;
 }
 

@@ -14,6 +14,11 @@
 
 namespace pyruntime {
 
+// cpu::quantize_int8 of a float32 [rows, cols] cpu tensor: (q int8 [rows, cols], scales
+// float32 [rows, cols / group]).
+std::tuple<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& w, int64_t group);
+int64_t int8_group_size(int64_t cols);
+
 class EngineHandle {
  public:
   // config: hidden, inter, num_heads, num_kv_heads, head_dim, vocab, num_layers, max_seq,
@@ -25,9 +30,11 @@ class EngineHandle {
 
   void forward(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& rows,
                at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& logits, int64_t first_logit);
+  // Switching profiling on clears the events recorded so far.
   void set_profiling(bool on);
-  // (layer, op, begin_ns, end_ns) of the last forward call made with profiling on.
-  std::vector<std::tuple<int64_t, std::string, int64_t, int64_t>> profile();
+  // (call, layer, op, begin_ns, end_ns) of every forward call since profiling was switched on.
+  using Event = std::tuple<int64_t, int64_t, std::string, int64_t, int64_t>;
+  std::vector<Event> profile();
   int64_t threads() const;
   int64_t max_tokens() const;
 

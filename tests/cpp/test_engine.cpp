@@ -252,10 +252,44 @@ void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std:
   ++g_checks;
 }
 
+// The library's quantizer against this file's: same scales, q within 1 (float vs float
+// rounding of w / s at exact halves), all-zero groups give scale 0 and q 0.
+void test_quantize(std::mt19937& rng) {
+  const int64_t rows = 5, cols = 3 * GROUP;
+  Mat w = random_mat(rows * cols, rng, 2.0f);
+  std::fill(w.begin(), w.begin() + GROUP, 0.0f);
+  Stored want;
+  want.matrix(w, rows, cols, cpu::WeightFormat::Int8);
+  std::vector<int8_t> q(rows * cols);
+  std::vector<float> scales(rows * cols / GROUP);
+  cpu::quantize_int8(w.data(), rows, cols, GROUP, q.data(), scales.data());
+  int bad = 0;
+  for (size_t i = 0; i < scales.size(); ++i) bad += scales[i] != want.scales[i];
+  for (size_t i = 0; i < q.size(); ++i) bad += std::abs(q[i] - want.q[i]) > 1;
+  ++g_checks;
+  if (bad) {
+    ++g_failures;
+    std::printf("FAIL quantize_int8: %d values differ from the reference\n", bad);
+  }
+  ++g_checks;
+  if (cpu::int8_group_size(96) != 32 || cpu::int8_group_size(128) != 64) {
+    ++g_failures;
+    std::printf("FAIL int8_group_size\n");
+  }
+  ++g_checks;
+  try {
+    cpu::int8_group_size(40);
+    ++g_failures;
+    std::printf("FAIL int8_group_size(40) accepted\n");
+  } catch (const pyruntime::InvalidArgument&) {
+  }
+}
+
 }  // namespace
 
 int main() {
   std::mt19937 rng(99);
+  test_quantize(rng);
   test_format(cpu::WeightFormat::Float32, pyruntime::DType::Float32, 1e-4, rng);
   test_format(cpu::WeightFormat::BFloat16, pyruntime::DType::BFloat16, 2e-2, rng);
   test_format(cpu::WeightFormat::Int8, pyruntime::DType::Float32, 1e-4, rng);

@@ -102,17 +102,22 @@ def test_profile_events(llm):
     eng = llm.model.engine.engine
     eng.set_profiling(True)
     try:
-        llm.generate("Hello", max_new_tokens=2, ignore_eos=True)
+        llm.generate("Hello", max_new_tokens=3, ignore_eos=True)  # a prefill call, two decode calls
         events = eng.profile()
     finally:
         eng.set_profiling(False)
     n_layers = llm.config.num_layers
     per_layer = ["attn_norm", "qkv_proj", "rope_kv_cache", "attention", "o_proj", "mlp_norm", "gate_up_silu",
                  "down_proj"]
-    assert [e[1] for e in events] == ["embed"] + per_layer * n_layers + ["final_norm", "lm_head"]
-    assert [e[0] for e in events[1:-2]] == [l for l in range(n_layers) for _ in per_layer]
-    for (_, _, b0, e0), (_, _, b1, _) in zip(events, events[1:]):
-        assert b0 <= e0 == b1  # back to back, each starting where the previous ended
+    one_call = ["embed"] + per_layer * n_layers + ["final_norm", "lm_head"]
+    assert [e[0] for e in events] == [c for c in range(3) for _ in one_call]
+    assert [e[2] for e in events] == one_call * 3
+    assert [e[1] for e in events[1:len(one_call) - 2]] == [l for l in range(n_layers) for _ in per_layer]
+    for (_, _, _, b0, e0), (_, _, _, b1, _) in zip(events, events[1:]):
+        assert b0 <= e0 <= b1  # in order; within a call back to back
+    eng.set_profiling(True)  # switching on again starts afresh
+    assert eng.profile() == []
+    eng.set_profiling(False)
 
 
 def _call(llm, **over):

@@ -55,6 +55,15 @@ struct EngineSpec {
   Matrix lm_head;                     // [vocab, H]
 };
 
+// The group size of int8 weights with `cols` input features: 64, else 32 (InvalidArgument
+// when neither divides cols).
+int64_t int8_group_size(int64_t cols);
+
+// Weight-only int8 quantisation, as llama.cpp's Q8_0: for every group of `group` columns of
+// every row, scale = absmax / 127 and q = round(w / scale) (half to even; 0 where scale is 0).
+// \param w [rows, cols] float32; \param q [rows, cols]; \param scales [rows, cols / group]
+void quantize_int8(const float* w, int64_t rows, int64_t cols, int64_t group, int8_t* q, float* scales);
+
 // The phases of a step, as the profiler names them.
 enum class Op : int {
   Embed, AttnNorm, QKV, RopeCache, Attention, OProj, MlpNorm, GateUpSilu, Down, FinalNorm, LMHead,
@@ -63,6 +72,7 @@ enum class Op : int {
 const char* op_name(Op op);
 
 struct ProfileEvent {
+  int call;   // forward calls since profiling was switched on: 0, 1, ...
   int layer;  // -1 for the ops outside the layers
   Op op;
   int64_t begin_ns, end_ns;  // steady clock
@@ -90,8 +100,9 @@ class Engine {
   const EngineSpec& spec() const;
   int threads() const;
   // Timers around every phase (on thread 0, after the phase's barrier); off by default.
+  // Switching them on clears the events recorded so far.
   void set_profiling(bool on);
-  // The events of the last forward call made with profiling on.
+  // The events of every forward call since profiling was last switched on.
   const std::vector<ProfileEvent>& profile() const;
 
   struct Impl;

@@ -1,0 +1,37 @@
+#include <cmath>
+#include <string>
+
+#include "pyruntime/engine.h"
+
+namespace pyruntime::cpu {
+
+int64_t int8_group_size(int64_t cols) {
+  for (int64_t g : {64, 32})
+    if (cols > 0 && cols % g == 0) return g;
+  throw InvalidArgument("int8 weights need in_features divisible by 32, got " + std::to_string(cols));
+}
+
+void quantize_int8(const float* w, int64_t rows, int64_t cols, int64_t group, int8_t* q, float* scales) {
+  PYRUNTIME_CHECK(rows >= 0 && cols > 0 && group > 0 && cols % group == 0,
+                  "quantize_int8: cols (" + std::to_string(cols) + ") must be a positive multiple of group (" +
+                      std::to_string(group) + ")");
+  const int64_t groups = cols / group;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* src = w + r * cols + g * group;
+      int8_t* dst = q + r * cols + g * group;
+      float absmax = 0.0f;
+      for (int64_t i = 0; i < group; ++i) absmax = std::fmax(absmax, std::fabs(src[i]));
+      const float scale = absmax / 127.0f;
+      scales[r * groups + g] = scale;
+      const float div = scale > 0.0f ? scale : 1.0f;
+      for (int64_t i = 0; i < group; ++i) {
+        // Round half to even (the default rounding mode), as torch.round does.
+        const float v = std::nearbyint(src[i] / div);
+        dst[i] = static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, v)));
+      }
+    }
+}
+
+}  // namespace pyruntime::cpu
