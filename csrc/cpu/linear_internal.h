@@ -19,8 +19,9 @@ struct DenseRows {
 
 // Rows of an int8 weight matrix [*, in] with one float32 scale per group of
 // (1 << group_shift) columns: weight = q * scale. Groups are whole vectors, so there are
-// no partial loads.
+// no partial loads. The tiles sum q * x over a group first and scale that once.
 struct Q8Rows {
+  static constexpr bool kGrouped = true;
   const int8_t* w;
   const float* scales;  // [*, in >> group_shift]
   int64_t stride, scale_stride;
@@ -28,36 +29,72 @@ struct Q8Rows {
   Q8Rows from(int64_t r) const {
     return {w + r * stride, scales + r * scale_stride, stride, scale_stride, group_shift};
   }
-  VecF load(int64_t r, int64_t i, int) const {
-    return VecF::load(w + r * stride + i) * VecF::set1(scales[r * scale_stride + (i >> group_shift)]);
-  }
+  VecF load(int64_t r, int64_t i, int) const { return load_q(r, i) * VecF::set1(scale(r, i >> group_shift)); }
+  VecF load_q(int64_t r, int64_t i) const { return VecF::load(w + r * stride + i); }  // unscaled
+  float scale(int64_t r, int64_t g) const { return scales[r * scale_stride + g]; }
   void prefetch(int64_t r, int64_t i) const { __builtin_prefetch(w + r * stride + i, 0, 2); }
 };
+
+template <typename Rows, typename = void>
+struct IsGrouped : std::false_type {};
+template <typename Rows>
+struct IsGrouped<Rows, std::void_t<decltype(Rows::kGrouped)>> : std::bool_constant<Rows::kGrouped> {};
 
 // A tile of R weight rows times NT tokens: every weight vector loaded serves NT tokens and
 // every x vector R rows (the loads, not the FMAs, bound this loop). With Accumulate the
 // sums are added to y instead of stored. With Prefetch the next R rows are requested from
 // memory as these are read: one core cannot keep enough misses in flight otherwise.
+// (The accumulators are named locals, not the reduction's array: GCC keeps an array whose
+// address escapes in memory and stores it on every iteration.)
 template <int R, int NT, bool Accumulate, bool Prefetch = false, typename Rows>
 inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
                         int64_t in) {
   constexpr int W = VecF::W;
   static_assert(R * NT <= 16, "at most 16 accumulators");
-  VecF acc[16];
+  VecF acc[R * NT];
   for (auto& a : acc) a = VecF::zero();
-  for (int64_t i = 0; i < in; i += W) {
-    const int n = static_cast<int>(in - i < W ? in - i : W);
+  auto step = [&](VecF* sums, int64_t i, int n, auto dense) {
     VecF xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = load_n(x + t * x_stride + i, n);
     for (int r = 0; r < R; ++r) {
-      if constexpr (Prefetch) w.prefetch(R + r, i);
-      const VecF wv = w.load(r, i, n);
-      for (int t = 0; t < NT; ++t) acc[r * NT + t] = VecF::fma(wv, xv[t], acc[r * NT + t]);
+      VecF wv;
+      if constexpr (decltype(dense)::value) {
+        if constexpr (Prefetch) w.prefetch(R + r, i);
+        wv = w.load(r, i, n);
+      } else {
+        wv = w.load_q(r, i);
+      }
+      for (int t = 0; t < NT; ++t) sums[r * NT + t] = VecF::fma(wv, xv[t], sums[r * NT + t]);
     }
+  };
+  if constexpr (IsGrouped<Rows>::value) {
+    // int8: per group, sum q * x, then add that times the group's scale.
+    const int64_t group = int64_t(1) << w.group_shift;
+    for (int64_t g0 = 0; g0 < in; g0 += group) {
+      VecF part[R * NT];
+      for (auto& a : part) a = VecF::zero();
+      if constexpr (Prefetch)  // once per group: a group is at least half a cache line
+        for (int r = 0; r < R; ++r) w.prefetch(R + r, g0);
+      if (group == 4 * W) {  // the usual group of 64 (AVX-512): unrolled
+        for (int k = 0; k < 4; ++k) step(part, g0 + k * W, W, std::false_type{});
+      } else {
+        for (int64_t i = g0; i < g0 + group; i += W) step(part, i, W, std::false_type{});
+      }
+      for (int r = 0; r < R; ++r) {
+        const VecF s = VecF::set1(w.scale(r, g0 >> w.group_shift));
+        for (int t = 0; t < NT; ++t) acc[r * NT + t] = VecF::fma(part[r * NT + t], s, acc[r * NT + t]);
+      }
+    }
+  } else {
+    int64_t i = 0;
+    for (; i + W <= in; i += W) step(acc, i, W, std::true_type{});
+    if (i < in) step(acc, i, static_cast<int>(in - i), std::true_type{});
   }
   // One reduction for every tile shape, so a token's sum never depends on the tile it was in.
+  VecF all[16];
+  for (int k = 0; k < 16; ++k) all[k] = k < R * NT ? acc[k] : VecF::zero();
   float sums[16];
-  reduce_sum16(acc, sums);
+  reduce_sum16(all, sums);
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < NT; ++t) {
       float& out = y[t * y_stride + r];
@@ -65,27 +102,29 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
     }
 }
 
-// R rows [r, r + R) times every token, four tokens at a time: the rows stay in L1 while
+// R rows [r, r + R) times every token, four (int8: two) tokens at a time: the rows stay in L1 while
 // the tokens stream past (a prefill chunk reads each weight once). The first group of
 // tokens prefetches the next block of rows.
 template <int R, bool Accumulate, typename Rows>
 inline void linear_row_block(float* y, int64_t y_stride, const float* x, int64_t x_stride,
                              const Rows& w, int64_t tokens, int64_t in) {
+  // int8 tiles hold a partial sum per accumulator too: fewer tokens per tile keep both in registers.
+  constexpr int kTokens = IsGrouped<Rows>::value ? 2 : 4;
   auto tile = [&](auto nt, auto prefetch, int64_t t0) {
     linear_tile<R, decltype(nt)::value, Accumulate, decltype(prefetch)::value>(
         y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in);
   };
   auto group = [&](auto prefetch, int64_t t0) {
-    switch (tokens - t0 < 4 ? tokens - t0 : 4) {
-      case 4: tile(std::integral_constant<int, 4>{}, prefetch, t0); break;
-      case 3: tile(std::integral_constant<int, 3>{}, prefetch, t0); break;
+    switch (tokens - t0 < kTokens ? tokens - t0 : kTokens) {
+      case 4: if constexpr (kTokens >= 4) tile(std::integral_constant<int, 4>{}, prefetch, t0); break;
+      case 3: if constexpr (kTokens >= 3) tile(std::integral_constant<int, 3>{}, prefetch, t0); break;
       case 2: tile(std::integral_constant<int, 2>{}, prefetch, t0); break;
       case 1: tile(std::integral_constant<int, 1>{}, prefetch, t0); break;
       default: break;
     }
   };
   group(std::true_type{}, 0);
-  for (int64_t t0 = 4; t0 < tokens; t0 += 4) group(std::false_type{}, t0);
+  for (int64_t t0 = kTokens; t0 < tokens; t0 += kTokens) group(std::false_type{}, t0);
 }
 
 // y[t, r] (+)= w[r, :in] . x[t, :in] for rows r in [row_begin, row_end). Each token's sum is
