@@ -16,8 +16,8 @@ namespace pyruntime::cpu {
 namespace {
 
 constexpr int W = VecF::W;
-constexpr int kBlock = 16;        // keys scored together (a multiple of every W)
-constexpr int kPrefetchBlocks = 4;   // blocks of keys requested ahead of the one in use (float32)
+constexpr int kBlock = 64;          // keys scored together (a multiple of every W)
+constexpr int kPrefetchBlocks = 1;  // blocks of keys requested ahead of the one in use
 constexpr int64_t kMinSplit = 128;  // fewer keys per split costs more in the combine than it saves
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -46,15 +46,24 @@ inline SplitRecord record_at(float* base, int64_t group, int64_t head_dim) {
           base + group * (head_dim + 2)};
 }
 
-// Asks for keys [j0, j0 + kBlock) of k and v ahead of use: one core alone cannot keep
-// enough cache misses in flight to reach the memory bandwidth without it.
-template <typename T, int D>
-inline void prefetch_block(const T* k, const T* v, int64_t j0, int64_t len) {
-  if (j0 >= len) return;
-  const int64_t end = std::min<int64_t>(len, j0 + kBlock) * D * sizeof(T);
-  const char* kp = reinterpret_cast<const char*>(k);
-  const char* vp = reinterpret_cast<const char*>(v);
-  for (int64_t off = j0 * D * static_cast<int64_t>(sizeof(T)); off < end; off += 64) {
+// Keys requested from memory ahead of use while a block is scored: one core alone cannot
+// keep enough cache misses in flight to reach the memory bandwidth without it. The
+// requests are spread over the block's key tiles (a burst of them would overflow the
+// core's miss buffers).
+template <typename S>
+struct Prefetch {
+  const S* k = nullptr;  // the first key to request, or null
+  const S* v = nullptr;
+  int keys = 0;          // keys to request from k and v
+};
+
+template <int D, typename S>
+inline void prefetch_keys(const Prefetch<S>& pf, int j0, int n) {
+  const int end = std::min(pf.keys, j0 + n);
+  if (j0 >= end) return;
+  const char* kp = reinterpret_cast<const char*>(pf.k);
+  const char* vp = reinterpret_cast<const char*>(pf.v);
+  for (int64_t off = int64_t(j0) * D * sizeof(S); off < int64_t(end) * D * int64_t(sizeof(S)); off += 64) {
     __builtin_prefetch(kp + off, 0, 2);
     __builtin_prefetch(vp + off, 0, 2);
   }
@@ -70,10 +79,11 @@ constexpr int kKeyTile = 4;
 // \param kb     [kBlock, D] (float32 or bf16, converted as loaded)
 // \param scores [HT, kBlock], row stride kBlock
 template <int D, int HT, typename S>
-inline void score_tile(const float* q, const S* kb, float* scores) {
+inline void score_tile(const float* q, const S* kb, float* scores, const Prefetch<S>& pf) {
   constexpr int NV = D / W;
   for (int j0 = 0; j0 < kBlock; j0 += kKeyTile) {
-    VecF acc[kHeadTile * kKeyTile];
+    prefetch_keys<D>(pf, j0 * kPrefetchBlocks, kKeyTile * kPrefetchBlocks);
+    VecF acc[kHeadTile * kKeyTile];  // rows of heads past HT stay zero
     for (auto& a : acc) a = VecF::zero();
     for (int c = 0; c < NV; ++c) {
       VecF kv[kKeyTile];
@@ -83,8 +93,10 @@ inline void score_tile(const float* q, const S* kb, float* scores) {
         for (int jj = 0; jj < kKeyTile; ++jj) acc[h * kKeyTile + jj] = VecF::fma(qv, kv[jj], acc[h * kKeyTile + jj]);
       }
     }
+    VecF all[16];  // a copy: GCC keeps an array whose address escapes in memory
+    for (int k = 0; k < 16; ++k) all[k] = acc[k];
     float sums[kHeadTile * kKeyTile];
-    reduce_sum16(acc, sums);
+    reduce_sum16(all, sums);
     for (int h = 0; h < HT; ++h)
       for (int jj = 0; jj < kKeyTile; ++jj) scores[h * kBlock + j0 + jj] = sums[h * kKeyTile + jj];
   }
@@ -133,12 +145,13 @@ inline void for_head_tiles(int64_t group, F&& f) {
 
 // One block of keys for every query head of the group: scores, online softmax, values.
 // \param kb, vb [kBlock, D] (rows past nb hold zeros when nb < kBlock)
+// \param pf     keys to request from memory meanwhile (the first head tile does)
 template <int D, typename S>
 inline void attend_block(const float* qf, int64_t group, const S* kb, const S* vb, int nb,
-                         SplitRecord rec) {
+                         SplitRecord rec, const Prefetch<S>& pf) {
   float* corr = rec.scores + group * kBlock;  // [G]
   for_head_tiles(group, [&](auto ht, int64_t g0) {
-    score_tile<D, decltype(ht)::value>(qf + g0 * D, kb, rec.scores + g0 * kBlock);
+    score_tile<D, decltype(ht)::value>(qf + g0 * D, kb, rec.scores + g0 * kBlock, g0 == 0 ? pf : Prefetch<S>{});
   });
   // Online softmax: scores become probabilities relative to the running maximum.
   for (int64_t g = 0; g < group; ++g) {
@@ -178,8 +191,11 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
   for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
     if (nb == kBlock) {
-      prefetch_block<T, D>(k, v, j0 + kPrefetchBlocks * kBlock, len);
-      attend_block<D>(qf, group, k + j0 * D, v + j0 * D, nb, rec);
+      const int64_t ahead = j0 + kBlock;  // the next kPrefetchBlocks blocks start here
+      Prefetch<T> pf;
+      if (ahead < len)
+        pf = {k + ahead * D, v + ahead * D, static_cast<int>(std::min<int64_t>(kPrefetchBlocks * kBlock, len - ahead))};
+      attend_block<D>(qf, group, k + j0 * D, v + j0 * D, nb, rec, pf);
     } else {
       float* kb = scratch;
       float* vb = scratch + kBlock * D;
@@ -187,7 +203,7 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
         detail::convert(dst, src + j0 * D, int64_t(nb) * D);
         std::fill(dst + int64_t(nb) * D, dst + int64_t(kBlock) * D, 0.0f);
       }
-      attend_block<D>(qf, group, kb, vb, nb, rec);
+      attend_block<D>(qf, group, kb, vb, nb, rec, Prefetch<float>{});
     }
   }
 }

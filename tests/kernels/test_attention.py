@@ -27,7 +27,7 @@ def test_decode_attention_heads(device, head_dim, ratio):
         assert_close(ops.gqa_decode_attention(q, k, v, seq_lens), want)
 
 
-@pytest.mark.parametrize("seq_len", [1, 2, 15, 16, 17, 127, 128, 129, 1000, 4097, 8192])
+@pytest.mark.parametrize("seq_len", [1, 2, 15, 16, 17, 63, 64, 65, 127, 128, 129, 193, 1000, 4097, 8192])
 def test_decode_attention_seq_lens(device, seq_len):
     # Lengths around the key-block and split sizes, up to 8192, in a cache longer still.
     for dtype in dtypes_for(device):
