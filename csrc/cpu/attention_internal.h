@@ -18,4 +18,15 @@ void gqa_decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC*
                                int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
                                float scale, const DecodePlan& plan, float* workspace);
 
+// prefill_attention, run by every thread of the enclosing OpenMP parallel region (one
+// orphaned worksharing loop, ending in a barrier). Token t of the chunk sits at position
+// start_pos + t; q of token t at q + t * q_stride, its output at out + t * out_stride.
+// \param k_cache, v_cache the sequence's [num_kv_heads, max_seq, head_dim]
+// \param workspace prefill_attention_workspace_floats(threads of the region, ...) floats
+template <typename TQ, typename TC>
+void prefill_attention_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride,
+                            const TC* k_cache, const TC* v_cache, int64_t tokens, int64_t start_pos,
+                            int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
+                            int64_t head_dim, float scale, float* workspace);
+
 }  // namespace pyruntime::cpu::detail

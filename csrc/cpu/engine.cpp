@@ -108,6 +108,7 @@ struct Engine::Impl {
   int64_t pack_floats = 0;
   std::vector<int32_t> seq_lens;
   std::vector<float> attn_ws;
+  std::vector<float> prefill_ws;  // causal prefill attention (max_tokens > kTileMaxTokens)
   bool profiling = false;
   int calls = 0;  // forward calls profiled since profiling was switched on
   std::vector<ProfileEvent> events;
@@ -134,6 +135,10 @@ struct EngineImpl final : Engine::Impl {
     TC* v_cache = static_cast<TC*>(v_cache_v);
     const int64_t layer_stride = cache_rows * Hkv * s.max_seq * D;
     for (int64_t i = 0; i < n; ++i) seq_lens[i] = static_cast<int32_t>(positions[i] + 1);
+    // Over kTileMaxTokens consecutive positions of one cache row: the causal prefill kernel.
+    bool causal_chunk = n > kTileMaxTokens && !prefill_ws.empty();
+    for (int64_t i = 1; causal_chunk && i < n; ++i)
+      causal_chunk = rows[i] == rows[0] && positions[i] == positions[0] + i;
     DecodePlan plan = plan_gqa_decode(seq_lens.data(), n, Hkv);
     plan.threads = std::max<int64_t>(plan.threads, threads);
     const int64_t ws = gqa_decode_workspace_floats(plan, n, Hq, D);
@@ -212,9 +217,15 @@ struct EngineImpl final : Engine::Impl {
         }
         mark(l, Op::RopeCache);
 
-        detail::gqa_decode_attention_team<float, TC>(attn.data(), qkv.data(), qkv_dim, kc, vc, rows,
-                                                     seq_lens.data(), n, Hq, Hkv, s.max_seq, D,
-                                                     scale, plan, attn_ws.data());
+        if (causal_chunk)  // a prompt chunk: blocks of queries meet blocks of keys
+          detail::prefill_attention_team<float, TC>(attn.data(), q_dim, qkv.data(), qkv_dim,
+                                                    kc + rows[0] * Hkv * s.max_seq * D,
+                                                    vc + rows[0] * Hkv * s.max_seq * D, n, positions[0],
+                                                    Hq, Hkv, s.max_seq, D, scale, prefill_ws.data());
+        else
+          detail::gqa_decode_attention_team<float, TC>(attn.data(), qkv.data(), qkv_dim, kc, vc, rows,
+                                                       seq_lens.data(), n, Hq, Hkv, s.max_seq, D,
+                                                       scale, plan, attn_ws.data());
         mark(l, Op::Attention);
 
         project(std::true_type{}, resid.data(), attn.data(), L.o, L.o_bias, n);  // residual add
@@ -316,7 +327,10 @@ Engine::Engine(EngineSpec s) {
   m.tmp.assign(static_cast<int64_t>(m.threads) * 2 * N * m.chunk, 0.0f);
   m.seq_lens.assign(N, 0);
   m.pack_floats = detail::gemm_pack_floats(std::max({H, q_dim, I}));
-  if (N > kTileMaxTokens) m.pack.assign(static_cast<int64_t>(m.threads) * m.pack_floats, 0.0f);
+  if (N > kTileMaxTokens) {
+    m.pack.assign(static_cast<int64_t>(m.threads) * m.pack_floats, 0.0f);
+    m.prefill_ws.assign(prefill_attention_workspace_floats(m.threads, sp.num_heads, sp.num_kv_heads, D), 0.0f);
+  }
   // Attention workspace for n tokens of the longest length; it can only grow when the
   // OpenMP thread count is raised later.
   std::vector<int32_t> longest(N, static_cast<int32_t>(sp.max_seq));

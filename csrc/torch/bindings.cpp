@@ -21,6 +21,8 @@ TORCH_LIBRARY(pyruntime, m) {
   m.def("gated_mlp(Tensor! out, Tensor x, Tensor gate_up_weight, Tensor down_weight) -> ()");
   m.def("gqa_decode_attention(Tensor! out, Tensor q, Tensor k_cache, Tensor v_cache, "
         "Tensor seq_lens, float scale) -> ()");
+  m.def("prefill_attention(Tensor! out, Tensor q, Tensor k_cache, Tensor v_cache, int start_pos, "
+        "float scale) -> ()");
 }
 
 #define PYRUNTIME_REGISTER_IMPLS(m)                                         \
@@ -33,7 +35,10 @@ TORCH_LIBRARY(pyruntime, m) {
   m.impl("gated_mlp", &pyruntime::gated_mlp);                               \
   m.impl("gqa_decode_attention", &pyruntime::gqa_decode_attention);
 
-TORCH_LIBRARY_IMPL(pyruntime, CPU, m) { PYRUNTIME_REGISTER_IMPLS(m) }
+TORCH_LIBRARY_IMPL(pyruntime, CPU, m) {
+  PYRUNTIME_REGISTER_IMPLS(m)
+  m.impl("prefill_attention", &pyruntime::prefill_attention);
+}
 #ifdef PYRUNTIME_WITH_CUDA
 TORCH_LIBRARY_IMPL(pyruntime, CUDA, m) { PYRUNTIME_REGISTER_IMPLS(m) }
 #endif

@@ -452,4 +452,43 @@ void gqa_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor
   });
 }
 
+void prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                       const at::Tensor& v_cache, int64_t start_pos, double scale) {
+  check_dtype(q, "q");
+  check_dim(q, "q", 3, "[tokens, num_q_heads, head_dim]");
+  check_contiguous(q, "q");
+  TORCH_CHECK_VALUE(q.device().is_cpu(), "prefill_attention: q must be on the cpu, got ", q.device());
+  const int64_t tokens = q.size(0), num_q_heads = q.size(1), head_dim = q.size(2);
+  for (auto [t, name] : {std::pair<const at::Tensor*, const char*>{&k_cache, "k_cache"}, {&v_cache, "v_cache"}}) {
+    check_like(*t, name, q, "q");
+    check_dim(*t, name, 3, "[num_kv_heads, max_seq, head_dim]");
+    check_contiguous(*t, name);
+    check_size(*t, name, 2, head_dim, "head_dim of q");
+  }
+  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ",
+                    k_cache.sizes(), ", got ", v_cache.sizes());
+  const int64_t num_kv_heads = k_cache.size(0), max_seq = k_cache.size(1);
+  TORCH_CHECK_VALUE(num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
+                    "num_q_heads (q.shape[1] = ", num_q_heads,
+                    ") must be a multiple of num_kv_heads (k_cache.shape[0] = ", num_kv_heads, ")");
+  TORCH_CHECK_VALUE(is_supported_head_dim(head_dim), "prefill_attention: unsupported head size ", head_dim,
+                    " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
+  TORCH_CHECK_VALUE(start_pos >= 0 && start_pos + tokens <= max_seq, "start_pos ", start_pos, " + tokens ",
+                    tokens, " must lie within the cache length ", max_seq);
+  TORCH_CHECK_VALUE(std::isfinite(scale), "scale must be finite, got ", scale);
+  check_like(out, "out", q, "q");
+  TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out must have the shape of q ", q.sizes(), ", got ", out.sizes());
+  check_contiguous(out, "out");
+  if (tokens == 0 || num_q_heads == 0) return;
+  const int64_t threads = cpu::num_threads();
+  at::Tensor ws = at::empty({cpu::prefill_attention_workspace_floats(threads, num_q_heads, num_kv_heads, head_dim)},
+                            q.options().dtype(at::kFloat));
+  dispatch_cpu(q.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::prefill_attention<T>(ptr<T>(out), ptr<T>(q), ptr<T>(k_cache), ptr<T>(v_cache), tokens, start_pos,
+                              num_q_heads, num_kv_heads, max_seq, head_dim, static_cast<float>(scale), threads,
+                              ws.data_ptr<float>());
+  });
+}
+
 }  // namespace pyruntime

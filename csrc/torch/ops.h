@@ -20,5 +20,8 @@ void gated_mlp(at::Tensor& out, const at::Tensor& x, const at::Tensor& gate_up_w
                const at::Tensor& down_weight);
 void gqa_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
                           const at::Tensor& v_cache, const at::Tensor& seq_lens, double scale);
+// CPU only (CUDA prefill goes through torch's scaled_dot_product_attention in Python).
+void prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                       const at::Tensor& v_cache, int64_t start_pos, double scale);
 
 }  // namespace pyruntime

@@ -174,6 +174,41 @@ void test_decode_attention(std::vector<int32_t> lens, int64_t hq, int64_t hkv, i
   expect_close(name<T>("gqa_decode_attention", {batch, hq, hkv, d, max_seq, lens[0]}), out, want);
 }
 
+// Causal attention of `tokens` tokens at positions start_pos.. against a cache whose first
+// start_pos + tokens positions are written (the rest holds NaN: it must never be read).
+template <typename T>
+void test_prefill_attention(int64_t tokens, int64_t start_pos, int64_t hq, int64_t hkv, int64_t d,
+                            std::mt19937& rng) {
+  const int64_t group = hq / hkv, max_seq = start_pos + tokens + 7, end = start_pos + tokens;
+  auto q = random_vec<T>(tokens * hq * d, rng);
+  auto kc = random_vec<T>(hkv * max_seq * d, rng), vc = random_vec<T>(hkv * max_seq * d, rng);
+  for (int64_t h = 0; h < hkv; ++h)
+    for (int64_t j = end; j < max_seq; ++j)
+      for (int64_t i = 0; i < d; ++i) kc[(h * max_seq + j) * d + i] = vc[(h * max_seq + j) * d + i] = from_float<T>(NAN);
+  const float scale = 1.0f / std::sqrt(float(d));
+  std::vector<T> out(tokens * hq * d);
+  std::vector<float> ws(cpu::prefill_attention_workspace_floats(2, hq, hkv, d));
+  cpu::prefill_attention(out.data(), q.data(), kc.data(), vc.data(), tokens, start_pos, hq, hkv, max_seq, d,
+                         scale, 2, ws.data());
+  std::vector<double> want(tokens * hq * d, 0.0);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t h = 0; h < hq; ++h) {
+      const int64_t base = (h / group) * max_seq * d, len = start_pos + t + 1;
+      std::vector<double> s(len);
+      double mx = -1e300, sum = 0;
+      for (int64_t j = 0; j < len; ++j) {
+        double acc = 0;
+        for (int64_t i = 0; i < d; ++i) acc += to_float(q[(t * hq + h) * d + i]) * to_float(kc[base + j * d + i]);
+        s[j] = acc * scale;
+        mx = std::max(mx, s[j]);
+      }
+      for (auto& v : s) sum += (v = std::exp(v - mx));
+      for (int64_t j = 0; j < len; ++j)
+        for (int64_t i = 0; i < d; ++i) want[(t * hq + h) * d + i] += s[j] / sum * to_float(vc[base + j * d + i]);
+    }
+  expect_close(name<T>("prefill_attention", {tokens, start_pos, hq, hkv, d}), out, want);
+}
+
 template <typename T>
 void run_all(std::mt19937& rng) {
   for (int64_t hidden : {1, 7, 64, 83, 576, 769, 5128}) test_rms_norm<T>(3, hidden, rng);
@@ -190,6 +225,12 @@ void run_all(std::mt19937& rng) {
   test_decode_attention<T>({5, 300, 129}, 12, 4, 80, 333, rng);
   test_decode_attention<T>({2000, 17}, 8, 1, 96, 2000, rng);
   test_decode_attention<T>({100}, 4, 4, 256, 100, rng);
+  test_prefill_attention<T>(1, 0, 9, 3, 64, rng);
+  test_prefill_attention<T>(70, 0, 9, 3, 64, rng);
+  test_prefill_attention<T>(33, 100, 12, 4, 80, rng);
+  test_prefill_attention<T>(64, 64, 8, 1, 96, rng);
+  test_prefill_attention<T>(5, 3, 4, 4, 256, rng);
+  test_prefill_attention<T>(40, 1, 2, 2, 32, rng);
 }
 
 }  // namespace

@@ -78,14 +78,30 @@ def test_decode_attention_large_magnitudes_stay_finite(device):
     assert_close(out, want, scale=50)
 
 
-@pytest.mark.parametrize("start_pos,tokens", [(0, 1), (0, 17), (5, 9), (100, 64)])
-@pytest.mark.parametrize("heads", [(9, 3), (8, 8)])
+@pytest.mark.parametrize("start_pos,tokens", [(0, 1), (0, 17), (5, 9), (0, 31), (1, 33), (100, 64), (63, 65),
+                                             (300, 130)])
+@pytest.mark.parametrize("heads", [(9, 3), (8, 8), (8, 1)])
 def test_prefill_attention(device, start_pos, tokens, heads):
     hq, hkv = heads
-    d, s_max = 64, 256
-    q = torch.randn(tokens, hq, d, device=device)
-    k = torch.randn(hkv, s_max, d, device=device)
-    v = torch.randn(hkv, s_max, d, device=device)
+    d, s_max = 64, 512
     end = start_pos + tokens
-    want = ref.causal_attention(q.cpu(), k[:, :end].cpu(), v[:, :end].cpu(), start_pos)
-    assert_close(ops.prefill_attention(q, k, v, start_pos), want)
+    for dtype in dtypes_for(device):
+        q = torch.randn(tokens, hq, d, dtype=dtype, device=device)
+        k = torch.randn(hkv, s_max, d, dtype=dtype, device=device)
+        v = torch.randn(hkv, s_max, d, dtype=dtype, device=device)
+        k[:, end:] = float("nan")  # past the chunk: never read
+        v[:, end:] = float("nan")
+        want = ref.causal_attention(q.cpu(), k[:, :end].cpu(), v[:, :end].cpu(), start_pos)
+        assert_close(ops.prefill_attention(q, k, v, start_pos), want)
+
+
+@pytest.mark.parametrize("ratio", GROUP_RATIOS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_prefill_attention_heads(device, head_dim, ratio):
+    hkv, start_pos, tokens = 2, 40, 50
+    for dtype in dtypes_for(device):
+        q = torch.randn(tokens, hkv * ratio, head_dim, dtype=dtype, device=device)
+        k = torch.randn(hkv, 128, head_dim, dtype=dtype, device=device)
+        v = torch.randn(hkv, 128, head_dim, dtype=dtype, device=device)
+        want = ref.causal_attention(q.cpu(), k[:, :90].cpu(), v[:, :90].cpu(), start_pos, scale=0.07)
+        assert_close(ops.prefill_attention(q, k, v, start_pos, scale=0.07), want)

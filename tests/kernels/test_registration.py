@@ -23,6 +23,9 @@ def cases():
     yield "gqa_decode_attention", (
         torch.empty(2, 8, 64), torch.randn(2, 8, 64), torch.randn(2, 2, 16, 64), torch.randn(2, 2, 16, 64), lens, 0.125,
     )
+    yield "prefill_attention", (
+        torch.empty(5, 8, 64), torch.randn(5, 8, 64), torch.randn(2, 16, 64), torch.randn(2, 16, 64), 3, 0.125,
+    )
 
 
 @pytest.mark.parametrize("name,args", list(cases()), ids=[c[0] for c in cases()])

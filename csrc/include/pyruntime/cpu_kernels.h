@@ -112,4 +112,19 @@ void gqa_decode_attention(T* out, const T* q, const T* k_cache, const T* v_cache
                           int64_t num_kv_heads, int64_t max_seq, int64_t head_dim, float scale,
                           const DecodePlan& plan, float* workspace);
 
+// Causal attention of a chunk of prompt tokens against one sequence's cache: token t (at
+// position start_pos + t) attends to keys [0, start_pos + t]. Blocks of 32 query tokens
+// meet blocks of 64 keys, so each key is read once per query block (flash-attention style).
+// \param out       [tokens, num_q_heads, head_dim]
+// \param q         [tokens, num_q_heads, head_dim]
+// \param k_cache   [num_kv_heads, max_seq, head_dim], positions < start_pos + tokens written
+// \param v_cache   [num_kv_heads, max_seq, head_dim]
+// \param workspace prefill_attention_workspace_floats(threads, ...) floats
+template <typename T>
+void prefill_attention(T* out, const T* q, const T* k_cache, const T* v_cache, int64_t tokens,
+                       int64_t start_pos, int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
+                       int64_t head_dim, float scale, int64_t threads, float* workspace);
+int64_t prefill_attention_workspace_floats(int64_t threads, int64_t num_q_heads, int64_t num_kv_heads,
+                                           int64_t head_dim);
+
 }  // namespace pyruntime::cpu
