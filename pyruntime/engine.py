@@ -54,6 +54,64 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return (q.float().reshape(q.shape[0], -1, group) * scales.unsqueeze(2)).reshape(q.shape)
 
 
+def _engine_tensors(weights: ModelWeights, cos_sin: torch.Tensor, matrix, vector) -> dict[str, torch.Tensor]:
+    """The engines' tensor names: embed, lm_head, final_norm, cos_sin and per layer
+    "layers.{i}." qkv, o, gate_up, down, attn_norm, mlp_norm, qkv_bias, o_bias (when present).
+    matrix(w) -> {suffix: tensor} ("" the weight itself; int8 adds ".scales"); vector(v) -> tensor.
+    A tied LM head shares the embedding's tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+    done: dict[int, str] = {}  # data_ptr -> name already added
+
+    def add_matrix(name, w):
+        if w.data_ptr() in done:
+            src = done[w.data_ptr()]
+            for key in [k for k in tensors if k == src or k.startswith(src + ".")]:
+                tensors[name + key[len(src):]] = tensors[key]
+            return
+        done[w.data_ptr()] = name
+        try:
+            parts = matrix(w)
+        except ValueError as e:
+            raise ModelLoadError(f"{name}: {e}") from None
+        for suffix, t in parts.items():
+            tensors[name + suffix] = t
+
+    def add_vector(name, v):
+        if v is not None:
+            tensors[name] = vector(v)
+
+    add_matrix("embed", weights.embed)
+    add_matrix("lm_head", weights.lm_head)
+    add_vector("final_norm", weights.final_norm)
+    for i, layer in enumerate(weights.layers):
+        p = f"layers.{i}."
+        for name in ("qkv", "o", "gate_up", "down"):
+            add_matrix(p + name, getattr(layer, name))
+        for name in ("attn_norm", "mlp_norm", "qkv_bias", "o_bias"):
+            add_vector(p + name, getattr(layer, name))
+    tensors["cos_sin"] = cos_sin.float().contiguous()
+    return tensors
+
+
+def _engine_config(cfg: ModelConfig, max_seq_len: int) -> dict[str, float]:
+    return {
+        "hidden": cfg.hidden_size, "inter": cfg.intermediate_size, "num_heads": cfg.num_heads,
+        "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "vocab": cfg.vocab_size,
+        "num_layers": cfg.num_layers, "max_seq": max_seq_len, "rot_dim": cfg.rotary_dim,
+        "is_neox": 1.0, "eps": cfg.rms_norm_eps, "scale": cfg.head_dim**-0.5, "max_tokens": MAX_TOKENS,
+    }
+
+
+def _distinct_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """Bytes of distinct weight tensors (norms and biases included; not the rope table)."""
+    seen, total = set(), 0
+    for name, t in tensors.items():
+        if name != "cos_sin" and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
 class CpuEngine:
     """Owns the engine's tensors (float32 norms and biases, weights in their storage format)."""
 
@@ -61,64 +119,50 @@ class CpuEngine:
                  max_seq_len: int, threads: int):
         prec = PRECISIONS[dtype]
         self.kv_dtype = prec.kv
-        tensors: dict[str, torch.Tensor] = {}
-        done: dict[int, str] = {}  # data_ptr -> name already added (a tied LM head)
 
-        def matrix(name, w):
-            if w.data_ptr() in done:
-                src = done[w.data_ptr()]
-                tensors[name] = tensors[src]
-                if prec.quantize:
-                    tensors[name + ".scales"] = tensors[src + ".scales"]
-                return
-            done[w.data_ptr()] = name
+        def matrix(w):
             if prec.quantize:
-                try:
-                    q, s = quantize_int8(w, int8_group_size(w.shape[1]))
-                except ValueError as e:
-                    raise ModelLoadError(f"{name}: {e}") from None
-                tensors[name], tensors[name + ".scales"] = q, s
-            else:
-                tensors[name] = w.contiguous()
+                q, s = quantize_int8(w, int8_group_size(w.shape[1]))
+                return {"": q, ".scales": s}
+            return {"": w.contiguous()}
 
-        def vector(name, v):
-            if v is not None:
-                tensors[name] = v.float().contiguous()
-
-        matrix("embed", weights.embed)
-        matrix("lm_head", weights.lm_head)
-        vector("final_norm", weights.final_norm)
-        for i, layer in enumerate(weights.layers):
-            p = f"layers.{i}."
-            for name in ("qkv", "o", "gate_up", "down"):
-                matrix(p + name, getattr(layer, name))
-            for name in ("attn_norm", "mlp_norm", "qkv_bias", "o_bias"):
-                vector(p + name, getattr(layer, name))
-        tensors["cos_sin"] = cos_sin.float().contiguous()
-        config = {
-            "hidden": cfg.hidden_size, "inter": cfg.intermediate_size, "num_heads": cfg.num_heads,
-            "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "vocab": cfg.vocab_size,
-            "num_layers": cfg.num_layers, "max_seq": max_seq_len, "rot_dim": cfg.rotary_dim,
-            "is_neox": 1.0, "eps": cfg.rms_norm_eps, "scale": cfg.head_dim**-0.5,
-            "max_tokens": MAX_TOKENS, "threads": threads,
-        }
-        self.tensors = tensors
-        self.engine = C.Engine(config, dtype, prec.kv, tensors)
+        self.tensors = _engine_tensors(weights, cos_sin, matrix, lambda v: v.float().contiguous())
+        self.engine = C.Engine({**_engine_config(cfg, max_seq_len), "threads": threads}, dtype, prec.kv, self.tensors)
         self.max_tokens = self.engine.max_tokens
         self.vocab = cfg.vocab_size
 
     def nbytes(self) -> int:
-        """Bytes of distinct weight tensors (norms and biases included; not the rope table)."""
-        seen, total = set(), 0
-        for name, t in self.tensors.items():
-            if name != "cos_sin" and t.data_ptr() not in seen:
-                seen.add(t.data_ptr())
-                total += t.numel() * t.element_size()
-        return total
+        return _distinct_bytes(self.tensors)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, k_cache, v_cache,
                 first_logit: int) -> torch.Tensor:
         """At most max_tokens tokens (int64 [n] each); float32 logits [n - first_logit, V]."""
         logits = torch.empty(tokens.shape[0] - first_logit, self.vocab)
         self.engine.forward(tokens, positions, rows, k_cache, v_cache, logits, first_logit)
+        return logits
+
+
+class CudaEngine:
+    """The CUDA engine (csrc/cuda/engine.cu): every tensor, norms included, in bfloat16 on the
+    GPU; decode steps replayed from CUDA graphs. Compiled in CI, never run there (no GPU)."""
+
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, cos_sin: torch.Tensor, max_seq_len: int):
+        device = weights.embed.device
+        self.kv_dtype = torch.bfloat16
+        to = lambda t: t.to(device=device, dtype=torch.bfloat16).contiguous()  # noqa: E731
+        self.tensors = _engine_tensors(weights, cos_sin.to(device), lambda w: {"": to(w)}, to)
+        self.engine = C.CudaEngine(_engine_config(cfg, max_seq_len), torch.bfloat16, self.tensors)
+        self.max_tokens = self.engine.max_tokens
+        self.vocab = cfg.vocab_size
+        self.device = device
+
+    def nbytes(self) -> int:
+        return _distinct_bytes(self.tensors)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, k_cache, v_cache,
+                first_logit: int) -> torch.Tensor:
+        """tokens, positions, rows: int64 [n] on the CPU; float32 logits [n - first_logit, V] on the GPU."""
+        logits = torch.empty(tokens.shape[0] - first_logit, self.vocab, device=self.device)
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        self.engine.forward(tokens.cpu(), positions.cpu(), rows.cpu(), k_cache, v_cache, logits, first_logit, stream)
         return logits

@@ -1,6 +1,7 @@
 """The decoder's forward pass: prefill of one sequence's prompt chunk, and one decode step
 for a batch of sequences. On the CPU both run in the compiled engine (engine.py), one C++
-call per chunk or step; on CUDA the layers are sequenced here from the compiled ops."""
+call per chunk or step; on CUDA in bfloat16 the CUDA engine does the same (decode steps as
+CUDA graphs); float32 on CUDA sequences the layers here from the compiled ops."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from pyruntime import ops
 from pyruntime._ext import C
 from pyruntime.config import ModelConfig, cos_sin_cache
-from pyruntime.engine import CpuEngine
+from pyruntime.engine import CpuEngine, CudaEngine
 from pyruntime.errors import ModelLoadError
 from pyruntime.kv_cache import KVCache
 from pyruntime.weights import ModelWeights
@@ -38,7 +39,11 @@ class Transformer:
             self.engine = CpuEngine(cfg, weights, cos_sin, dtype, max_seq_len, threads)
             self.w = None  # the engine holds what it needs (int8: only the quantised weights)
             self.weight_bytes = self.engine.nbytes()
-        else:
+        elif dtype == "bfloat16" and hasattr(C, "CudaEngine"):
+            self.engine = CudaEngine(cfg, weights, cos_sin, max_seq_len)
+            self.w = None
+            self.weight_bytes = self.engine.nbytes()
+        else:  # float32 on CUDA: the layers sequenced from Python over the compiled ops
             self.engine = None
             self.w = weights
             self.weight_bytes = weights.nbytes()

@@ -12,6 +12,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from pyruntime.engine import CpuEngine
+
 
 def _calls(llm, prompt_tokens: int, new_tokens: int):
     """One greedy generation with the engine's timers on: [(kind, events)] per engine call."""
@@ -33,7 +35,7 @@ def _calls(llm, prompt_tokens: int, new_tokens: int):
 
 
 def run_profile(llm, prompt_tokens: int = 128, new_tokens: int = 32, trace: str | None = None) -> dict:
-    if llm.model.engine is None:
+    if not isinstance(llm.model.engine, CpuEngine):
         raise ValueError("profile needs the CPU engine (device='cpu')")
     if prompt_tokens < 1 or new_tokens < 1 or prompt_tokens + new_tokens + 1 > llm.max_seq_len:
         raise ValueError(f"need prompt_tokens >= 1, new_tokens >= 1 and their sum < max_seq_len {llm.max_seq_len}")

@@ -13,9 +13,11 @@ constexpr int kWarps = 4;  // warps per block, each over every kWarps-th key of 
 
 // Record of one (batch, query head, split): acc [D], then m, then l.
 // \param records [batch, num_q_heads, num_splits, D + 2]
+// Query b sits at q + b * q_stride and attends cache row cache_rows[b] (b when null).
 template <typename T, int D>
-__global__ void decode_split_kernel(float* records, const T* q, const T* k_cache,
-                                    const T* v_cache, const int32_t* seq_lens, int64_t num_q_heads,
+__global__ void decode_split_kernel(float* records, const T* q, int64_t q_stride, const T* k_cache,
+                                    const T* v_cache, const int64_t* cache_rows,
+                                    const int32_t* seq_lens, int64_t num_q_heads,
                                     int64_t num_kv_heads, int64_t max_seq, float scale,
                                     int64_t split_len, int tiles) {
   constexpr int NE = (D + 31) / 32;  // head features per lane
@@ -31,7 +33,7 @@ __global__ void decode_split_kernel(float* records, const T* q, const T* k_cache
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
   for (int i = threadIdx.x; i < ng * D; i += blockDim.x)
-    qs[i / D][i % D] = to_f(q[(b * num_q_heads + hq0 + i / D) * D + i % D]) * scale;
+    qs[i / D][i % D] = to_f(q[b * q_stride + (hq0 + i / D) * D + i % D]) * scale;
   __syncthreads();
 
   float m[kTile], l[kTile], acc[kTile][NE];
@@ -45,7 +47,8 @@ __global__ void decode_split_kernel(float* records, const T* q, const T* k_cache
   const int64_t len = seq_lens[b];
   const int64_t begin = split * split_len;
   const int64_t end = begin + split_len < len ? begin + split_len : len;
-  const int64_t base = (b * num_kv_heads + kvh) * max_seq * D;
+  const int64_t row = cache_rows ? cache_rows[b] : b;
+  const int64_t base = (row * num_kv_heads + kvh) * max_seq * D;
   for (int64_t j = begin + warp; j < end; j += kWarps) {
     float kf[NE], vf[NE];
 #pragma unroll
@@ -141,11 +144,11 @@ int64_t gqa_decode_workspace_floats(int64_t batch, int64_t num_q_heads, int64_t 
   return batch * num_q_heads * num_splits * (head_dim + 2);
 }
 
-void gqa_decode_attention(DType dtype, void* out, const void* q, const void* k_cache,
-                          const void* v_cache, const int32_t* seq_lens, int64_t batch,
-                          int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
-                          int64_t head_dim, float scale, int64_t num_splits, float* workspace,
-                          cudaStream_t stream) {
+void gqa_decode_attention_rows(DType dtype, void* out, const void* q, int64_t q_stride, const void* k_cache,
+                               const void* v_cache, const int64_t* cache_rows, const int32_t* seq_lens,
+                               int64_t batch, int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
+                               int64_t head_dim, float scale, int64_t num_splits, float* workspace,
+                               cudaStream_t stream) {
   if (batch == 0) return;
   const int64_t group = num_q_heads / num_kv_heads;
   const int tiles = static_cast<int>((group + kTile - 1) / kTile);
@@ -155,12 +158,12 @@ void gqa_decode_attention(DType dtype, void* out, const void* q, const void* k_c
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     switch (head_dim) {
-#define PYRUNTIME_HEAD_DIM_CASE(D)                                                          \
-  case D:                                                                                   \
-    decode_split_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(                            \
-        workspace, static_cast<const T*>(q), static_cast<const T*>(k_cache),                \
-        static_cast<const T*>(v_cache), seq_lens, num_q_heads, num_kv_heads, max_seq, scale, \
-        split_len, tiles);                                                                  \
+#define PYRUNTIME_HEAD_DIM_CASE(D)                                                                  \
+  case D:                                                                                           \
+    decode_split_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(                                    \
+        workspace, static_cast<const T*>(q), q_stride, static_cast<const T*>(k_cache),              \
+        static_cast<const T*>(v_cache), cache_rows, seq_lens, num_q_heads, num_kv_heads, max_seq,   \
+        scale, split_len, tiles);                                                                   \
     break;
       PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_CASE)
 #undef PYRUNTIME_HEAD_DIM_CASE
@@ -172,6 +175,15 @@ void gqa_decode_attention(DType dtype, void* out, const void* q, const void* k_c
         static_cast<T*>(out), workspace, num_splits, head_dim);
   });
   check_launch("gqa_decode_attention");
+}
+
+void gqa_decode_attention(DType dtype, void* out, const void* q, const void* k_cache,
+                          const void* v_cache, const int32_t* seq_lens, int64_t batch,
+                          int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
+                          int64_t head_dim, float scale, int64_t num_splits, float* workspace,
+                          cudaStream_t stream) {
+  gqa_decode_attention_rows(dtype, out, q, num_q_heads * head_dim, k_cache, v_cache, nullptr, seq_lens, batch,
+                            num_q_heads, num_kv_heads, max_seq, head_dim, scale, num_splits, workspace, stream);
 }
 
 }  // namespace pyruntime::cuda

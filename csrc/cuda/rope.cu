@@ -19,7 +19,8 @@ __device__ __forceinline__ void rotate_pair(T* x, int64_t i, int64_t half, float
 // k (rotated) and v of the token are also written at their position.
 template <typename T>
 __global__ void rope_kernel(const int64_t* positions, T* q, HeadsView qv, T* k, HeadsView kv,
-                            const T* v, T* k_cache, T* v_cache, int64_t tokens, int64_t max_seq,
+                            const T* v, T* k_cache, T* v_cache, const int64_t* cache_rows,
+                            int64_t tokens, int64_t max_seq,
                             int64_t head_dim, const float* cos_sin_cache, int64_t rot_dim,
                             bool is_neox) {
   const int64_t tok = blockIdx.x, pos = positions[tok];
@@ -36,7 +37,7 @@ __global__ void rope_kernel(const int64_t* positions, T* q, HeadsView qv, T* k, 
   }
   if (k_cache == nullptr) return;
   __syncthreads();
-  const int64_t b = tok / tokens;
+  const int64_t b = cache_rows ? cache_rows[tok] : tok / tokens;
   for (int64_t i = threadIdx.x; i < kv.num_heads * head_dim; i += blockDim.x) {
     const int64_t h = i / head_dim, d = i % head_dim;
     const int64_t src = tok * kv.token_stride + h * kv.head_stride + d;
@@ -57,7 +58,7 @@ void rotary_embedding(DType dtype, const int64_t* positions, void* q, HeadsView 
     using T = decltype(tag);
     rope_kernel<T><<<num_tokens, 256, 0, stream>>>(positions, static_cast<T*>(q), qv,
                                                    static_cast<T*>(k), kv, nullptr, nullptr,
-                                                   nullptr, 1, 0, head_dim, cos_sin_cache,
+                                                   nullptr, nullptr, 1, 0, head_dim, cos_sin_cache,
                                                    rot_dim, is_neox);
   });
   check_launch("rotary_embedding");
@@ -73,7 +74,23 @@ void rotary_embedding_and_cache(DType dtype, const int64_t* positions, void* q, 
     using T = decltype(tag);
     rope_kernel<T><<<batch * tokens, 256, 0, stream>>>(
         positions, static_cast<T*>(q), qv, static_cast<T*>(k), kv, static_cast<const T*>(v),
-        static_cast<T*>(k_cache), static_cast<T*>(v_cache), tokens, max_seq, head_dim,
+        static_cast<T*>(k_cache), static_cast<T*>(v_cache), nullptr, tokens, max_seq, head_dim,
+        cos_sin_cache, rot_dim, is_neox);
+  });
+  check_launch("rotary_embedding_and_cache");
+}
+
+void rotary_embedding_and_cache_rows(DType dtype, const int64_t* positions, void* q, HeadsView qv,
+                                     void* k, const void* v, HeadsView kv, void* k_cache, void* v_cache,
+                                     const int64_t* cache_rows, int64_t num_tokens, int64_t max_seq,
+                                     int64_t head_dim, const float* cos_sin_cache, int64_t rot_dim,
+                                     bool is_neox, cudaStream_t stream) {
+  if (num_tokens == 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    rope_kernel<T><<<num_tokens, 256, 0, stream>>>(
+        positions, static_cast<T*>(q), qv, static_cast<T*>(k), kv, static_cast<const T*>(v),
+        static_cast<T*>(k_cache), static_cast<T*>(v_cache), cache_rows, 1, max_seq, head_dim,
         cos_sin_cache, rot_dim, is_neox);
   });
   check_launch("rotary_embedding_and_cache");

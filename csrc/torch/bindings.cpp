@@ -73,6 +73,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("threads", &pyruntime::EngineHandle::threads)
       .def_property_readonly("max_tokens", &pyruntime::EngineHandle::max_tokens);
 #ifdef PYRUNTIME_WITH_CUDA
+  py::class_<pyruntime::CudaEngineHandle>(m, "CudaEngine",
+                                          "whole forward steps on a CUDA device, decode steps as CUDA graphs")
+      .def(py::init<const std::map<std::string, double>&, at::ScalarType, std::map<std::string, at::Tensor>>(),
+           py::arg("config"), py::arg("dtype"), py::arg("tensors"))
+      .def("forward", &pyruntime::CudaEngineHandle::forward, py::arg("tokens"), py::arg("positions"),
+           py::arg("rows"), py::arg("k_cache"), py::arg("v_cache"), py::arg("logits"), py::arg("first_logit"),
+           py::arg("stream"), py::call_guard<py::gil_scoped_release>())
+      .def("set_cuda_graphs", &pyruntime::CudaEngineHandle::set_cuda_graphs)
+      .def_property_readonly("graphs", &pyruntime::CudaEngineHandle::graphs)
+      .def_property_readonly("max_tokens", &pyruntime::CudaEngineHandle::max_tokens);
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;

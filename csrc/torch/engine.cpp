@@ -28,6 +28,78 @@ at::ScalarType storage_type(WeightFormat f) {
   return at::kFloat;
 }
 
+double config_get(const std::map<std::string, double>& config, const char* key, const char* owner) {
+  auto it = config.find(key);
+  TORCH_CHECK_VALUE(it != config.end(), owner, ": config['", key, "'] is missing");
+  return it->second;
+}
+
+// The sizes both engines' specs share; returns num_layers.
+template <typename Spec>
+int64_t read_config(Spec& s, const std::map<std::string, double>& config, const char* owner) {
+  auto get = [&](const char* key) { return config_get(config, key, owner); };
+  s.hidden = static_cast<int64_t>(get("hidden"));
+  s.inter = static_cast<int64_t>(get("inter"));
+  s.num_heads = static_cast<int64_t>(get("num_heads"));
+  s.num_kv_heads = static_cast<int64_t>(get("num_kv_heads"));
+  s.head_dim = static_cast<int64_t>(get("head_dim"));
+  s.vocab = static_cast<int64_t>(get("vocab"));
+  s.max_seq = static_cast<int64_t>(get("max_seq"));
+  s.rot_dim = static_cast<int64_t>(get("rot_dim"));
+  s.is_neox = get("is_neox") != 0.0;
+  s.eps = static_cast<float>(get("eps"));
+  s.scale = static_cast<float>(get("scale"));
+  s.max_tokens = static_cast<int64_t>(get("max_tokens"));
+  const int64_t num_layers = static_cast<int64_t>(get("num_layers"));
+  TORCH_CHECK_VALUE(num_layers > 0, owner, ": num_layers must be positive");
+  TORCH_CHECK_VALUE(s.max_seq > 0 && s.rot_dim > 0, owner, ": max_seq and rot_dim must be positive");
+  return num_layers;
+}
+
+// tokens, positions, rows: contiguous int64 cpu vectors of one length n in [1, max_tokens];
+// first_logit in [0, n]. Returns n.
+int64_t check_inputs(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& rows,
+                     int64_t max_tokens, int64_t first_logit, const char* owner) {
+  for (auto [t, name] : {std::pair{&tokens, "tokens"}, {&positions, "positions"}, {&rows, "rows"}}) {
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == at::kLong && t->dim() == 1 &&
+                          t->is_contiguous(),
+                      owner, ".forward: ", name, " must be a contiguous int64 cpu vector, got ",
+                      t->scalar_type(), " ", t->sizes(), " on ", t->device());
+  }
+  const int64_t n = tokens.size(0);
+  TORCH_CHECK_VALUE(positions.size(0) == n && rows.size(0) == n, owner,
+                    ".forward: tokens, positions and rows must have one entry per token (", n, "), got ",
+                    positions.size(0), " and ", rows.size(0));
+  TORCH_CHECK_VALUE(n >= 1 && n <= max_tokens, owner, ".forward: tokens must hold 1 to ", max_tokens,
+                    " tokens, got ", n);
+  TORCH_CHECK_VALUE(first_logit >= 0 && first_logit <= n, owner, ".forward: first_logit must be in [0, ", n,
+                    "] (n: no logits), got ", first_logit);
+  return n;
+}
+
+// k_cache, v_cache: contiguous [num_layers, rows, Hkv, max_seq, D] of `dtype` on `device`;
+// logits: contiguous float32 [n - first_logit, vocab] on `device`.
+template <typename Spec>
+void check_outputs(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& logits,
+                   const Spec& s, int64_t num_layers, at::ScalarType dtype, at::Device device, int64_t n,
+                   int64_t first_logit, const char* owner) {
+  for (auto [t, name] : {std::pair{&k_cache, "k_cache"}, {&v_cache, "v_cache"}}) {
+    TORCH_CHECK_VALUE(t->device() == device && t->scalar_type() == dtype && t->is_contiguous() &&
+                          t->dim() == 5 && t->size(0) == num_layers && t->size(2) == s.num_kv_heads &&
+                          t->size(3) == s.max_seq && t->size(4) == s.head_dim,
+                      owner, ".forward: ", name, " must be a contiguous ", dtype, " tensor on ", device, " [",
+                      num_layers, ", rows, ", s.num_kv_heads, ", ", s.max_seq, ", ", s.head_dim, "], got ",
+                      t->scalar_type(), " ", t->sizes(), " on ", t->device());
+  }
+  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), owner, ".forward: v_cache shape ", v_cache.sizes(),
+                    " differs from k_cache ", k_cache.sizes());
+  TORCH_CHECK_VALUE(logits.device() == device && logits.scalar_type() == at::kFloat && logits.is_contiguous() &&
+                        logits.dim() == 2 && logits.size(0) == n - first_logit && logits.size(1) == s.vocab,
+                    owner, ".forward: logits must be a contiguous float32 tensor on ", device, " [",
+                    n - first_logit, ", ", s.vocab, "], got ", logits.scalar_type(), " ", logits.sizes(), " on ",
+                    logits.device());
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& w, int64_t group) {
@@ -95,34 +167,15 @@ cpu::Matrix EngineHandle::matrix(const std::string& name, WeightFormat format) {
 EngineHandle::EngineHandle(const std::map<std::string, double>& config, const std::string& format,
                            at::ScalarType kv_dtype, std::map<std::string, at::Tensor> tensors)
     : tensors_(std::move(tensors)) {
-  auto get = [&](const char* key) {
-    auto it = config.find(key);
-    TORCH_CHECK_VALUE(it != config.end(), "Engine: config['", key, "'] is missing");
-    return it->second;
-  };
   TORCH_CHECK_VALUE(kv_dtype == at::kFloat || kv_dtype == at::kBFloat16,
                     "Engine: kv_dtype must be float32 or bfloat16, got ", kv_dtype);
   cpu::EngineSpec s;
-  s.hidden = static_cast<int64_t>(get("hidden"));
-  s.inter = static_cast<int64_t>(get("inter"));
-  s.num_heads = static_cast<int64_t>(get("num_heads"));
-  s.num_kv_heads = static_cast<int64_t>(get("num_kv_heads"));
-  s.head_dim = static_cast<int64_t>(get("head_dim"));
-  s.vocab = static_cast<int64_t>(get("vocab"));
-  s.max_seq = static_cast<int64_t>(get("max_seq"));
-  s.rot_dim = static_cast<int64_t>(get("rot_dim"));
-  s.is_neox = get("is_neox") != 0.0;
-  s.eps = static_cast<float>(get("eps"));
-  s.scale = static_cast<float>(get("scale"));
-  s.max_tokens = static_cast<int64_t>(get("max_tokens"));
-  s.threads = static_cast<int>(get("threads"));
-  const int64_t num_layers = static_cast<int64_t>(get("num_layers"));
+  num_layers_ = read_config(s, config, "Engine");
+  const int64_t num_layers = num_layers_;
+  s.threads = static_cast<int>(config_get(config, "threads", "Engine"));
   s.format = parse_format(format);
   s.kv_dtype = kv_dtype == at::kFloat ? DType::Float32 : DType::BFloat16;
   kv_dtype_ = kv_dtype;
-  num_layers_ = num_layers;
-  TORCH_CHECK_VALUE(num_layers > 0, "Engine: num_layers must be positive");
-  TORCH_CHECK_VALUE(s.max_seq > 0 && s.rot_dim > 0, "Engine: max_seq and rot_dim must be positive");
   {
     const at::Tensor& cs = tensor("cos_sin");
     TORCH_CHECK_VALUE(cs.scalar_type() == at::kFloat && cs.dim() == 2 && cs.size(0) >= s.max_seq &&
@@ -159,37 +212,9 @@ void EngineHandle::forward(const at::Tensor& tokens, const at::Tensor& positions
                            const at::Tensor& rows, at::Tensor& k_cache, at::Tensor& v_cache,
                            at::Tensor& logits, int64_t first_logit) {
   const cpu::EngineSpec& s = engine_->spec();
-  for (auto [t, name] : {std::pair{&tokens, "tokens"}, {&positions, "positions"}, {&rows, "rows"}}) {
-    TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == at::kLong && t->dim() == 1 &&
-                          t->is_contiguous(),
-                      "Engine.forward: ", name, " must be a contiguous int64 cpu vector, got ",
-                      t->scalar_type(), " ", t->sizes(), " on ", t->device());
-  }
-  const int64_t n = tokens.size(0);
-  TORCH_CHECK_VALUE(positions.size(0) == n && rows.size(0) == n,
-                    "Engine.forward: tokens, positions and rows must have one entry per token (", n,
-                    "), got ", positions.size(0), " and ", rows.size(0));
-  TORCH_CHECK_VALUE(n >= 1 && n <= s.max_tokens, "Engine.forward: tokens must hold 1 to ",
-                    s.max_tokens, " tokens, got ", n);
-  TORCH_CHECK_VALUE(first_logit >= 0 && first_logit <= n, "Engine.forward: first_logit must be in [0, ",
-                    n, "] (n: no logits), got ", first_logit);
-  for (auto [t, name] : {std::pair{&k_cache, "k_cache"}, {&v_cache, "v_cache"}}) {
-    TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == kv_dtype_ && t->is_contiguous() &&
-                          t->dim() == 5 && t->size(0) == num_layers_ &&
-                          t->size(2) == s.num_kv_heads && t->size(3) == s.max_seq &&
-                          t->size(4) == s.head_dim,
-                      "Engine.forward: ", name, " must be a contiguous ", kv_dtype_,
-                      " cpu tensor [", num_layers_, ", rows, ", s.num_kv_heads, ", ", s.max_seq, ", ",
-                      s.head_dim, "], got ", t->scalar_type(), " ", t->sizes());
-  }
-  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "Engine.forward: v_cache shape ",
-                    v_cache.sizes(), " differs from k_cache ", k_cache.sizes());
-  TORCH_CHECK_VALUE(logits.device().is_cpu() && logits.scalar_type() == at::kFloat &&
-                        logits.is_contiguous() && logits.dim() == 2 &&
-                        logits.size(0) == n - first_logit && logits.size(1) == s.vocab,
-                    "Engine.forward: logits must be a contiguous float32 cpu tensor [",
-                    n - first_logit, ", ", s.vocab, "], got ", logits.scalar_type(), " ",
-                    logits.sizes());
+  const int64_t n = check_inputs(tokens, positions, rows, s.max_tokens, first_logit, "Engine");
+  check_outputs(k_cache, v_cache, logits, s, num_layers_, kv_dtype_, at::Device(at::kCPU), n, first_logit,
+                "Engine");
   std::lock_guard<std::mutex> guard(mutex_);
   try {
     engine_->forward(tokens.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
@@ -215,5 +240,84 @@ std::vector<EngineHandle::Event> EngineHandle::profile() {
 
 int64_t EngineHandle::threads() const { return engine_->threads(); }
 int64_t EngineHandle::max_tokens() const { return engine_->spec().max_tokens; }
+
+#ifdef PYRUNTIME_WITH_CUDA
+const void* CudaEngineHandle::weight(const std::string& name, std::vector<int64_t> shape, bool optional) {
+  auto it = tensors_.find(name);
+  if (optional && it == tensors_.end()) return nullptr;
+  TORCH_CHECK_VALUE(it != tensors_.end(), "CudaEngine: tensor '", name, "' is missing");
+  const at::Tensor& t = it->second;
+  TORCH_CHECK_VALUE(t.device() == device_ && t.scalar_type() == dtype_ && t.is_contiguous() &&
+                        t.sizes() == at::IntArrayRef(shape),
+                    "CudaEngine: ", name, " must be a contiguous ", dtype_, " tensor ", at::IntArrayRef(shape),
+                    " on ", device_, ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+  return t.data_ptr();
+}
+
+CudaEngineHandle::CudaEngineHandle(const std::map<std::string, double>& config, at::ScalarType dtype,
+                                   std::map<std::string, at::Tensor> tensors)
+    : tensors_(std::move(tensors)), dtype_(dtype) {
+  TORCH_CHECK_VALUE(dtype == at::kBFloat16 || dtype == at::kHalf,
+                    "CudaEngine: dtype must be bfloat16 or float16, got ", dtype);
+  cuda::EngineSpec s;
+  num_layers_ = read_config(s, config, "CudaEngine");
+  s.dtype = dtype == at::kBFloat16 ? DType::BFloat16 : DType::Float16;
+  auto cs = tensors_.find("cos_sin");
+  TORCH_CHECK_VALUE(cs != tensors_.end(), "CudaEngine: tensor 'cos_sin' is missing");
+  device_ = cs->second.device();
+  TORCH_CHECK_VALUE(device_.is_cuda(), "CudaEngine: cos_sin must be on a CUDA device, got ", device_);
+  TORCH_CHECK_VALUE(cs->second.scalar_type() == at::kFloat && cs->second.is_contiguous() && cs->second.dim() == 2 &&
+                        cs->second.size(0) >= s.max_seq && cs->second.size(1) == s.rot_dim,
+                    "CudaEngine: cos_sin must be contiguous float32 [>= ", s.max_seq, ", ", s.rot_dim, "], got ",
+                    cs->second.scalar_type(), " ", cs->second.sizes());
+  s.cos_sin = cs->second.data_ptr<float>();
+  s.device = device_.index();
+  const int64_t H = s.hidden, I = s.inter, qkv = (s.num_heads + 2 * s.num_kv_heads) * s.head_dim;
+  s.embed = weight("embed", {s.vocab, H});
+  s.lm_head = weight("lm_head", {s.vocab, H});
+  s.final_norm = weight("final_norm", {H});
+  for (int64_t l = 0; l < num_layers_; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    cuda::EngineLayer L;
+    L.attn_norm = weight(p + "attn_norm", {H});
+    L.mlp_norm = weight(p + "mlp_norm", {H});
+    L.qkv = weight(p + "qkv", {qkv, H});
+    L.qkv_bias = weight(p + "qkv_bias", {qkv}, /*optional=*/true);
+    L.o = weight(p + "o", {H, s.num_heads * s.head_dim});
+    L.o_bias = weight(p + "o_bias", {H}, /*optional=*/true);
+    L.gate_up = weight(p + "gate_up", {2 * I, H});
+    L.down = weight(p + "down", {H, I});
+    s.layers.push_back(L);
+  }
+  try {
+    engine_ = std::make_unique<cuda::Engine>(std::move(s));
+  } catch (const InvalidArgument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
+void CudaEngineHandle::forward(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& rows,
+                               at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& logits, int64_t first_logit,
+                               int64_t stream) {
+  const cuda::EngineSpec& s = engine_->spec();
+  const int64_t n = check_inputs(tokens, positions, rows, s.max_tokens, first_logit, "CudaEngine");
+  check_outputs(k_cache, v_cache, logits, s, num_layers_, dtype_, device_, n, first_logit, "CudaEngine");
+  std::lock_guard<std::mutex> guard(mutex_);
+  try {
+    engine_->forward(tokens.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), n,
+                     k_cache.data_ptr(), v_cache.data_ptr(), k_cache.size(1), logits.data_ptr<float>(), first_logit,
+                     reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(stream)));
+  } catch (const InvalidArgument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
+void CudaEngineHandle::set_cuda_graphs(bool on) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  engine_->set_cuda_graphs(on);
+}
+int64_t CudaEngineHandle::graphs() const { return engine_->graphs(); }
+int64_t CudaEngineHandle::max_tokens() const { return engine_->spec().max_tokens; }
+#endif
 
 }  // namespace pyruntime

@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "pyruntime/engine.h"
+#ifdef PYRUNTIME_WITH_CUDA
+#include "pyruntime/cuda_engine.h"
+#endif
 
 namespace pyruntime {
 
@@ -49,5 +52,33 @@ class EngineHandle {
   std::unique_ptr<cpu::Engine> engine_;
   std::mutex mutex_;
 };
+
+#ifdef PYRUNTIME_WITH_CUDA
+// The CUDA engine's Python face (csrc/include/pyruntime/cuda_engine.h). Same config keys and
+// tensor names as EngineHandle (minus threads and int8); every tensor on one CUDA device in
+// the engine's dtype (bfloat16 or float16), the norms included. The stream comes from Python
+// as torch.cuda.current_stream().cuda_stream, so this file needs none of torch's CUDA headers.
+class CudaEngineHandle {
+ public:
+  CudaEngineHandle(const std::map<std::string, double>& config, at::ScalarType dtype,
+                   std::map<std::string, at::Tensor> tensors);
+  void forward(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& rows,
+               at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& logits, int64_t first_logit,
+               int64_t stream);
+  void set_cuda_graphs(bool on);
+  int64_t graphs() const;
+  int64_t max_tokens() const;
+
+ private:
+  const void* weight(const std::string& name, std::vector<int64_t> shape, bool optional = false);
+
+  std::map<std::string, at::Tensor> tensors_;
+  at::ScalarType dtype_;
+  at::Device device_{at::kCPU};
+  int64_t num_layers_ = 0;
+  std::unique_ptr<cuda::Engine> engine_;
+  std::mutex mutex_;
+};
+#endif
 
 }  // namespace pyruntime

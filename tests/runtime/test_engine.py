@@ -1,5 +1,6 @@
-"""The compiled CPU engine: int8 weights against a dequantised transformers reference, prompts
-longer than one engine chunk, the profiler's events, and bad calls."""
+"""The compiled engines. CPU: int8 weights against a dequantised transformers reference, prompts
+longer than one engine chunk, the profiler's events, and bad calls. CUDA (where a GPU is):
+agreement with float32, CUDA-graph replay against direct launches, bad calls."""
 
 import shutil
 
@@ -172,3 +173,56 @@ def test_engine_rejects_bad_weights(llm):
         C.Engine(cfg, "int4", torch.float32, t)
     with pytest.raises(ValueError, match="cos_sin"):
         C.Engine(cfg, "float32", torch.float32, {**t, "cos_sin": torch.zeros(2, 64)})
+
+
+# The CUDA engine: these run where torch sees a GPU and pyruntime was built with CUDA (never
+# on the CPU-only build machines, which only compile it).
+CUDA_ENGINE = torch.cuda.is_available() and hasattr(pyruntime._ext.C, "CudaEngine")
+needs_cuda_engine = pytest.mark.skipif(not CUDA_ENGINE, reason="needs a CUDA GPU and a CUDA build of pyruntime")
+
+
+@pytest.fixture(scope="module")
+def llm_cuda():
+    return pyruntime.LLM("smollm2-135m-instruct", dtype="bfloat16", device="cuda", progress=False)
+
+
+@needs_cuda_engine
+def test_cuda_engine_agrees_with_float32(llm, llm_cuda):
+    # Teacher-forced top-1 agreement with the float32 CPU engine (checked against transformers
+    # in test_smollm2): a prompt longer than a graph call (prefill) and a short one (graph).
+    assert isinstance(llm_cuda.model.engine, engine_mod.CudaEngine)
+    text = ("The history of the Roman Empire spans many centuries. It began when Augustus became the first "
+            "emperor in 27 BC and, in the West, ended in 476 AD. Python is a programming language.")
+    ids = llm.tokenizer.encode(text)
+    ref, got = llm.logits(ids).argmax(-1), llm_cuda.logits(ids).argmax(-1).cpu()
+    assert (ref == got).float().mean().item() >= 0.95
+    short = ids[:9]
+    assert (llm.logits(short).argmax(-1) == llm_cuda.logits(short).argmax(-1).cpu()).float().mean().item() >= 0.85
+
+
+@needs_cuda_engine
+def test_cuda_engine_graph_replay_matches_direct_launches(llm_cuda):
+    eng = llm_cuda.model.engine.engine
+    prompts = ["The capital of France is", "def add(a, b):"]
+    with_graphs = [c.token_ids for c in llm_cuda.generate(prompts, max_new_tokens=12, ignore_eos=True)]
+    assert eng.graphs > 0
+    eng.set_cuda_graphs(False)
+    try:
+        direct = [c.token_ids for c in llm_cuda.generate(prompts, max_new_tokens=12, ignore_eos=True)]
+    finally:
+        eng.set_cuda_graphs(True)
+    assert with_graphs == direct
+    alone = [llm_cuda.generate(p, max_new_tokens=12, ignore_eos=True).token_ids for p in prompts]
+    assert alone == with_graphs
+
+
+@needs_cuda_engine
+def test_cuda_engine_bad_calls(llm_cuda):
+    eng, cache = llm_cuda.model.engine.engine, llm_cuda._cache
+    logits = torch.empty(1, llm_cuda.config.vocab_size, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    with pytest.raises(ValueError, match="tokens\\[0\\]"):
+        eng.forward(torch.tensor([49152]), torch.tensor([0]), torch.tensor([0]), cache.k, cache.v, logits, 0, stream)
+    with pytest.raises(ValueError, match="logits"):
+        eng.forward(torch.tensor([1]), torch.tensor([0]), torch.tensor([0]), cache.k, cache.v, logits.cpu(), 0,
+                    stream)

@@ -37,6 +37,14 @@ void rotary_embedding_and_cache(DType dtype, const int64_t* positions, void* q, 
                                 int64_t head_dim, const float* cos_sin_cache, int64_t rot_dim,
                                 bool is_neox, cudaStream_t stream);
 
+// As rotary_embedding_and_cache for num_tokens tokens, token t written at cache row
+// cache_rows[t] (device int64) of k_cache/v_cache [rows, kv.num_heads, max_seq, head_dim].
+void rotary_embedding_and_cache_rows(DType dtype, const int64_t* positions, void* q, HeadsView qv,
+                                     void* k, const void* v, HeadsView kv, void* k_cache, void* v_cache,
+                                     const int64_t* cache_rows, int64_t num_tokens, int64_t max_seq,
+                                     int64_t head_dim, const float* cos_sin_cache, int64_t rot_dim,
+                                     bool is_neox, cudaStream_t stream);
+
 // \param out [rows, inter] (out_stride), x [rows, 2*inter] (x_stride)
 void silu_and_mul(DType dtype, void* out, int64_t out_stride, const void* x, int64_t x_stride,
                   int64_t rows, int64_t inter, cudaStream_t stream);
@@ -57,5 +65,13 @@ void gqa_decode_attention(DType dtype, void* out, const void* q, const void* k_c
                           int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
                           int64_t head_dim, float scale, int64_t num_splits, float* workspace,
                           cudaStream_t stream);
+
+// As gqa_decode_attention, query b read at q + b * q_stride and attending cache row
+// cache_rows[b] (device int64; b when null) of k_cache/v_cache [rows, num_kv_heads, max_seq, head_dim].
+void gqa_decode_attention_rows(DType dtype, void* out, const void* q, int64_t q_stride, const void* k_cache,
+                               const void* v_cache, const int64_t* cache_rows, const int32_t* seq_lens,
+                               int64_t batch, int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
+                               int64_t head_dim, float scale, int64_t num_splits, float* workspace,
+                               cudaStream_t stream);
 
 }  // namespace pyruntime::cuda

@@ -1,0 +1,304 @@
+// The CUDA engine (pyruntime/cuda_engine.h): the whole step enqueued on one stream, the
+// decode steps replayed from CUDA graphs. Compiled in CI; never run (no GPU was available).
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <tuple>
+#include <type_traits>
+
+#include "common.cuh"
+#include "pyruntime/cuda_engine.h"
+#include "pyruntime/cuda_kernels.h"
+#include "pyruntime/dispatch.h"
+
+namespace pyruntime::cuda {
+
+namespace {
+
+constexpr int kWarps = 8;          // warps (weight rows) per block of the linear kernel
+constexpr int kPassTokens = 16;    // tokens per pass over a weight row
+constexpr int64_t kGraphMaxTokens = 16;
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string("cuda engine: ") + what + ": " + cudaGetErrorString(err));
+}
+
+// resid[t, :] = embed[tokens[t], :]; one block per token.
+template <typename T>
+__global__ void embed_kernel(T* resid, const T* embed, const int64_t* tokens, int64_t hidden) {
+  const T* row = embed + tokens[blockIdx.x] * hidden;
+  T* out = resid + blockIdx.x * hidden;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = row[i];
+}
+
+// y[t, r] (+)= w[r, :] . x[t, :] (+ bias[r]) for every token; one warp per weight row, the
+// tokens in passes of kPassTokens (the row stays in L1 between passes).
+// \param x [tokens, in] (row stride x_stride); y [tokens, *] (row stride y_stride)
+template <typename T, typename OT, bool Accumulate>
+__global__ void linear_kernel(OT* y, int64_t y_stride, const T* x, int64_t x_stride, const T* w,
+                              const T* bias, int64_t tokens, int64_t in, int64_t out_features) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (r >= out_features) return;
+  const int lane = threadIdx.x & 31;
+  const T* wr = w + r * in;
+  for (int64_t t0 = 0; t0 < tokens; t0 += kPassTokens) {
+    const int nt = static_cast<int>(tokens - t0 < kPassTokens ? tokens - t0 : kPassTokens);
+    float acc[kPassTokens];
+#pragma unroll
+    for (int t = 0; t < kPassTokens; ++t) acc[t] = 0.0f;
+    for (int64_t i = lane; i < in; i += 32) {
+      const float wv = to_f(wr[i]);
+#pragma unroll
+      for (int t = 0; t < kPassTokens; ++t)
+        if (t < nt) acc[t] += wv * to_f(x[(t0 + t) * x_stride + i]);
+    }
+#pragma unroll
+    for (int t = 0; t < kPassTokens; ++t)
+      if (t < nt) acc[t] = warp_sum(acc[t]);
+    if (lane == 0) {
+      const float b = bias ? to_f(bias[r]) : 0.0f;
+      for (int t = 0; t < nt; ++t) {
+        OT& out = y[(t0 + t) * y_stride + r];
+        out = from_f<OT>((Accumulate ? to_f(out) : 0.0f) + acc[t] + b);
+      }
+    }
+  }
+}
+
+template <typename T, typename OT, bool Accumulate>
+void linear(OT* y, int64_t y_stride, const T* x, int64_t x_stride, const void* w, const void* bias,
+            int64_t tokens, int64_t in, int64_t out_features, cudaStream_t stream) {
+  linear_kernel<T, OT, Accumulate><<<grid_1d(out_features, kWarps), kWarps * 32, 0, stream>>>(
+      y, y_stride, x, x_stride, static_cast<const T*>(w), static_cast<const T*>(bias), tokens, in, out_features);
+}
+
+int64_t attention_workspace_floats(int64_t max_tokens, int64_t num_kv_heads, int64_t num_q_heads,
+                                   int64_t head_dim, int64_t max_seq) {
+  int64_t most = 0;
+  for (int64_t b = 1; b <= max_tokens; ++b) {
+    const int64_t splits = gqa_decode_num_splits(b, num_kv_heads, max_seq);
+    most = std::max(most, gqa_decode_workspace_floats(b, num_q_heads, head_dim, splits));
+  }
+  return most;
+}
+
+// Device memory owned by the engine, freed with it.
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr) cudaFree(ptr);
+  }
+  void allocate(size_t bytes) { check_cuda(cudaMalloc(&ptr, bytes), "cudaMalloc"); }
+  template <typename T> T* as() const { return static_cast<T*>(ptr); }
+};
+
+}  // namespace
+
+struct Engine::Impl {
+  EngineSpec spec;
+  int64_t q_dim = 0, kv_dim = 0, qkv_dim = 0;
+  float scale = 1.0f;
+  size_t elem = 2;  // bytes per element of the dtype
+  // Activations [max_tokens, *] in the dtype; attention workspace in float32.
+  DeviceBuffer resid, xn, qkv, attn, gate_up, act, attn_ws;
+  // Per-call inputs: tokens, positions, rows (int64) and seq_lens (int32), on the device and
+  // staged in pinned host memory.
+  DeviceBuffer d_inputs;
+  void* h_inputs = nullptr;
+  // The engine's own stream (graphs cannot be captured on the legacy default stream that
+  // callers often use), ordered after the caller's stream and before it again by events.
+  cudaStream_t own = nullptr;
+  cudaEvent_t inputs_copied = nullptr, caller_ready = nullptr, done = nullptr;
+  bool graphs_on = true;
+  // Decode graphs by (tokens, first_logit, k_cache, v_cache, logits, cache_rows).
+  std::map<std::tuple<int64_t, int64_t, void*, void*, float*, int64_t>, cudaGraphExec_t> graphs;
+
+  explicit Impl(EngineSpec s) : spec(std::move(s)) {}
+  ~Impl() {
+    for (auto& kv : graphs) cudaGraphExecDestroy(kv.second);
+    for (cudaEvent_t e : {inputs_copied, caller_ready, done})
+      if (e) cudaEventDestroy(e);
+    if (own) cudaStreamDestroy(own);
+    if (h_inputs) cudaFreeHost(h_inputs);
+  }
+
+  int64_t* dev_tokens() const { return d_inputs.as<int64_t>(); }
+  int64_t* dev_positions() const { return dev_tokens() + spec.max_tokens; }
+  int64_t* dev_rows() const { return dev_tokens() + 2 * spec.max_tokens; }
+  int32_t* dev_seq_lens() const { return reinterpret_cast<int32_t*>(dev_tokens() + 3 * spec.max_tokens); }
+  size_t input_bytes() const { return static_cast<size_t>(spec.max_tokens) * (3 * sizeof(int64_t) + sizeof(int32_t)); }
+
+  // Every kernel of one call, enqueued on the stream (or recorded into a graph).
+  template <typename T>
+  void step(int64_t n, void* k_cache_v, void* v_cache_v, int64_t cache_rows, float* logits, int64_t first_logit,
+            cudaStream_t stream) {
+    const EngineSpec& s = spec;
+    const int64_t H = s.hidden, I = s.inter, D = s.head_dim, Hq = s.num_heads, Hkv = s.num_kv_heads;
+    T* r = resid.as<T>();
+    T* x = xn.as<T>();
+    T* qkvp = qkv.as<T>();
+    T* at = attn.as<T>();
+    T* gu = gate_up.as<T>();
+    T* a = act.as<T>();
+    T* k_cache = static_cast<T*>(k_cache_v);
+    T* v_cache = static_cast<T*>(v_cache_v);
+    const int64_t layer_stride = cache_rows * Hkv * s.max_seq * D;
+    const int64_t splits = gqa_decode_num_splits(n, Hkv, s.max_seq);
+    embed_kernel<T><<<static_cast<unsigned>(n), 256, 0, stream>>>(r, static_cast<const T*>(s.embed), dev_tokens(), H);
+    for (size_t l = 0; l < s.layers.size(); ++l) {
+      const EngineLayer& L = s.layers[l];
+      rms_norm(s.dtype, x, H, r, H, L.attn_norm, n, H, s.eps, stream);
+      linear<T, T, false>(qkvp, qkv_dim, x, H, L.qkv, L.qkv_bias, n, H, qkv_dim, stream);
+      rotary_embedding_and_cache_rows(s.dtype, dev_positions(), qkvp, {qkv_dim, D, Hq}, qkvp + q_dim,
+                                      qkvp + q_dim + kv_dim, {qkv_dim, D, Hkv}, k_cache + l * layer_stride,
+                                      v_cache + l * layer_stride, dev_rows(), n, s.max_seq, D, s.cos_sin,
+                                      s.rot_dim, s.is_neox, stream);
+      gqa_decode_attention_rows(s.dtype, at, qkvp, qkv_dim, k_cache + l * layer_stride, v_cache + l * layer_stride,
+                                dev_rows(), dev_seq_lens(), n, Hq, Hkv, s.max_seq, D, scale, splits,
+                                attn_ws.as<float>(), stream);
+      linear<T, T, true>(r, H, at, q_dim, L.o, L.o_bias, n, q_dim, H, stream);  // residual add
+      rms_norm(s.dtype, x, H, r, H, L.mlp_norm, n, H, s.eps, stream);
+      linear<T, T, false>(gu, 2 * I, x, H, L.gate_up, nullptr, n, H, 2 * I, stream);
+      silu_and_mul(s.dtype, a, I, gu, 2 * I, n, I, stream);
+      linear<T, T, true>(r, H, a, I, L.down, nullptr, n, I, H, stream);  // residual add
+    }
+    const int64_t n_logits = n - first_logit;
+    if (n_logits > 0) {
+      rms_norm(s.dtype, x, H, r + first_logit * H, H, s.final_norm, n_logits, H, s.eps, stream);
+      linear<T, float, false>(logits, s.vocab, x, H, s.lm_head, nullptr, n_logits, H, s.vocab, stream);
+    }
+    check_launch("cuda engine step");
+  }
+
+  void run(int64_t n, void* k_cache, void* v_cache, int64_t cache_rows, float* logits, int64_t first_logit,
+           cudaStream_t stream) {
+    dispatch(spec.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      if constexpr (!std::is_same_v<T, float>) step<T>(n, k_cache, v_cache, cache_rows, logits, first_logit, stream);
+    });
+  }
+};
+
+Engine::Engine(EngineSpec s) {
+  const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
+  PYRUNTIME_CHECK(H > 0 && I > 0 && s.vocab > 0 && s.num_heads > 0 && s.num_kv_heads > 0,
+                  "cuda engine: hidden, inter, vocab, num_heads and num_kv_heads must be positive");
+  PYRUNTIME_CHECK(s.num_heads % s.num_kv_heads == 0, "cuda engine: num_heads must be a multiple of num_kv_heads");
+  PYRUNTIME_CHECK(is_supported_head_dim(D), "cuda engine: unsupported head_dim " + std::to_string(D) +
+                                                " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
+  PYRUNTIME_CHECK(s.rot_dim > 0 && s.rot_dim <= D && s.rot_dim % 2 == 0,
+                  "cuda engine: rot_dim must be even and in (0, head_dim]");
+  PYRUNTIME_CHECK(s.max_seq > 0 && s.max_seq <= INT32_MAX, "cuda engine: max_seq out of range");
+  PYRUNTIME_CHECK(s.max_tokens > 0, "cuda engine: max_tokens must be positive");
+  PYRUNTIME_CHECK(s.dtype == DType::BFloat16 || s.dtype == DType::Float16,
+                  "cuda engine: dtype must be bfloat16 or float16");
+  PYRUNTIME_CHECK(s.cos_sin && s.embed && s.final_norm && s.lm_head, "cuda engine: cos_sin, embed, final_norm "
+                                                                     "and lm_head are required");
+  PYRUNTIME_CHECK(!s.layers.empty(), "cuda engine: no layers");
+  for (size_t l = 0; l < s.layers.size(); ++l) {
+    const EngineLayer& L = s.layers[l];
+    PYRUNTIME_CHECK(L.attn_norm && L.qkv && L.o && L.mlp_norm && L.gate_up && L.down,
+                    "cuda engine: layers." + std::to_string(l) + " is missing a weight");
+  }
+  check_cuda(cudaSetDevice(s.device), "cudaSetDevice");
+  impl_ = std::make_unique<Impl>(std::move(s));
+  Impl& m = *impl_;
+  const EngineSpec& sp = m.spec;
+  m.q_dim = sp.num_heads * D;
+  m.kv_dim = sp.num_kv_heads * D;
+  m.qkv_dim = m.q_dim + 2 * m.kv_dim;
+  m.scale = sp.scale > 0.0f ? sp.scale : 1.0f / std::sqrt(static_cast<float>(D));
+  const size_t N = static_cast<size_t>(sp.max_tokens), e = m.elem;
+  m.resid.allocate(N * H * e);
+  m.xn.allocate(N * H * e);
+  m.qkv.allocate(N * m.qkv_dim * e);
+  m.attn.allocate(N * m.q_dim * e);
+  m.gate_up.allocate(N * 2 * I * e);
+  m.act.allocate(N * I * e);
+  m.attn_ws.allocate(sizeof(float) *
+                     attention_workspace_floats(sp.max_tokens, sp.num_kv_heads, sp.num_heads, D, sp.max_seq));
+  m.d_inputs.allocate(m.input_bytes());
+  check_cuda(cudaMallocHost(&m.h_inputs, m.input_bytes()), "cudaMallocHost");
+  for (cudaEvent_t* e : {&m.inputs_copied, &m.caller_ready, &m.done})
+    check_cuda(cudaEventCreateWithFlags(e, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaStreamCreateWithFlags(&m.own, cudaStreamNonBlocking), "cudaStreamCreate");
+}
+
+Engine::~Engine() = default;
+
+void Engine::forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
+                     void* k_cache, void* v_cache, int64_t cache_rows, float* logits, int64_t first_logit,
+                     cudaStream_t stream) {
+  Impl& m = *impl_;
+  const EngineSpec& s = m.spec;
+  PYRUNTIME_CHECK(n >= 1 && n <= s.max_tokens, "cuda engine.forward: n must be in [1, " +
+                                                   std::to_string(s.max_tokens) + "], got " + std::to_string(n));
+  PYRUNTIME_CHECK(first_logit >= 0 && first_logit <= n, "cuda engine.forward: first_logit must be in [0, n]");
+  PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n), "cuda engine.forward: null cache or logits");
+  for (int64_t i = 0; i < n; ++i) {
+    PYRUNTIME_CHECK(tokens[i] >= 0 && tokens[i] < s.vocab,
+                    "cuda engine.forward: tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
+                        " is outside [0, " + std::to_string(s.vocab) + ")");
+    PYRUNTIME_CHECK(positions[i] >= 0 && positions[i] < s.max_seq,
+                    "cuda engine.forward: positions[" + std::to_string(i) + "] = " + std::to_string(positions[i]) +
+                        " is outside [0, " + std::to_string(s.max_seq) + ")");
+    PYRUNTIME_CHECK(rows[i] >= 0 && rows[i] < cache_rows,
+                    "cuda engine.forward: rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                        " is outside [0, " + std::to_string(cache_rows) + ")");
+    for (int64_t j = 0; j < i; ++j)
+      PYRUNTIME_CHECK(rows[j] != rows[i] || positions[j] != positions[i],
+                      "cuda engine.forward: tokens " + std::to_string(j) + " and " + std::to_string(i) +
+                          " write the same cache row and position");
+  }
+  // The staging buffer is reused: wait until the previous call's copy has left it.
+  check_cuda(cudaEventSynchronize(m.inputs_copied), "cudaEventSynchronize");
+  int64_t* h = static_cast<int64_t*>(m.h_inputs);
+  const int64_t N = s.max_tokens;
+  for (int64_t i = 0; i < n; ++i) {
+    h[i] = tokens[i];
+    h[N + i] = positions[i];
+    h[2 * N + i] = rows[i];
+    reinterpret_cast<int32_t*>(h + 3 * N)[i] = static_cast<int32_t>(positions[i] + 1);
+  }
+  check_cuda(cudaEventRecord(m.caller_ready, stream), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(m.own, m.caller_ready, 0), "cudaStreamWaitEvent");
+  check_cuda(cudaMemcpyAsync(m.d_inputs.ptr, m.h_inputs, m.input_bytes(), cudaMemcpyHostToDevice, m.own),
+             "cudaMemcpyAsync");
+  check_cuda(cudaEventRecord(m.inputs_copied, m.own), "cudaEventRecord");
+  if (!m.graphs_on || n > kGraphMaxTokens) {
+    m.run(n, k_cache, v_cache, cache_rows, logits, first_logit, m.own);
+  } else {
+    const auto key = std::make_tuple(n, first_logit, k_cache, v_cache, logits, cache_rows);
+    auto it = m.graphs.find(key);
+    if (it == m.graphs.end()) {
+      cudaGraph_t graph = nullptr;
+      check_cuda(cudaStreamBeginCapture(m.own, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      try {
+        m.run(n, k_cache, v_cache, cache_rows, logits, first_logit, m.own);
+      } catch (...) {
+        cudaStreamEndCapture(m.own, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      check_cuda(cudaStreamEndCapture(m.own, &graph), "cudaStreamEndCapture");
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check_cuda(err, "cudaGraphInstantiate");
+      it = m.graphs.emplace(key, exec).first;
+    }
+    check_cuda(cudaGraphLaunch(it->second, m.own), "cudaGraphLaunch");
+  }
+  check_cuda(cudaEventRecord(m.done, m.own), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(stream, m.done, 0), "cudaStreamWaitEvent");
+}
+
+const EngineSpec& Engine::spec() const { return impl_->spec; }
+void Engine::set_cuda_graphs(bool on) { impl_->graphs_on = on; }
+int64_t Engine::graphs() const { return static_cast<int64_t>(impl_->graphs.size()); }
+
+}  // namespace pyruntime::cuda
