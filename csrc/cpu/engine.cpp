@@ -278,17 +278,7 @@ std::unique_ptr<Engine::Impl> make_impl(EngineSpec spec) {
 
 Engine::Engine(EngineSpec s) {
   const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
-  PYRUNTIME_CHECK(H > 0 && I > 0 && s.vocab > 0 && s.num_heads > 0 && s.num_kv_heads > 0,
-                  "engine: hidden, inter, vocab, num_heads and num_kv_heads must be positive");
-  PYRUNTIME_CHECK(s.num_heads % s.num_kv_heads == 0,
-                  "engine: num_heads (" + std::to_string(s.num_heads) +
-                      ") must be a multiple of num_kv_heads (" + std::to_string(s.num_kv_heads) + ")");
-  PYRUNTIME_CHECK(is_supported_head_dim(D), "engine: unsupported head_dim " + std::to_string(D) +
-                                                " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
-  PYRUNTIME_CHECK(s.rot_dim > 0 && s.rot_dim <= D && s.rot_dim % 2 == 0,
-                  "engine: rot_dim must be even and in (0, head_dim]");
-  PYRUNTIME_CHECK(s.max_seq > 0 && s.max_seq <= INT32_MAX, "engine: max_seq out of range");
-  PYRUNTIME_CHECK(s.max_tokens > 0, "engine: max_tokens must be positive");
+  check_engine_shape(s, "engine");
   PYRUNTIME_CHECK(s.kv_dtype == DType::Float32 || s.kv_dtype == DType::BFloat16,
                   "engine: kv_dtype must be float32 or bfloat16");
   PYRUNTIME_CHECK(s.cos_sin && s.final_norm, "engine: cos_sin and final_norm are required");
@@ -346,28 +336,8 @@ void Engine::forward(const int64_t* tokens, const int64_t* positions, const int6
                      void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
                      int64_t first_logit) {
   const EngineSpec& s = impl_->spec;
-  PYRUNTIME_CHECK(n >= 1 && n <= s.max_tokens,
-                  "engine.forward: n must be in [1, " + std::to_string(s.max_tokens) + "], got " +
-                      std::to_string(n));
-  PYRUNTIME_CHECK(first_logit >= 0 && first_logit <= n,
-                  "engine.forward: first_logit must be in [0, n]");
-  PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n),
-                  "engine.forward: null cache or logits");
-  for (int64_t i = 0; i < n; ++i) {
-    PYRUNTIME_CHECK(tokens[i] >= 0 && tokens[i] < s.vocab,
-                    "engine.forward: tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
-                        " is outside [0, " + std::to_string(s.vocab) + ")");
-    PYRUNTIME_CHECK(positions[i] >= 0 && positions[i] < s.max_seq,
-                    "engine.forward: positions[" + std::to_string(i) + "] = " +
-                        std::to_string(positions[i]) + " is outside [0, " + std::to_string(s.max_seq) + ")");
-    PYRUNTIME_CHECK(rows[i] >= 0 && rows[i] < cache_rows,
-                    "engine.forward: rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
-                        " is outside [0, " + std::to_string(cache_rows) + ")");
-    for (int64_t j = 0; j < i; ++j)
-      PYRUNTIME_CHECK(rows[j] != rows[i] || positions[j] != positions[i],
-                      "engine.forward: tokens " + std::to_string(j) + " and " + std::to_string(i) +
-                          " write the same cache row and position");
-  }
+  PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n), "engine.forward: null cache or logits");
+  check_forward_args(s, tokens, positions, rows, n, cache_rows, first_logit, "engine");
   impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit);
 }
 

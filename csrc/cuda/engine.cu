@@ -184,16 +184,8 @@ struct Engine::Impl {
 };
 
 Engine::Engine(EngineSpec s) {
+  check_engine_shape(s, "cuda engine");
   const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
-  PYRUNTIME_CHECK(H > 0 && I > 0 && s.vocab > 0 && s.num_heads > 0 && s.num_kv_heads > 0,
-                  "cuda engine: hidden, inter, vocab, num_heads and num_kv_heads must be positive");
-  PYRUNTIME_CHECK(s.num_heads % s.num_kv_heads == 0, "cuda engine: num_heads must be a multiple of num_kv_heads");
-  PYRUNTIME_CHECK(is_supported_head_dim(D), "cuda engine: unsupported head_dim " + std::to_string(D) +
-                                                " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
-  PYRUNTIME_CHECK(s.rot_dim > 0 && s.rot_dim <= D && s.rot_dim % 2 == 0,
-                  "cuda engine: rot_dim must be even and in (0, head_dim]");
-  PYRUNTIME_CHECK(s.max_seq > 0 && s.max_seq <= INT32_MAX, "cuda engine: max_seq out of range");
-  PYRUNTIME_CHECK(s.max_tokens > 0, "cuda engine: max_tokens must be positive");
   PYRUNTIME_CHECK(s.dtype == DType::BFloat16 || s.dtype == DType::Float16,
                   "cuda engine: dtype must be bfloat16 or float16");
   PYRUNTIME_CHECK(s.cos_sin && s.embed && s.final_norm && s.lm_head, "cuda engine: cos_sin, embed, final_norm "
@@ -235,25 +227,8 @@ void Engine::forward(const int64_t* tokens, const int64_t* positions, const int6
                      cudaStream_t stream) {
   Impl& m = *impl_;
   const EngineSpec& s = m.spec;
-  PYRUNTIME_CHECK(n >= 1 && n <= s.max_tokens, "cuda engine.forward: n must be in [1, " +
-                                                   std::to_string(s.max_tokens) + "], got " + std::to_string(n));
-  PYRUNTIME_CHECK(first_logit >= 0 && first_logit <= n, "cuda engine.forward: first_logit must be in [0, n]");
   PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n), "cuda engine.forward: null cache or logits");
-  for (int64_t i = 0; i < n; ++i) {
-    PYRUNTIME_CHECK(tokens[i] >= 0 && tokens[i] < s.vocab,
-                    "cuda engine.forward: tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
-                        " is outside [0, " + std::to_string(s.vocab) + ")");
-    PYRUNTIME_CHECK(positions[i] >= 0 && positions[i] < s.max_seq,
-                    "cuda engine.forward: positions[" + std::to_string(i) + "] = " + std::to_string(positions[i]) +
-                        " is outside [0, " + std::to_string(s.max_seq) + ")");
-    PYRUNTIME_CHECK(rows[i] >= 0 && rows[i] < cache_rows,
-                    "cuda engine.forward: rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
-                        " is outside [0, " + std::to_string(cache_rows) + ")");
-    for (int64_t j = 0; j < i; ++j)
-      PYRUNTIME_CHECK(rows[j] != rows[i] || positions[j] != positions[i],
-                      "cuda engine.forward: tokens " + std::to_string(j) + " and " + std::to_string(i) +
-                          " write the same cache row and position");
-  }
+  check_forward_args(s, tokens, positions, rows, n, cache_rows, first_logit, "cuda engine");
   // The staging buffer is reused: wait until the previous call's copy has left it.
   check_cuda(cudaEventSynchronize(m.inputs_copied), "cudaEventSynchronize");
   int64_t* h = static_cast<int64_t*>(m.h_inputs);

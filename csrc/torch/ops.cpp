@@ -391,27 +391,38 @@ void gated_mlp(at::Tensor& out, const at::Tensor& x, const at::Tensor& gate_up_w
   });
 }
 
-void gqa_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
-                          const at::Tensor& v_cache, const at::Tensor& seq_lens, double scale) {
+// q [*, num_q_heads, head_dim] and k_cache, v_cache [..., num_kv_heads, max_seq, head_dim] of
+// rank cache_dim, alike and contiguous; returns {num_kv_heads, max_seq}.
+std::pair<int64_t, int64_t> check_attention(const char* op, const at::Tensor& q, const char* q_shape,
+                                            const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                            int64_t cache_dim, const char* cache_shape) {
   check_dtype(q, "q");
-  check_dim(q, "q", 3, "[batch, num_q_heads, head_dim]");
+  check_dim(q, "q", 3, q_shape);
   check_contiguous(q, "q");
-  const int64_t batch = q.size(0), num_q_heads = q.size(1), head_dim = q.size(2);
+  const int64_t num_q_heads = q.size(1), head_dim = q.size(2);
   for (auto [t, name] : {std::pair<const at::Tensor*, const char*>{&k_cache, "k_cache"}, {&v_cache, "v_cache"}}) {
     check_like(*t, name, q, "q");
-    check_dim(*t, name, 4, "[batch, num_kv_heads, max_seq, head_dim]");
+    check_dim(*t, name, cache_dim, cache_shape);
     check_contiguous(*t, name);
-    check_size(*t, name, 0, batch, "batch of q");
-    check_size(*t, name, 3, head_dim, "head_dim of q");
+    check_size(*t, name, cache_dim - 1, head_dim, "head_dim of q");
   }
   TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ",
                     k_cache.sizes(), ", got ", v_cache.sizes());
-  const int64_t num_kv_heads = k_cache.size(1), max_seq = k_cache.size(2);
-  TORCH_CHECK_VALUE(num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
-                    "num_q_heads (q.shape[1] = ", num_q_heads,
-                    ") must be a multiple of num_kv_heads (k_cache.shape[1] = ", num_kv_heads, ")");
-  TORCH_CHECK_VALUE(is_supported_head_dim(head_dim), "gqa_decode_attention: unsupported head size ",
-                    head_dim, " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
+  const int64_t num_kv_heads = k_cache.size(cache_dim - 3), max_seq = k_cache.size(cache_dim - 2);
+  TORCH_CHECK_VALUE(num_kv_heads > 0 && num_q_heads % num_kv_heads == 0, "num_q_heads (q.shape[1] = ", num_q_heads,
+                    ") must be a multiple of num_kv_heads (k_cache.shape[", cache_dim - 3, "] = ", num_kv_heads, ")");
+  TORCH_CHECK_VALUE(is_supported_head_dim(head_dim), op, ": unsupported head size ", head_dim,
+                    " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
+  return {num_kv_heads, max_seq};
+}
+
+void gqa_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                          const at::Tensor& v_cache, const at::Tensor& seq_lens, double scale) {
+  const auto kv = check_attention("gqa_decode_attention", q, "[batch, num_q_heads, head_dim]", k_cache, v_cache, 4,
+                                  "[batch, num_kv_heads, max_seq, head_dim]");
+  const int64_t num_kv_heads = kv.first, max_seq = kv.second;
+  const int64_t batch = q.size(0), num_q_heads = q.size(1), head_dim = q.size(2);
+  check_size(k_cache, "k_cache", 0, batch, "batch of q");
   check_device(seq_lens, "seq_lens", q, "q");
   TORCH_CHECK_VALUE(seq_lens.scalar_type() == at::kInt, "seq_lens must be int32, got ",
                     seq_lens.scalar_type());
@@ -454,25 +465,11 @@ void gqa_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor
 
 void prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
                        const at::Tensor& v_cache, int64_t start_pos, double scale) {
-  check_dtype(q, "q");
-  check_dim(q, "q", 3, "[tokens, num_q_heads, head_dim]");
-  check_contiguous(q, "q");
+  const auto kv = check_attention("prefill_attention", q, "[tokens, num_q_heads, head_dim]", k_cache, v_cache, 3,
+                                  "[num_kv_heads, max_seq, head_dim]");
+  const int64_t num_kv_heads = kv.first, max_seq = kv.second;
   TORCH_CHECK_VALUE(q.device().is_cpu(), "prefill_attention: q must be on the cpu, got ", q.device());
   const int64_t tokens = q.size(0), num_q_heads = q.size(1), head_dim = q.size(2);
-  for (auto [t, name] : {std::pair<const at::Tensor*, const char*>{&k_cache, "k_cache"}, {&v_cache, "v_cache"}}) {
-    check_like(*t, name, q, "q");
-    check_dim(*t, name, 3, "[num_kv_heads, max_seq, head_dim]");
-    check_contiguous(*t, name);
-    check_size(*t, name, 2, head_dim, "head_dim of q");
-  }
-  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ",
-                    k_cache.sizes(), ", got ", v_cache.sizes());
-  const int64_t num_kv_heads = k_cache.size(0), max_seq = k_cache.size(1);
-  TORCH_CHECK_VALUE(num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
-                    "num_q_heads (q.shape[1] = ", num_q_heads,
-                    ") must be a multiple of num_kv_heads (k_cache.shape[0] = ", num_kv_heads, ")");
-  TORCH_CHECK_VALUE(is_supported_head_dim(head_dim), "prefill_attention: unsupported head size ", head_dim,
-                    " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
   TORCH_CHECK_VALUE(start_pos >= 0 && start_pos + tokens <= max_seq, "start_pos ", start_pos, " + tokens ",
                     tokens, " must lie within the cache length ", max_seq);
   TORCH_CHECK_VALUE(std::isfinite(scale), "scale must be finite, got ", scale);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "pyruntime/common.h"
+#include "pyruntime/engine_shape.h"
 
 namespace pyruntime::cuda {
 
@@ -30,15 +31,8 @@ struct EngineLayer {
   const void* down = nullptr;       // [H, I]
 };
 
-struct EngineSpec {
-  int64_t hidden = 0, inter = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, vocab = 0;
-  int64_t max_seq = 0;  // positions the cos/sin table and the KV cache hold
-  int64_t rot_dim = 0;  // rotary features per head (<= head_dim)
-  bool is_neox = true;
-  float eps = 1e-6f;
-  float scale = 0.0f;   // attention scale; 0 means 1/sqrt(head_dim)
+struct EngineSpec : EngineShape {
   DType dtype = DType::BFloat16;  // BFloat16 or Float16
-  int64_t max_tokens = 16;        // tokens per forward call
   int device = 0;                 // the CUDA device of every pointer
   const float* cos_sin = nullptr;  // [max_seq, rot_dim] float32: cos half, then sin half
   const void* embed = nullptr;     // [vocab, H]

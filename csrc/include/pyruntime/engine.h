@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "pyruntime/common.h"
+#include "pyruntime/engine_shape.h"
 
 namespace pyruntime::cpu {
 
@@ -37,16 +38,9 @@ struct EngineLayer {
   Matrix down;                       // [H, I]
 };
 
-struct EngineSpec {
-  int64_t hidden = 0, inter = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, vocab = 0;
-  int64_t max_seq = 0;     // positions the cos/sin table and the KV cache hold
-  int64_t rot_dim = 0;     // rotary features per head (<= head_dim)
-  bool is_neox = true;
-  float eps = 1e-6f;
-  float scale = 0.0f;      // attention scale; 0 means 1/sqrt(head_dim)
+struct EngineSpec : EngineShape {
   WeightFormat format = WeightFormat::Float32;  // of every Matrix
   DType kv_dtype = DType::Float32;              // float32 or bfloat16
-  int64_t max_tokens = 16;  // tokens per forward call (decode batch or prefill chunk)
   int threads = 0;          // 0: the OpenMP default
   const float* cos_sin = nullptr;  // [max_seq, rot_dim]: cos half, then sin half
   Matrix embed;                    // [vocab, H]
