@@ -2,7 +2,7 @@
 # All the tests. Run ./setup.sh first.
 #  1. the plain C++ library (CMake; CUDA sources compiled when nvcc exists), C++ tests by ctest,
 #     also of the AVX2 and scalar builds of the kernels;
-#  2. the same C++ tests, and the kernel/runtime Python tests against an extension built
+#  2. the same C++ tests, and the kernel and engine Python tests against an extension built
 #     with AddressSanitizer + UndefinedBehaviorSanitizer (PYRUNTIME_SKIP_SANITIZERS=1 skips);
 #  3. the whole pytest suite on the regular build (extra arguments go to pytest).
 set -euo pipefail
@@ -49,8 +49,8 @@ if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
   LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
     ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 UBSAN_OPTIONS=halt_on_error=1 \
     PYRUNTIME_EXTENSION="$so" $PY -m pytest -q -p no:cacheprovider \
-    tests/kernels tests/robustness/test_properties.py tests/runtime/test_generation.py \
-    tests/runtime/test_architectures.py tests/runtime/test_bad_models.py
+    tests/kernels tests/robustness/test_properties.py tests/runtime/test_engine.py \
+    tests/runtime/test_bad_models.py
 fi
 
 step "pytest"
