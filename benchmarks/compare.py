@@ -196,6 +196,10 @@ def main():
     for rep in range(a.reps):
         for dtype, rt in runtimes:
             s = samples[(dtype, rt.name)]
+            # Every runtime starts alike: the previous one's worker threads gone idle (llama.cpp
+            # and torch spin-wait after their calls), its own weights touched once more.
+            time.sleep(0.5)
+            rt.decode(short, 4)
             ttft, tps = rt.decode(short, a.new_tokens)
             s["ttft"].append(ttft)
             s["decode"].append(tps)
@@ -208,6 +212,8 @@ def main():
     by_context = {}
     for dtype, rt in runtimes:
         for ctx in contexts:
+            time.sleep(0.5)
+            rt.decode(short, 4)
             _, tps = rt.decode(prompt_ids(tokenizer, ctx), a.context_new_tokens)
             by_context.setdefault(f"{rt.name} {dtype}", {})[ctx] = tps
             print(f"context {ctx:5d}: {rt.name:<12} {dtype:<9} {tps:7.1f} tok/s", flush=True)
