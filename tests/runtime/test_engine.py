@@ -114,8 +114,10 @@ def test_profile_events(llm):
     assert [e[0] for e in events] == [c for c in range(3) for _ in one_call]
     assert [e[2] for e in events] == one_call * 3
     assert [e[1] for e in events[1:len(one_call) - 2]] == [l for l in range(n_layers) for _ in per_layer]
-    for (_, _, _, b0, e0), (_, _, _, b1, _) in zip(events, events[1:]):
-        assert b0 <= e0 <= b1  # in order; within a call back to back
+    for (c0, _, _, b0, e0), (c1, _, _, b1, _) in zip(events, events[1:]):
+        assert b0 <= e0 <= b1  # in order
+        if c0 == c1:
+            assert e0 == b1  # within a call back to back, each starting where the previous ended
     eng.set_profiling(True)  # switching on again starts afresh
     assert eng.profile() == []
     eng.set_profiling(False)
