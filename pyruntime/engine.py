@@ -144,7 +144,7 @@ class CpuEngine:
 
 class CudaEngine:
     """The CUDA engine (csrc/cuda/engine.cu): every tensor, norms included, in bfloat16 on the
-    GPU; decode steps replayed from CUDA graphs. Compiled in CI, never run there (no GPU)."""
+    GPU; decode steps replayed from CUDA graphs. Compiled in CI (no GPU there); tested on an H100."""
 
     def __init__(self, cfg: ModelConfig, weights: ModelWeights, cos_sin: torch.Tensor, max_seq_len: int):
         device = weights.embed.device

@@ -1,5 +1,5 @@
 // The CUDA engine (pyruntime/cuda_engine.h): the whole step enqueued on one stream, the
-// decode steps replayed from CUDA graphs. Compiled in CI; never run (no GPU was available).
+// decode steps replayed from CUDA graphs. Compiled in CI (no GPU there); its tests ran on an H100.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "gemv.cuh"
 #include "pyruntime/cuda_engine.h"
 #include "pyruntime/cuda_kernels.h"
 #include "pyruntime/dispatch.h"
@@ -16,8 +17,6 @@ namespace pyruntime::cuda {
 
 namespace {
 
-constexpr int kWarps = 8;          // warps (weight rows) per block of the linear kernel
-constexpr int kPassTokens = 16;    // tokens per pass over a weight row
 constexpr int64_t kGraphMaxTokens = 16;
 
 void check_cuda(cudaError_t err, const char* what) {
@@ -32,45 +31,11 @@ __global__ void embed_kernel(T* resid, const T* embed, const int64_t* tokens, in
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = row[i];
 }
 
-// y[t, r] (+)= w[r, :] . x[t, :] (+ bias[r]) for every token; one warp per weight row, the
-// tokens in passes of kPassTokens (the row stays in L1 between passes).
-// \param x [tokens, in] (row stride x_stride); y [tokens, *] (row stride y_stride)
-template <typename T, typename OT, bool Accumulate>
-__global__ void linear_kernel(OT* y, int64_t y_stride, const T* x, int64_t x_stride, const T* w,
-                              const T* bias, int64_t tokens, int64_t in, int64_t out_features) {
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (r >= out_features) return;
-  const int lane = threadIdx.x & 31;
-  const T* wr = w + r * in;
-  for (int64_t t0 = 0; t0 < tokens; t0 += kPassTokens) {
-    const int nt = static_cast<int>(tokens - t0 < kPassTokens ? tokens - t0 : kPassTokens);
-    float acc[kPassTokens];
-#pragma unroll
-    for (int t = 0; t < kPassTokens; ++t) acc[t] = 0.0f;
-    for (int64_t i = lane; i < in; i += 32) {
-      const float wv = to_f(wr[i]);
-#pragma unroll
-      for (int t = 0; t < kPassTokens; ++t)
-        if (t < nt) acc[t] += wv * to_f(x[(t0 + t) * x_stride + i]);
-    }
-#pragma unroll
-    for (int t = 0; t < kPassTokens; ++t)
-      if (t < nt) acc[t] = warp_sum(acc[t]);
-    if (lane == 0) {
-      const float b = bias ? to_f(bias[r]) : 0.0f;
-      for (int t = 0; t < nt; ++t) {
-        OT& out = y[(t0 + t) * y_stride + r];
-        out = from_f<OT>((Accumulate ? to_f(out) : 0.0f) + acc[t] + b);
-      }
-    }
-  }
-}
-
 template <typename T, typename OT, bool Accumulate>
 void linear(OT* y, int64_t y_stride, const T* x, int64_t x_stride, const void* w, const void* bias,
             int64_t tokens, int64_t in, int64_t out_features, cudaStream_t stream) {
-  linear_kernel<T, OT, Accumulate><<<grid_1d(out_features, kWarps), kWarps * 32, 0, stream>>>(
-      y, y_stride, x, x_stride, static_cast<const T*>(w), static_cast<const T*>(bias), tokens, in, out_features);
+  gemv::linear<T, T, OT, Accumulate>(y, y_stride, x, x_stride, static_cast<const T*>(w), static_cast<const T*>(bias),
+                                     tokens, in, out_features, stream);
 }
 
 int64_t attention_workspace_floats(int64_t max_tokens, int64_t num_kv_heads, int64_t num_q_heads,

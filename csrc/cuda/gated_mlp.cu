@@ -1,54 +1,26 @@
 #include "common.cuh"
+#include "gemv.cuh"
 #include "pyruntime/cuda_kernels.h"
 
 namespace pyruntime::cuda {
 
 namespace {
 
-constexpr int kMaxTokens = 16;  // the binding routes longer inputs to GEMMs
-constexpr int kWarps = 8;
-
-// Dot products of one weight row with up to kMaxTokens token rows, by one warp.
-// \param w [in]; x [tokens, in] (row stride in); acc [tokens] per lane, summed on return
-template <typename T, typename XT>
-__device__ __forceinline__ void warp_row_dots(const T* w, const XT* x, int64_t tokens, int64_t in,
-                                              float* acc) {
-  const int lane = threadIdx.x & 31;
-  for (int t = 0; t < kMaxTokens; ++t) acc[t] = 0.0f;
-  for (int64_t i = lane; i < in; i += 32) {
-    const float wv = to_f(w[i]);
-#pragma unroll
-    for (int t = 0; t < kMaxTokens; ++t)
-      if (t < tokens) acc[t] += wv * to_f(x[t * in + i]);
-  }
-#pragma unroll
-  for (int t = 0; t < kMaxTokens; ++t)
-    if (t < tokens) acc[t] = warp_sum(acc[t]);
-}
+using gemv::kMaxTokens;
 
 // act[t, i] = silu(gate_i . x[t]) * (up_i . x[t]); one warp per intermediate index.
-template <typename T>
-__global__ void gate_up_kernel(float* act, const T* x, const T* gate_up, int64_t tokens,
-                               int64_t hidden, int64_t inter) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+template <int NT, int V, typename T>
+__global__ void __launch_bounds__(gemv::kWarps * 32) gate_up_kernel(float* act, const T* x, const T* gate_up,
+                                                                    int tokens, int64_t hidden, int64_t inter) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * gemv::kWarps + (threadIdx.x >> 5);
   if (i >= inter) return;
-  float g[kMaxTokens], u[kMaxTokens];
-  warp_row_dots(gate_up + i * hidden, x, tokens, hidden, g);
-  warp_row_dots(gate_up + (inter + i) * hidden, x, tokens, hidden, u);
-  if ((threadIdx.x & 31) == 0)
-    for (int64_t t = 0; t < tokens; ++t) act[t * inter + i] = g[t] / (1.0f + __expf(-g[t])) * u[t];
-}
-
-// out[t, h] = down_h . act[t]; one warp per hidden index.
-template <typename T>
-__global__ void down_kernel(T* out, const float* act, const T* down, int64_t tokens,
-                            int64_t hidden, int64_t inter) {
-  const int64_t h = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (h >= hidden) return;
-  float acc[kMaxTokens];
-  warp_row_dots(down + h * inter, act, tokens, inter, acc);
-  if ((threadIdx.x & 31) == 0)
-    for (int64_t t = 0; t < tokens; ++t) out[t * hidden + h] = from_f<T>(acc[t]);
+  float g[NT], u[NT];
+  gemv::row_dots<NT, V>(gate_up + i * hidden, x, hidden, tokens, hidden, g);
+  gemv::row_dots<NT, V>(gate_up + (inter + i) * hidden, x, hidden, tokens, hidden, u);
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+    if (lane == t && t < tokens) act[t * inter + i] = g[t] / (1.0f + __expf(-g[t])) * u[t];
 }
 
 void check_tokens(int64_t tokens, const char* what) {
@@ -71,10 +43,14 @@ void gated_mlp(DType dtype, void* out, const void* x, const void* gate_up, const
   if (tokens == 0) return;
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    gate_up_kernel<T><<<grid_1d(inter, kWarps), kWarps * 32, 0, stream>>>(
-        workspace, static_cast<const T*>(x), static_cast<const T*>(gate_up), tokens, hidden, inter);
-    down_kernel<T><<<grid_1d(hidden, kWarps), kWarps * 32, 0, stream>>>(
-        static_cast<T*>(out), workspace, static_cast<const T*>(down), tokens, hidden, inter);
+    const T* xt = static_cast<const T*>(x);
+    const T* gu = static_cast<const T*>(gate_up);
+    gemv::dispatch_shape<T>(tokens, gemv::vectorizable(gu, xt, hidden, hidden), [&](auto NT, auto V) {
+      gate_up_kernel<NT.value, V.value, T><<<grid_1d(inter, gemv::kWarps), gemv::kWarps * 32, 0, stream>>>(
+          workspace, xt, gu, static_cast<int>(tokens), hidden, inter);
+    });
+    gemv::linear<T, float, T, false>(static_cast<T*>(out), hidden, workspace, inter, static_cast<const T*>(down),
+                                     nullptr, tokens, inter, hidden, stream);
   });
   check_launch("gated_mlp");
 }

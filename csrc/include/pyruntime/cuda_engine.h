@@ -3,9 +3,8 @@
 // weights resident, every buffer allocated once, and decode steps replayed from CUDA graphs.
 // Framework-free: device pointers in, device pointers out.
 //
-// Status: compiled in CI (nvcc 13, sm_80/sm_90); it has never run on a GPU (none was
-// available to the sessions that wrote it). Its tests (tests/runtime/test_engine.py) run
-// where torch sees a CUDA device.
+// Compiled in CI (nvcc 13, sm_80/sm_90; the CI machines have no GPU). Its tests
+// (tests/runtime/test_engine.py) run where torch sees a CUDA device; they passed on an H100.
 #pragma once
 
 #include <cuda_runtime_api.h>
