@@ -1,5 +1,9 @@
 #include <math_constants.h>
 
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
 #include "common.cuh"
 #include "pyruntime/cuda_kernels.h"
 #include "pyruntime/dispatch.h"
@@ -8,83 +12,202 @@ namespace pyruntime::cuda {
 
 namespace {
 
-constexpr int kTile = 8;   // query heads of one KV head handled by a block
-constexpr int kWarps = 4;  // warps per block, each over every kWarps-th key of the split
+constexpr int kWarps = 4;  // warps per block, each over its own keys of the split
+// Keys of one lane group per iteration, loaded before use (fewer with 8 heads per block, whose
+// accumulators and query slices fill the registers).
+template <int G>
+inline constexpr int kKeysPerLane = G >= 8 ? 2 : 4;
+
+// How a key row is spread over a warp: each lane holds VPL 16-byte vectors (VE elements each)
+// of one key; LPK lanes (a power of two) hold a whole row, so a warp holds KPW keys at once.
+template <typename T, int D>
+struct KeyLayout {
+  static constexpr int VE = 16 / static_cast<int>(sizeof(T));
+  static_assert(D % VE == 0, "head size must be a multiple of a 16-byte vector");
+  static constexpr int NV = D / VE;  // vectors per row
+  static constexpr int LPK = NV >= 32 ? 32 : NV > 8 ? (NV > 16 ? 32 : 16) : (NV > 4 ? 8 : (NV > 2 ? 4 : NV));
+  static constexpr int VPL = (NV + LPK - 1) / LPK;
+  static constexpr int KPW = 32 / LPK;
+  static constexpr int NE = VPL * VE;  // features per lane
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void unpack(const uint4& u, float* out) {
+  if constexpr (sizeof(T) == 4) {
+    out[0] = __uint_as_float(u.x);
+    out[1] = __uint_as_float(u.y);
+    out[2] = __uint_as_float(u.z);
+    out[3] = __uint_as_float(u.w);
+  } else {
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const unsigned short lo = static_cast<unsigned short>(w[i] & 0xffffu), hi = static_cast<unsigned short>(w[i] >> 16);
+      T a, b;
+      memcpy(&a, &lo, 2);
+      memcpy(&b, &hi, 2);
+      out[2 * i] = to_f(a);
+      out[2 * i + 1] = to_f(b);
+    }
+  }
+}
 
 // Record of one (batch, query head, split): acc [D], then m, then l.
 // \param records [batch, num_q_heads, num_splits, D + 2]
-// Query b sits at q + b * q_stride and attends cache row cache_rows[b] (b when null).
-template <typename T, int D>
-__global__ void decode_split_kernel(float* records, const T* q, int64_t q_stride, const T* k_cache,
-                                    const T* v_cache, const int64_t* cache_rows,
-                                    const int32_t* seq_lens, int64_t num_q_heads,
-                                    int64_t num_kv_heads, int64_t max_seq, float scale,
-                                    int64_t split_len, int tiles) {
-  constexpr int NE = (D + 31) / 32;  // head features per lane
-  __shared__ float qs[kTile][D];
-  __shared__ float wm[kWarps][kTile], wl[kWarps][kTile];
-  __shared__ float wacc[kWarps][kTile][D];
+// Query b sits at q + b * q_stride and attends cache row cache_rows[b] (b when null). A block
+// takes G query heads of one KV head over one split of the keys (every num_splits-th run); each key row is read once
+// (16-byte loads, kKeysPerLane keys per lane group in flight) for all G heads.
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(kWarps * 32)
+    decode_split_kernel(float* records, const T* q, int64_t q_stride, const T* k_cache, const T* v_cache,
+                        const int64_t* cache_rows, const int32_t* seq_lens, int64_t num_q_heads,
+                        int64_t num_kv_heads, int64_t max_seq, float scale, int tiles) {
+  using L = KeyLayout<T, D>;
+  constexpr int VE = L::VE, NV = L::NV, LPK = L::LPK, VPL = L::VPL, KPW = L::KPW, NE = L::NE;
+  constexpr int R = kKeysPerLane<G>;
+  __shared__ float qs[G][D];
+  __shared__ float wm[kWarps][G], wl[kWarps][G];
+  __shared__ float wacc[kWarps][G][D];
   const int64_t b = blockIdx.z, split = blockIdx.x, num_splits = gridDim.x;
   const int64_t kvh = blockIdx.y / tiles, tile = blockIdx.y % tiles;
   const int64_t group = num_q_heads / num_kv_heads;
-  const int64_t g0 = tile * kTile;
-  const int ng = static_cast<int>(group - g0 < kTile ? group - g0 : kTile);
+  const int64_t g0 = tile * G;
+  const int ng = static_cast<int>(group - g0 < G ? group - g0 : G);
   const int64_t hq0 = kvh * group + g0;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sub = lane / LPK, pos = lane % LPK;
 
-  for (int i = threadIdx.x; i < ng * D; i += blockDim.x)
-    qs[i / D][i % D] = to_f(q[b * q_stride + (hq0 + i / D) * D + i % D]) * scale;
+  for (int i = threadIdx.x; i < G * D; i += blockDim.x)
+    qs[i / D][i % D] = i / D < ng ? to_f(q[b * q_stride + (hq0 + i / D) * D + i % D]) * scale : 0.0f;
   __syncthreads();
 
-  float m[kTile], l[kTile], acc[kTile][NE];
+  // This lane's slice of every query (the same features of every key it sees).
+  float qr[G][NE];
 #pragma unroll
-  for (int g = 0; g < kTile; ++g) {
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int i = 0; i < VPL; ++i)
+#pragma unroll
+      for (int e = 0; e < VE; ++e) {
+        const int v = pos + LPK * i;
+        qr[g][i * VE + e] = v < NV ? qs[g][v * VE + e] : 0.0f;
+      }
+  float m[G], l[G], acc[G][NE];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
     m[g] = -CUDART_INF_F;
     l[g] = 0.0f;
 #pragma unroll
     for (int e = 0; e < NE; ++e) acc[g][e] = 0.0f;
   }
   const int64_t len = seq_lens[b];
-  const int64_t begin = split * split_len;
-  const int64_t end = begin + split_len < len ? begin + split_len : len;
   const int64_t row = cache_rows ? cache_rows[b] : b;
-  const int64_t base = (row * num_kv_heads + kvh) * max_seq * D;
-  for (int64_t j = begin + warp; j < end; j += kWarps) {
-    float kf[NE], vf[NE];
+  const T* kb = k_cache + (row * num_kv_heads + kvh) * max_seq * D;
+  const T* vb = v_cache + (row * num_kv_heads + kvh) * max_seq * D;
+  // The splits' warps take turns over runs of kWarpKeys keys, so that any seq_len, however
+  // short against max_seq, spreads over every block.
+  constexpr int kWarpKeys = R * KPW;
+  const int64_t stride = num_splits * kWarps * kWarpKeys;
+  for (int64_t j0 = (split * kWarps + warp) * kWarpKeys; j0 < len; j0 += stride) {
+    // Issue every load of this iteration first; keys past the split stay zero (the cache
+    // beyond seq_len may hold anything, NaN included, and must not be touched).
+    uint4 kr[R][VPL], vr[R][VPL];
+    bool valid[R];
 #pragma unroll
-    for (int e = 0; e < NE; ++e) {
-      const int d = lane + 32 * e;
-      kf[e] = d < D ? to_f(k_cache[base + j * D + d]) : 0.0f;
-      vf[e] = d < D ? to_f(v_cache[base + j * D + d]) : 0.0f;
+    for (int r = 0; r < R; ++r) {
+      const int64_t j = j0 + r * KPW + sub;
+      valid[r] = j < len;
+#pragma unroll
+      for (int i = 0; i < VPL; ++i) {
+        const int v = pos + LPK * i;
+        if (valid[r] && v < NV) {
+          kr[r][i] = *reinterpret_cast<const uint4*>(kb + j * D + v * VE);
+          vr[r][i] = *reinterpret_cast<const uint4*>(vb + j * D + v * VE);
+        } else {
+          kr[r][i] = make_uint4(0, 0, 0, 0);
+          vr[r][i] = make_uint4(0, 0, 0, 0);
+        }
+      }
     }
+    float s[R][G];
 #pragma unroll
-    for (int g = 0; g < kTile; ++g) {
-      if (g >= ng) break;
-      float s = 0.0f;
+    for (int r = 0; r < R; ++r) {
+      float kf[NE];
+#pragma unroll
+      for (int i = 0; i < VPL; ++i) unpack<T, VE>(kr[r][i], kf + i * VE);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < NE; ++e) dot = fmaf(qr[g][e], kf[e], dot);
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        s[r][g] = valid[r] ? dot : -CUDART_INF_F;
+      }
+    }
+    float vf[R][NE];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int i = 0; i < VPL; ++i) unpack<T, VE>(vr[r][i], vf[r] + i * VE);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int r = 0; r < R; ++r) mx = fmaxf(mx, s[r][g]);
+      if (mx == -CUDART_INF_F) continue;  // nothing seen yet by this lane group
+      const float corr = __expf(m[g] - mx);
+      float p[R], psum = 0.0f;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        p[r] = __expf(s[r][g] - mx);
+        psum += p[r];
+      }
+      l[g] = l[g] * corr + psum;
+      m[g] = mx;
 #pragma unroll
       for (int e = 0; e < NE; ++e) {
-        const int d = lane + 32 * e;
-        if (d < D) s += qs[g][d] * kf[e];
-      }
-      s = warp_sum(s);
-      const float m_new = fmaxf(m[g], s);
-      const float corr = __expf(m[g] - m_new), p = __expf(s - m_new);
-      l[g] = l[g] * corr + p;
-      m[g] = m_new;
+        float a = acc[g][e] * corr;
 #pragma unroll
-      for (int e = 0; e < NE; ++e) acc[g][e] = acc[g][e] * corr + p * vf[e];
+        for (int r = 0; r < R; ++r) a = fmaf(p[r], vf[r][e], a);
+        acc[g][e] = a;
+      }
     }
   }
+  // Merge the warp's lane groups (same feature positions, KPW apart in lanes).
 #pragma unroll
-  for (int g = 0; g < kTile; ++g) {
-    if (g >= ng) break;
-    if (lane == 0) {
-      wm[warp][g] = m[g];
-      wl[warp][g] = l[g];
+  for (int o = LPK; o < 32; o <<= 1) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o), lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+      const float mx = fmaxf(m[g], mo);
+      const float ca = mx == -CUDART_INF_F ? 0.0f : __expf(m[g] - mx);
+      const float cb = mx == -CUDART_INF_F ? 0.0f : __expf(mo - mx);
+      l[g] = l[g] * ca + lo * cb;
+#pragma unroll
+      for (int e = 0; e < NE; ++e) {
+        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+        acc[g][e] = acc[g][e] * ca + ao * cb;
+      }
+      m[g] = mx;
     }
+  }
+  if (sub == 0) {
 #pragma unroll
-    for (int e = 0; e < NE; ++e)
-      if (lane + 32 * e < D) wacc[warp][g][lane + 32 * e] = acc[g][e];
+    for (int g = 0; g < G; ++g) {
+      if (lane == 0) {
+        wm[warp][g] = m[g];
+        wl[warp][g] = l[g];
+      }
+#pragma unroll
+      for (int i = 0; i < VPL; ++i) {
+        const int v = pos + LPK * i;
+        if (v < NV) {
+#pragma unroll
+          for (int e = 0; e < VE; ++e) wacc[warp][g][v * VE + e] = acc[g][i * VE + e];
+        }
+      }
+    }
   }
   __syncthreads();
   // Merge the warps' partial results into this split's record.
@@ -132,8 +255,9 @@ __global__ void decode_combine_kernel(T* out, const float* records, int64_t num_
 }  // namespace
 
 int64_t gqa_decode_num_splits(int64_t batch, int64_t num_kv_heads, int64_t max_seq) {
-  // Enough blocks to fill a large GPU twice over, but no split shorter than 64 keys.
-  const int64_t want = (264 + batch * num_kv_heads - 1) / (batch * num_kv_heads);
+  // Enough blocks to fill a large GPU (132 SMs) four times over, but no split with fewer than
+  // 64 keys of the cache.
+  const int64_t want = (528 + batch * num_kv_heads - 1) / (batch * num_kv_heads);
   const int64_t most = (max_seq + 63) / 64;
   const int64_t s = want < most ? want : most;
   return s > 0 ? s : 1;
@@ -150,20 +274,33 @@ void gqa_decode_attention_rows(DType dtype, void* out, const void* q, int64_t q_
                                int64_t head_dim, float scale, int64_t num_splits, float* workspace,
                                cudaStream_t stream) {
   if (batch == 0) return;
+  for (auto [p, name] : {std::pair{k_cache, "k_cache"}, {v_cache, "v_cache"}})
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+      throw std::invalid_argument(std::string("gqa_decode_attention: ") + name + " must be 16-byte aligned");
   const int64_t group = num_q_heads / num_kv_heads;
-  const int tiles = static_cast<int>((group + kTile - 1) / kTile);
-  const int64_t split_len = (max_seq + num_splits - 1) / num_splits;
+  const int G = group >= 8 ? 8 : (group > 1 ? 4 : 1);  // query heads per block
+  const int tiles = static_cast<int>((group + G - 1) / G);
   const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(num_kv_heads * tiles),
                   static_cast<unsigned>(batch));
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
+    const auto launch = [&](auto d, auto g) {
+      decode_split_kernel<T, decltype(d)::value, decltype(g)::value><<<grid, kWarps * 32, 0, stream>>>(
+          workspace, static_cast<const T*>(q), q_stride, static_cast<const T*>(k_cache),
+          static_cast<const T*>(v_cache), cache_rows, seq_lens, num_q_heads, num_kv_heads, max_seq, scale, tiles);
+    };
+    const auto with_g = [&](auto d) {
+      if (G == 8)
+        launch(d, std::integral_constant<int, 8>{});
+      else if (G == 4)
+        launch(d, std::integral_constant<int, 4>{});
+      else
+        launch(d, std::integral_constant<int, 1>{});
+    };
     switch (head_dim) {
-#define PYRUNTIME_HEAD_DIM_CASE(D)                                                                  \
-  case D:                                                                                           \
-    decode_split_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(                                    \
-        workspace, static_cast<const T*>(q), q_stride, static_cast<const T*>(k_cache),              \
-        static_cast<const T*>(v_cache), cache_rows, seq_lens, num_q_heads, num_kv_heads, max_seq,   \
-        scale, split_len, tiles);                                                                   \
+#define PYRUNTIME_HEAD_DIM_CASE(D)               \
+  case D:                                        \
+    with_g(std::integral_constant<int, D>{});    \
     break;
       PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_CASE)
 #undef PYRUNTIME_HEAD_DIM_CASE

@@ -69,7 +69,7 @@ struct Engine::Impl {
   float scale = 1.0f;
   size_t elem = 2;  // bytes per element of the dtype
   // Activations [max_tokens, *] in the dtype; attention workspace in float32.
-  DeviceBuffer resid, xn, qkv, attn, gate_up, act, attn_ws;
+  DeviceBuffer resid, xn, qkv, attn, act, attn_ws;
   // Per-call inputs: tokens, positions, rows (int64) and seq_lens (int32), on the device and
   // staged in pinned host memory.
   DeviceBuffer d_inputs;
@@ -107,7 +107,6 @@ struct Engine::Impl {
     T* x = xn.as<T>();
     T* qkvp = qkv.as<T>();
     T* at = attn.as<T>();
-    T* gu = gate_up.as<T>();
     T* a = act.as<T>();
     T* k_cache = static_cast<T*>(k_cache_v);
     T* v_cache = static_cast<T*>(v_cache_v);
@@ -127,8 +126,7 @@ struct Engine::Impl {
                                 attn_ws.as<float>(), stream);
       linear<T, T, true>(r, H, at, q_dim, L.o, L.o_bias, n, q_dim, H, stream);  // residual add
       rms_norm(s.dtype, x, H, r, H, L.mlp_norm, n, H, s.eps, stream);
-      linear<T, T, false>(gu, 2 * I, x, H, L.gate_up, nullptr, n, H, 2 * I, stream);
-      silu_and_mul(s.dtype, a, I, gu, 2 * I, n, I, stream);
+      gemv::gate_up_silu<T, T>(a, I, x, H, static_cast<const T*>(L.gate_up), n, H, I, stream);
       linear<T, T, true>(r, H, a, I, L.down, nullptr, n, I, H, stream);  // residual add
     }
     const int64_t n_logits = n - first_logit;
@@ -174,7 +172,6 @@ Engine::Engine(EngineSpec s) {
   m.xn.allocate(N * H * e);
   m.qkv.allocate(N * m.qkv_dim * e);
   m.attn.allocate(N * m.q_dim * e);
-  m.gate_up.allocate(N * 2 * I * e);
   m.act.allocate(N * I * e);
   m.attn_ws.allocate(sizeof(float) *
                      attention_workspace_floats(sp.max_tokens, sp.num_kv_heads, sp.num_heads, D, sp.max_seq));

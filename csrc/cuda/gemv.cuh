@@ -113,6 +113,23 @@ __global__ void __launch_bounds__(kWarps * 32) linear_kernel(OT* y, int64_t y_st
   }
 }
 
+// act[t, i] = silu(gate_i . x[t]) * (up_i . x[t]) with gate_i row i and up_i row inter + i of
+// gate_up; one warp per intermediate index (both rows read by the same warp).
+template <int NT, int V, typename T, typename OT>
+__global__ void __launch_bounds__(kWarps * 32) gate_up_silu_kernel(OT* act, int64_t act_stride, const T* x,
+                                                                   int64_t x_stride, const T* gate_up, int tokens,
+                                                                   int64_t hidden, int64_t inter) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (i >= inter) return;
+  float g[NT], u[NT];
+  row_dots<NT, V>(gate_up + i * hidden, x, x_stride, tokens, hidden, g);
+  row_dots<NT, V>(gate_up + (inter + i) * hidden, x, x_stride, tokens, hidden, u);
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+    if (lane == t && t < tokens) act[t * act_stride + i] = from_f<OT>(g[t] / (1.0f + __expf(-g[t])) * u[t]);
+}
+
 // Whether the 16-byte path fits: in a multiple of the vector, every row start aligned.
 template <typename T, typename XT>
 bool vectorizable(const T* w, const XT* x, int64_t x_stride, int64_t in) {
@@ -152,6 +169,20 @@ void linear(OT* y, int64_t y_stride, const XT* x, int64_t x_stride, const T* w, 
     dispatch_shape<T>(nt, vectorizable(w, xt, x_stride, in), [&](auto NT, auto V) {
       linear_kernel<NT.value, V.value, T, XT, OT, Accumulate><<<grid_1d(rows, kWarps), kWarps * 32, 0, stream>>>(
           y + t0 * y_stride, y_stride, xt, x_stride, w, bias, static_cast<int>(nt), in, rows);
+    });
+  }
+}
+
+// act = silu(x gate^T) * (x up^T) for any number of tokens, in launches of kMaxTokens tokens.
+template <typename T, typename OT>
+void gate_up_silu(OT* act, int64_t act_stride, const T* x, int64_t x_stride, const T* gate_up, int64_t tokens,
+                  int64_t hidden, int64_t inter, cudaStream_t stream) {
+  for (int64_t t0 = 0; t0 < tokens; t0 += kMaxTokens) {
+    const int64_t nt = tokens - t0 < kMaxTokens ? tokens - t0 : kMaxTokens;
+    const T* xt = x + t0 * x_stride;
+    dispatch_shape<T>(nt, vectorizable(gate_up, xt, x_stride, hidden), [&](auto NT, auto V) {
+      gate_up_silu_kernel<NT.value, V.value, T, OT><<<grid_1d(inter, kWarps), kWarps * 32, 0, stream>>>(
+          act + t0 * act_stride, act_stride, xt, x_stride, gate_up, static_cast<int>(nt), hidden, inter);
     });
   }
 }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <utility>
 
 #include "pyruntime/cpu_kernels.h"
@@ -443,8 +444,13 @@ void gqa_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor
     at::Tensor ws = at::empty(
         {cuda::gqa_decode_workspace_floats(batch, num_q_heads, head_dim, splits)},
         q.options().dtype(at::kFloat));
+    // The kernel loads 16-byte vectors: a cache view that starts off that alignment is copied.
+    const auto aligned = [](const at::Tensor& t) {
+      return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+    };
+    const at::Tensor kc = aligned(k_cache), vc = aligned(v_cache);
     return cuda::gqa_decode_attention(to_dtype(q.scalar_type()), out.data_ptr(), q.data_ptr(),
-                                      k_cache.data_ptr(), v_cache.data_ptr(),
+                                      kc.data_ptr(), vc.data_ptr(),
                                       seq_lens.data_ptr<int32_t>(), batch, num_q_heads,
                                       num_kv_heads, max_seq, head_dim, static_cast<float>(scale),
                                       splits, ws.data_ptr<float>(), stream_of(q));

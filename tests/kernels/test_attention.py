@@ -49,6 +49,17 @@ def test_decode_attention_ragged_batch(device, batch):
         assert_close(ops.gqa_decode_attention(q, k, v, lens.to(device)), want)
 
 
+def test_decode_attention_unaligned_cache_views(device):
+    # Contiguous caches that start one element into their storage (off 16-byte alignment).
+    for dtype in dtypes_for(device):
+        q = torch.randn(2, 8, 64, dtype=dtype, device=device)
+        k, v = (torch.randn(1 + 2 * 2 * 200 * 64, dtype=dtype, device=device)[1:].view(2, 2, 200, 64)
+                for _ in range(2))
+        lens = torch.tensor([150, 200], dtype=torch.int32, device=device)
+        want = ref.decode_attention(q.cpu(), k.cpu(), v.cpu(), lens)
+        assert_close(ops.gqa_decode_attention(q, k, v, lens.to(device)), want)
+
+
 def test_decode_attention_custom_scale_and_sdpa(device):
     q = torch.randn(1, 32, 128, device=device)
     k, v = make_cache(1, 8, 512, 128, torch.float32, device)
