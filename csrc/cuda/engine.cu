@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "gemm.cuh"
 #include "gemv.cuh"
 #include "pyruntime/cuda_engine.h"
 #include "pyruntime/cuda_kernels.h"
@@ -31,11 +32,31 @@ __global__ void embed_kernel(T* resid, const T* embed, const int64_t* tokens, in
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = row[i];
 }
 
+// y (+)= x w^T (+ bias): decode-sized calls on the warp-per-row kernel, prompt chunks on the
+// tensor cores.
 template <typename T, typename OT, bool Accumulate>
 void linear(OT* y, int64_t y_stride, const T* x, int64_t x_stride, const void* w, const void* bias,
-            int64_t tokens, int64_t in, int64_t out_features, cudaStream_t stream) {
-  gemv::linear<T, T, OT, Accumulate>(y, y_stride, x, x_stride, static_cast<const T*>(w), static_cast<const T*>(bias),
-                                     tokens, in, out_features, stream);
+            int64_t tokens, int64_t in, int64_t out_features, int device, cudaStream_t stream) {
+  const T* wt = static_cast<const T*>(w);
+  const T* bt = static_cast<const T*>(bias);
+  if (tokens > gemv::kMaxTokens && gemm::usable(x, x_stride, wt, in, device)) {
+    constexpr auto E = Accumulate ? gemm::Epilogue::Accumulate : gemm::Epilogue::Store;
+    gemm::launch<E>(y, y_stride, x, x_stride, wt, bt, tokens, out_features, in, stream);
+  } else {
+    gemv::linear<T, T, OT, Accumulate>(y, y_stride, x, x_stride, wt, bt, tokens, in, out_features, stream);
+  }
+}
+
+// act = silu(x gate^T) * (x up^T), the same split between the two kernels.
+template <typename T>
+void gate_up_silu(T* act, const T* x, const void* gate_up, int64_t tokens, int64_t hidden, int64_t inter, int device,
+                  cudaStream_t stream) {
+  const T* w = static_cast<const T*>(gate_up);
+  if (tokens > gemv::kMaxTokens && gemm::usable(x, hidden, w, hidden, device))
+    gemm::launch<gemm::Epilogue::GateUpSilu>(act, inter, x, hidden, w, static_cast<const T*>(nullptr), tokens, inter,
+                                             hidden, stream);
+  else
+    gemv::gate_up_silu<T, T>(act, inter, x, hidden, w, tokens, hidden, inter, stream);
 }
 
 int64_t attention_workspace_floats(int64_t max_tokens, int64_t num_kv_heads, int64_t num_q_heads,
@@ -116,7 +137,7 @@ struct Engine::Impl {
     for (size_t l = 0; l < s.layers.size(); ++l) {
       const EngineLayer& L = s.layers[l];
       rms_norm(s.dtype, x, H, r, H, L.attn_norm, n, H, s.eps, stream);
-      linear<T, T, false>(qkvp, qkv_dim, x, H, L.qkv, L.qkv_bias, n, H, qkv_dim, stream);
+      linear<T, T, false>(qkvp, qkv_dim, x, H, L.qkv, L.qkv_bias, n, H, qkv_dim, s.device, stream);
       rotary_embedding_and_cache_rows(s.dtype, dev_positions(), qkvp, {qkv_dim, D, Hq}, qkvp + q_dim,
                                       qkvp + q_dim + kv_dim, {qkv_dim, D, Hkv}, k_cache + l * layer_stride,
                                       v_cache + l * layer_stride, dev_rows(), n, s.max_seq, D, s.cos_sin,
@@ -124,15 +145,15 @@ struct Engine::Impl {
       gqa_decode_attention_rows(s.dtype, at, qkvp, qkv_dim, k_cache + l * layer_stride, v_cache + l * layer_stride,
                                 dev_rows(), dev_seq_lens(), n, Hq, Hkv, s.max_seq, D, scale, splits,
                                 attn_ws.as<float>(), stream);
-      linear<T, T, true>(r, H, at, q_dim, L.o, L.o_bias, n, q_dim, H, stream);  // residual add
+      linear<T, T, true>(r, H, at, q_dim, L.o, L.o_bias, n, q_dim, H, s.device, stream);  // residual add
       rms_norm(s.dtype, x, H, r, H, L.mlp_norm, n, H, s.eps, stream);
-      gemv::gate_up_silu<T, T>(a, I, x, H, static_cast<const T*>(L.gate_up), n, H, I, stream);
-      linear<T, T, true>(r, H, a, I, L.down, nullptr, n, I, H, stream);  // residual add
+      gate_up_silu<T>(a, x, L.gate_up, n, H, I, s.device, stream);
+      linear<T, T, true>(r, H, a, I, L.down, nullptr, n, I, H, s.device, stream);  // residual add
     }
     const int64_t n_logits = n - first_logit;
     if (n_logits > 0) {
       rms_norm(s.dtype, x, H, r + first_logit * H, H, s.final_norm, n_logits, H, s.eps, stream);
-      linear<T, float, false>(logits, s.vocab, x, H, s.lm_head, nullptr, n_logits, H, s.vocab, stream);
+      linear<T, float, false>(logits, s.vocab, x, H, s.lm_head, nullptr, n_logits, H, s.vocab, s.device, stream);
     }
     check_launch("cuda engine step");
   }
