@@ -1,5 +1,6 @@
 #include <math_constants.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -280,12 +281,23 @@ void gqa_decode_attention_rows(DType dtype, void* out, const void* q, int64_t q_
   const int64_t group = num_q_heads / num_kv_heads;
   const int G = group >= 8 ? 8 : (group > 1 ? 4 : 1);  // query heads per block
   const int tiles = static_cast<int>((group + G - 1) / G);
-  const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(num_kv_heads * tiles),
-                  static_cast<unsigned>(batch));
+  // num_splits sizes the workspace; fewer are used when more blocks than the GPU holds at once
+  // would run as a second, mostly idle wave (every split gets the same share of the keys).
+  int64_t splits = num_splits;
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto launch = [&](auto d, auto g) {
-      decode_split_kernel<T, decltype(d)::value, decltype(g)::value><<<grid, kWarps * 32, 0, stream>>>(
+      const auto kernel = decode_split_kernel<T, decltype(d)::value, decltype(g)::value>;
+      int device = 0, sms = 0, per_sm = 0;
+      if (cudaGetDevice(&device) == cudaSuccess &&
+          cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0) == cudaSuccess) {
+        const int64_t fit = static_cast<int64_t>(sms) * per_sm / (batch * num_kv_heads * tiles);
+        splits = std::max<int64_t>(1, std::min(num_splits, fit));
+      }
+      const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(num_kv_heads * tiles),
+                      static_cast<unsigned>(batch));
+      kernel<<<grid, kWarps * 32, 0, stream>>>(
           workspace, static_cast<const T*>(q), q_stride, static_cast<const T*>(k_cache),
           static_cast<const T*>(v_cache), cache_rows, seq_lens, num_q_heads, num_kv_heads, max_seq, scale, tiles);
     };
@@ -309,7 +321,7 @@ void gqa_decode_attention_rows(DType dtype, void* out, const void* q, int64_t q_
                                     std::to_string(head_dim) + " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
     }
     decode_combine_kernel<T><<<static_cast<unsigned>(batch * num_q_heads), 128, 0, stream>>>(
-        static_cast<T*>(out), workspace, num_splits, head_dim);
+        static_cast<T*>(out), workspace, splits, head_dim);
   });
   check_launch("gqa_decode_attention");
 }
