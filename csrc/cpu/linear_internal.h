@@ -42,6 +42,21 @@ struct IsGrouped : std::false_type {};
 template <typename Rows>
 struct IsGrouped<Rows, std::void_t<decltype(Rows::kGrouped)>> : std::bool_constant<Rows::kGrouped> {};
 
+// y[t, r] (+)= the horizontal sum of acc[r * NT + t]: one reduction for every tile shape, so a
+// token's sum never depends on the tile it was in.
+template <int R, int NT, bool Accumulate>
+inline void store_tile(float* y, int64_t y_stride, const VecF* acc) {
+  VecF all[16];
+  for (int k = 0; k < 16; ++k) all[k] = k < R * NT ? acc[k] : VecF::zero();
+  float sums[16];
+  reduce_sum16(all, sums);
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NT; ++t) {
+      float& out = y[t * y_stride + r];
+      out = Accumulate ? out + sums[r * NT + t] : sums[r * NT + t];
+    }
+}
+
 // A tile of R weight rows times NT tokens: every weight vector loaded serves NT tokens and
 // every x vector R rows (the loads, not the FMAs, bound this loop). With Accumulate the
 // sums are added to y instead of stored. With Prefetch the next R rows are requested from
@@ -92,16 +107,7 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
     for (; i + W <= in; i += W) step(acc, i, W, std::true_type{});
     if (i < in) step(acc, i, static_cast<int>(in - i), std::true_type{});
   }
-  // One reduction for every tile shape, so a token's sum never depends on the tile it was in.
-  VecF all[16];
-  for (int k = 0; k < 16; ++k) all[k] = k < R * NT ? acc[k] : VecF::zero();
-  float sums[16];
-  reduce_sum16(all, sums);
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < NT; ++t) {
-      float& out = y[t * y_stride + r];
-      out = Accumulate ? out + sums[r * NT + t] : sums[r * NT + t];
-    }
+  store_tile<R, NT, Accumulate>(y, y_stride, acc);
 }
 
 // R rows [r, r + R) times every token, four (int8: two) tokens at a time: the rows stay in L1 while
@@ -198,15 +204,7 @@ PYRUNTIME_VNNI inline void tile(float* y, int64_t y_stride, const int16_t* xq, i
                                     acc[r * NT + t]);
     }
   }
-  VecF all[16];
-  for (int k = 0; k < 16; ++k) all[k] = k < R * NT ? acc[k] : VecF::zero();
-  float sums[16];
-  reduce_sum16(all, sums);
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < NT; ++t) {
-      float& out = y[t * y_stride + r];
-      out = Accumulate ? out + sums[r * NT + t] : sums[r * NT + t];
-    }
+  store_tile<R, NT, Accumulate>(y, y_stride, acc);
 }
 
 // Rows [row_begin, row_end) of w times every token of the quantised x, two tokens per tile;

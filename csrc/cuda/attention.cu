@@ -32,27 +32,6 @@ struct KeyLayout {
   static constexpr int NE = VPL * VE;  // features per lane
 };
 
-template <typename T, int N>
-__device__ __forceinline__ void unpack(const uint4& u, float* out) {
-  if constexpr (sizeof(T) == 4) {
-    out[0] = __uint_as_float(u.x);
-    out[1] = __uint_as_float(u.y);
-    out[2] = __uint_as_float(u.z);
-    out[3] = __uint_as_float(u.w);
-  } else {
-    const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const unsigned short lo = static_cast<unsigned short>(w[i] & 0xffffu), hi = static_cast<unsigned short>(w[i] >> 16);
-      T a, b;
-      memcpy(&a, &lo, 2);
-      memcpy(&b, &hi, 2);
-      out[2 * i] = to_f(a);
-      out[2 * i + 1] = to_f(b);
-    }
-  }
-}
-
 // Record of one (batch, query head, split): acc [D], then m, then l.
 // \param records [batch, num_q_heads, num_splits, D + 2]
 // Query b sits at q + b * q_stride and attends cache row cache_rows[b] (b when null). A block
@@ -135,7 +114,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int r = 0; r < R; ++r) {
       float kf[NE];
 #pragma unroll
-      for (int i = 0; i < VPL; ++i) unpack<T, VE>(kr[r][i], kf + i * VE);
+      for (int i = 0; i < VPL; ++i) unpack16<T>(kr[r][i], kf + i * VE);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float dot = 0.0f;
@@ -150,7 +129,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int i = 0; i < VPL; ++i) unpack<T, VE>(vr[r][i], vf[r] + i * VE);
+      for (int i = 0; i < VPL; ++i) unpack16<T>(vr[r][i], vf[r] + i * VE);
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       float mx = m[g];

@@ -21,6 +21,29 @@ template <> __device__ __forceinline__ float from_f<float>(float v) { return v; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
 
+// The 16 bytes of u as 16 / sizeof(T) elements of T, converted to float (in memory order).
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& u, float* out) {
+  if constexpr (sizeof(T) == 4) {
+    out[0] = __uint_as_float(u.x);
+    out[1] = __uint_as_float(u.y);
+    out[2] = __uint_as_float(u.z);
+    out[3] = __uint_as_float(u.w);
+  } else {
+    const unsigned words[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const unsigned short lo = static_cast<unsigned short>(words[i] & 0xffffu);
+      const unsigned short hi = static_cast<unsigned short>(words[i] >> 16);
+      T a, b;
+      memcpy(&a, &lo, 2);
+      memcpy(&b, &hi, 2);
+      out[2 * i] = to_f(a);
+      out[2 * i + 1] = to_f(b);
+    }
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

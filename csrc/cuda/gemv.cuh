@@ -26,26 +26,7 @@ __device__ __forceinline__ void load_f(const T* p, float* out) {
     static_assert(N % per == 0, "load_f: whole 16-byte vectors only");
 #pragma unroll
     for (int s = 0; s < N / per; ++s) {
-      const uint4 u = reinterpret_cast<const uint4*>(p)[s];
-      float* o = out + s * per;
-      if constexpr (sizeof(T) == 4) {
-        o[0] = __uint_as_float(u.x);
-        o[1] = __uint_as_float(u.y);
-        o[2] = __uint_as_float(u.z);
-        o[3] = __uint_as_float(u.w);
-      } else {
-        const unsigned words[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          T lo, hi;
-          const unsigned short l = static_cast<unsigned short>(words[i] & 0xffffu);
-          const unsigned short h = static_cast<unsigned short>(words[i] >> 16);
-          memcpy(&lo, &l, 2);
-          memcpy(&hi, &h, 2);
-          o[2 * i] = to_f(lo);
-          o[2 * i + 1] = to_f(hi);
-        }
-      }
+      unpack16<T>(reinterpret_cast<const uint4*>(p)[s], out + s * per);
     }
   }
 }
