@@ -35,8 +35,9 @@ struct KeyLayout {
 // Record of one (batch, query head, split): acc [D], then m, then l.
 // \param records [batch, num_q_heads, num_splits, D + 2]
 // Query b sits at q + b * q_stride and attends cache row cache_rows[b] (b when null). A block
-// takes G query heads of one KV head over one split of the keys (every num_splits-th run); each key row is read once
-// (16-byte loads, kKeysPerLane keys per lane group in flight) for all G heads.
+// takes G query heads of one KV head over one split of the keys (every num_splits-th run of
+// them); each key row is read once (16-byte loads, kKeysPerLane keys per lane group in
+// flight) for all G heads.
 template <typename T, int D, int G>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_split_kernel(float* records, const T* q, int64_t q_stride, const T* k_cache, const T* v_cache,

@@ -55,7 +55,9 @@ void gated_mlp(DType dtype, void* out, const void* x, const void* gate_up, const
                int64_t tokens, int64_t hidden, int64_t inter, float* workspace,
                cudaStream_t stream);
 
-// Split-KV decode attention. \param seq_lens [batch] int32 on the device.
+// Split-KV decode attention. \param seq_lens [batch] int32 on the device. k_cache and v_cache
+// must be 16-byte aligned (std::invalid_argument otherwise). num_splits is an upper bound: it
+// sizes the workspace, and fewer splits are used when that many would not fit the GPU at once.
 // \param workspace gqa_decode_workspace_floats(...) floats
 int64_t gqa_decode_num_splits(int64_t batch, int64_t num_kv_heads, int64_t max_seq);
 int64_t gqa_decode_workspace_floats(int64_t batch, int64_t num_q_heads, int64_t head_dim,
