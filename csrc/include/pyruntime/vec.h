@@ -32,9 +32,15 @@ struct VecF {
   static VecF zero() { return VecF(_mm512_setzero_ps()); }
   static VecF set1(float x) { return VecF(_mm512_set1_ps(x)); }
   static VecF load(const float* p) { return VecF(_mm512_loadu_ps(p)); }
+  // bf16 -> float32: one word permute (the shuffle port) puts each bf16 in the high half of its
+  // lane, zeros below; a widen and a shift would take a slot of the FMA port too.
+  static __m512i widen_bf16(__m256i h) {
+    alignas(64) static constexpr int16_t kIdx[32] = {0, 0, 1, 1, 2,  2,  3,  3,  4,  4,  5,  5,  6,  6,  7,  7,
+                                                     8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15};
+    return _mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, _mm512_load_si512(kIdx), _mm512_castsi256_si512(h));
+  }
   static VecF load(const bf16* p) {
-    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return VecF(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    return VecF(_mm512_castsi512_ps(widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))));
   }
   // W signed bytes widened to float (int8 weights; always whole vectors).
   static VecF load(const int8_t* p) {
@@ -45,8 +51,7 @@ struct VecF {
     return VecF(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
   }
   static VecF load_partial(const bf16* p, int n) {
-    __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
-    return VecF(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    return VecF(_mm512_castsi512_ps(widen_bf16(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p))));
   }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   void store(bf16* p) const { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16()); }
