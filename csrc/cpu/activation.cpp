@@ -59,12 +59,6 @@ void silu_and_mul(T* out, int64_t out_stride, const T* x, int64_t x_stride, int6
       store2(o + i, g[0], g[1]);
       store2(o + i + 2 * W, g[2], g[3]);
     }
-    for (; i + 2 * W <= inter; i += 2 * W) {
-      VecF g0, g1, u0, u1;
-      load2(gate + i, g0, g1);
-      load2(up + i, u0, u1);
-      store2(o + i, silu_for<T>(g0) * u0, silu_for<T>(g1) * u1);
-    }
     for (; i < inter; i += W) {
       int n = static_cast<int>(inter - i < W ? inter - i : W);
       store_n(silu_for<T>(load_n(gate + i, n)) * load_n(up + i, n), o + i, n);
