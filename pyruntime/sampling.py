@@ -45,6 +45,15 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+def _argmax(logits: torch.Tensor) -> int:
+    """The index of the first largest value (a NaN counts as largest, as in torch.argmax).
+    numpy's argmax for CPU float32: torch.argmax over a 49k vocabulary takes ~100 us here,
+    numpy's ~6 us, and greedy decoding calls it once per token."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and not logits.requires_grad:
+        return int(logits.numpy().argmax())
+    return int(torch.argmax(logits))
+
+
 class Sampler:
     """Per-sequence sampling state (its random generator and the tokens seen so far)."""
 
@@ -65,7 +74,7 @@ class Sampler:
             logits = logits.clone()
             logits[idx] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
         if p.greedy:
-            token = int(torch.argmax(logits))
+            token = _argmax(logits)
         else:
             token = self._sample(logits / p.temperature)
         self.seen.add(token)

@@ -7,7 +7,7 @@ template <typename T>
 void add_cases(std::vector<bench::Case>& cases, bool quick) {
   const char* dt = bench::dtype_label(T{});
   for (const auto& m : bench::kModels)
-    for (int32_t s : {512, 2048, 8192, 32768}) {
+    for (int32_t s : {144, 512, 2048, 8192, 32768}) {
       if (quick && s > 8192) continue;
       const int64_t hq = m.num_q_heads, hkv = m.num_kv_heads, d = m.head_dim;
       const double bytes = 2.0 * hkv * s * d * sizeof(T);

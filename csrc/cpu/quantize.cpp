@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -21,15 +22,17 @@ void quantize_int8(const float* w, int64_t rows, int64_t cols, int64_t group, in
     for (int64_t g = 0; g < groups; ++g) {
       const float* src = w + r * cols + g * group;
       int8_t* dst = q + r * cols + g * group;
+      // std::max / std::min rather than fmax / fmin: the same results here (a NaN is skipped
+      // by the maximum and clamped to -127 below), and GCC vectorises them.
       float absmax = 0.0f;
-      for (int64_t i = 0; i < group; ++i) absmax = std::fmax(absmax, std::fabs(src[i]));
+      for (int64_t i = 0; i < group; ++i) absmax = std::max(absmax, std::fabs(src[i]));
       const float scale = absmax / 127.0f;
       scales[r * groups + g] = scale;
       const float div = scale > 0.0f ? scale : 1.0f;
       for (int64_t i = 0; i < group; ++i) {
         // Round half to even (the default rounding mode), as torch.round does.
         const float v = std::nearbyint(src[i] / div);
-        dst[i] = static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, v)));
+        dst[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
       }
     }
 }

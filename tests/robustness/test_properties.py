@@ -70,3 +70,15 @@ def test_rotary_property(tokens, hq, hkv, half, extra, neox, seed):
     ops.rotary_embedding(positions, q, k, cache, neox)
     assert_close(q, want_q)
     assert_close(k, want_k)
+
+
+@SETTINGS
+@given(values=st.lists(st.sampled_from([-1.5, 0.0, 2.0, 2.0, 7.25, float("inf"), float("-inf"), float("nan")]),
+                       min_size=1, max_size=64),
+       step=st.integers(1, 3))
+def test_greedy_pick_matches_torch_argmax(values, step):
+    # Ties (the first wins), infinities and NaN (counted as largest), strided views.
+    from pyruntime.sampling import Sampler, SamplingParams
+
+    logits = torch.tensor(values, dtype=torch.float32)[::step]
+    assert Sampler(SamplingParams(), [])(logits) == int(torch.argmax(logits))

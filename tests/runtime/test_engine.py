@@ -124,7 +124,8 @@ def test_profile_events(llm):
 
 
 def _call(llm, **over):
-    eng, cache = llm.model.engine.engine, llm._cache
+    # A cache of its own with one row (llm's own grows when other tests generate batches).
+    eng, cache = llm.model.engine.engine, llm._new_cache(1)
     args = dict(tokens=torch.tensor([1, 2]), positions=torch.tensor([0, 1]), rows=torch.tensor([0, 0]),
                 k_cache=cache.k, v_cache=cache.v, logits=torch.empty(1, llm.config.vocab_size), first_logit=1)
     args.update(over)

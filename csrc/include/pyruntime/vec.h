@@ -246,7 +246,7 @@ struct VecF {
 #endif
 
 // out[j] = acc[j].reduce_sum() for j < 16: sixteen horizontal sums at once.
-inline void reduce_sum16(const VecF* acc, float* out) {
+__attribute__((always_inline)) inline void reduce_sum16(const VecF* acc, float* out) {
 #if defined(PYRUNTIME_VEC_AVX512)
   // Pairwise interleave-and-add: 16 vectors of 16 partial sums -> one vector of 16 sums.
   __m512 b[8], c[4], d[2];
