@@ -217,17 +217,15 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
                            float* workspace) {
   const int64_t group = num_q_heads / num_kv_heads;
   const int64_t rec_floats = record_floats(group, D);
-  float* qf = workspace;  // [batch, num_q_heads, D]
-  float* records = qf + batch * num_q_heads * D;  // [batch, num_kv_heads, max_splits, record]
+  float* records = workspace;  // [batch, num_kv_heads, max_splits, record]
   const int64_t splits = plan.max_splits;
-  float* scratch_base = records + batch * num_kv_heads * splits * rec_floats;  // [threads, 2, kBlock, D]
+  // Per thread: two blocks of keys [2, kBlock, D], then a group of q heads [group, D].
+  float* scratch_base = records + batch * num_kv_heads * splits * rec_floats;
   {
-    float* scratch = scratch_base + omp_get_thread_num() * 2 * kBlock * D;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < batch * num_q_heads; ++i) {
-      detail::convert(qf + i * D, q + (i / num_q_heads) * q_stride + (i % num_q_heads) * D, D);
-      for (int d = 0; d < D; ++d) qf[i * D + d] *= scale;
-    }
+    float* scratch = scratch_base + omp_get_thread_num() * (2 * kBlock + num_q_heads) * D;
+    float* qf = scratch + 2 * kBlock * D;
+    // Each work item converts and scales its own group of q heads (a few hundred values):
+    // no separate pass, and no barrier after one.
 #pragma omp for collapse(3) schedule(dynamic, 1)
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t h = 0; h < num_kv_heads; ++h)
@@ -239,7 +237,12 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
           const int64_t row = cache_rows ? cache_rows[b] : b;
           const int64_t kv_off = ((row * num_kv_heads + h) * max_seq + begin) * D;
           float* rec = records + ((b * num_kv_heads + h) * splits + s) * rec_floats;
-          attend_split<TC, D>(qf + (b * num_q_heads + h * group) * D, group, k_cache + kv_off,
+          const TQ* qg = q + b * q_stride + h * group * D;
+          for (int64_t i = 0; i < group; ++i) {
+            detail::convert(qf + i * D, qg + i * D, D);
+            for (int d = 0; d < D; ++d) qf[i * D + d] *= scale;
+          }
+          attend_split<TC, D>(qf, group, k_cache + kv_off,
                              v_cache + kv_off, end - begin, record_at(rec, group, D), scratch);
         }
     // Exact combine of the splits: rescale each by exp(m_s - max m) and normalise.
@@ -283,10 +286,10 @@ DecodePlan plan_gqa_decode(const int32_t* seq_lens, int64_t batch, int64_t num_k
 
 int64_t gqa_decode_workspace_floats(const DecodePlan& plan, int64_t batch, int64_t num_q_heads,
                                     int64_t head_dim) {
-  // Per KV head: max_splits records of group query heads; as many query heads in all.
-  return batch * num_q_heads * head_dim +
-         plan.max_splits * batch * num_q_heads * (head_dim + 3 + kBlock) +
-         plan.threads * 2 * kBlock * head_dim;
+  // Per KV head: max_splits records of group query heads; as many query heads in all. Per
+  // thread: two blocks of keys and (at most) num_q_heads q heads.
+  return plan.max_splits * batch * num_q_heads * (head_dim + 3 + kBlock) +
+         plan.threads * (2 * kBlock + num_q_heads) * head_dim;
 }
 
 template <typename TQ, typename TC>

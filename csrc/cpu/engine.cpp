@@ -104,6 +104,7 @@ struct Engine::Impl {
   float scale = 1.0f;
   // Activations, float32, for spec.max_tokens tokens.
   std::vector<float> resid, xn, qkv, attn, act, tmp;  // tmp: per-thread gate and up slices
+  std::vector<float> xn_own;  // per-thread normed rows of decode calls [threads, kTileMaxTokens, H]
   std::vector<float> pack;                            // per-thread packed weight panel (GEMM)
   int64_t pack_floats = 0;
   std::vector<int32_t> seq_lens;
@@ -179,6 +180,19 @@ struct EngineImpl final : Engine::Impl {
             for (int64_t r = r0; r < r1; ++r) y[t * m.rows + r] += bias[r];
 #pragma omp barrier
       };
+      // x = rms_norm(resid rows [t0, n)) * w. Decode calls (few tokens): every thread normalises
+      // every row into its own copy, with no barrier (the last phase ended in one); prompt
+      // chunks share the rows out.
+      const bool own_rows = n <= kTileMaxTokens;
+      float* x = own_rows ? xn_own.data() + static_cast<int64_t>(tid) * kTileMaxTokens * H : xn.data();
+      auto norm = [&](const float* w, int64_t t0) {
+        if (own_rows) {
+          for (int64_t t = t0; t < n; ++t) detail::rms_norm_row(x + t * H, resid.data() + t * H, w, H, s.eps);
+        } else {
+#pragma omp for schedule(static)
+          for (int64_t t = t0; t < n; ++t) detail::rms_norm_row(x + t * H, resid.data() + t * H, w, H, s.eps);
+        }
+      };
       float* gate = tmp.data() + static_cast<int64_t>(tid) * 2 * s.max_tokens * chunk;
       float* up = gate + s.max_tokens * chunk;
 
@@ -191,11 +205,10 @@ struct EngineImpl final : Engine::Impl {
         TC* kc = k_cache + l * layer_stride;
         TC* vc = v_cache + l * layer_stride;
 
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < n; ++t) detail::rms_norm_row(xn.data() + t * H, resid.data() + t * H, L.attn_norm, H, s.eps);
+        norm(L.attn_norm, 0);
         mark(l, Op::AttnNorm);
 
-        project(std::false_type{}, qkv.data(), xn.data(), L.qkv, L.qkv_bias, n);
+        project(std::false_type{}, qkv.data(), x, L.qkv, L.qkv_bias, n);
         mark(l, Op::QKV);
 
         // q heads rotated in place; k heads rotated, then k and v stored in the cache.
@@ -231,16 +244,15 @@ struct EngineImpl final : Engine::Impl {
         project(std::true_type{}, resid.data(), attn.data(), L.o, L.o_bias, n);  // residual add
         mark(l, Op::OProj);
 
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < n; ++t) detail::rms_norm_row(xn.data() + t * H, resid.data() + t * H, L.mlp_norm, H, s.eps);
+        norm(L.mlp_norm, 0);
         mark(l, Op::MlpNorm);
 
         int64_t i0, i1;
         thread_range(I, W, tid, nt, i0, i1);
         if (i1 > i0) {
           const auto gu = RowsOf<TW>::of(L.gate_up);
-          product(std::false_type{}, gate, chunk, xn.data(), H, gu.from(i0), n, H, 0, i1 - i0);
-          product(std::false_type{}, up, chunk, xn.data(), H, gu.from(I + i0), n, H, 0, i1 - i0);
+          product(std::false_type{}, gate, chunk, x, H, gu.from(i0), n, H, 0, i1 - i0);
+          product(std::false_type{}, up, chunk, x, H, gu.from(I + i0), n, H, 0, i1 - i0);
           for (int64_t t = 0; t < n; ++t)
             for (int64_t i = 0; i < i1 - i0; i += W) {
               const int m = static_cast<int>(std::min<int64_t>(W, i1 - i0 - i));
@@ -256,12 +268,10 @@ struct EngineImpl final : Engine::Impl {
       }
 
       if (n_logits > 0) {  // the same on every thread: the barriers inside match
-#pragma omp for schedule(static)
-        for (int64_t t = first_logit; t < n; ++t)
-          detail::rms_norm_row(xn.data() + t * H, resid.data() + t * H, s.final_norm, H, s.eps);
+        norm(s.final_norm, first_logit);
         mark(-1, Op::FinalNorm);
 
-        project(std::false_type{}, logits, xn.data() + first_logit * H, s.lm_head, nullptr, n_logits);
+        project(std::false_type{}, logits, x + first_logit * H, s.lm_head, nullptr, n_logits);
         mark(-1, Op::LMHead);
       }
     }
@@ -311,6 +321,7 @@ Engine::Engine(EngineSpec s) {
   const int64_t N = sp.max_tokens;
   m.resid.assign(N * H, 0.0f);
   m.xn.assign(N * H, 0.0f);
+  m.xn_own.assign(static_cast<int64_t>(m.threads) * kTileMaxTokens * H, 0.0f);
   m.qkv.assign(N * m.qkv_dim, 0.0f);
   m.attn.assign(N * q_dim, 0.0f);
   m.act.assign(N * I, 0.0f);
