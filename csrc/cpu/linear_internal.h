@@ -285,7 +285,8 @@ constexpr int kGemmTokens = 6;   // 12 of the 16 ymm registers
 inline int64_t gemm_pack_floats(int64_t in) { return in * kPanelRows; }
 
 // packed[k, j] = w[j, k] for the `rows` (<= kPanelRows) rows of w; zeros past them. A block
-// of W columns of every row goes through a small buffer so the packed rows are written in order.
+// of W columns of every row is transposed in registers (AVX-512: two 16 x 16 tiles) or goes
+// through a small buffer, so the packed rows are written in order.
 template <typename Rows>
 inline void gemm_pack(float* packed, const Rows& w, int rows, int64_t in) {
   constexpr int W = VecF::W;
@@ -293,6 +294,20 @@ inline void gemm_pack(float* packed, const Rows& w, int rows, int64_t in) {
   for (int j = rows; j < kPanelRows; ++j) VecF::zero().store(block + j * W);
   for (int64_t k0 = 0; k0 < in; k0 += W) {
     const int n = static_cast<int>(in - k0 < W ? in - k0 : W);
+#if defined(PYRUNTIME_VEC_AVX512)
+    static_assert(kPanelRows == 2 * W, "two tiles per block");
+    if (n == W) {
+      VecF t[kPanelRows];
+      for (int j = 0; j < kPanelRows; ++j) t[j] = j < rows ? w.load(j, k0, W) : VecF::zero();
+      transpose16(t);
+      transpose16(t + W);
+      for (int kk = 0; kk < W; ++kk) {
+        t[kk].store(packed + (k0 + kk) * kPanelRows);
+        t[W + kk].store(packed + (k0 + kk) * kPanelRows + W);
+      }
+      continue;
+    }
+#endif
     for (int j = 0; j < rows; ++j) w.load(j, k0, n).store(block + j * W);
     for (int kk = 0; kk < n; ++kk) {
       float* dst = packed + (k0 + kk) * kPanelRows;

@@ -118,6 +118,16 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
   for (int64_t j0 = 0; j0 < end; j0 += kKeys) {
     const int nb = static_cast<int>(std::min<int64_t>(kKeys, end - j0));
     // K^T panel and V block in float32; keys past nb are zero.
+#if defined(PYRUNTIME_VEC_AVX512)
+    static_assert(kKeys % W == 0, "whole 16 x 16 tiles");
+    for (int d0 = 0; d0 < D; d0 += W)
+      for (int jt = 0; jt < kKeys; jt += W) {  // a tile of W keys x W features, transposed
+        VecF tile[W];
+        for (int j = 0; j < W; ++j) tile[j] = jt + j < nb ? VecF::load(k + (j0 + jt + j) * D + d0) : VecF::zero();
+        transpose16(tile);
+        for (int dd = 0; dd < W; ++dd) tile[dd].store(kt + (d0 + dd) * kKeys + jt);
+      }
+#else
     alignas(64) float tmp[kKeys];
     for (int d0 = 0; d0 < D; d0 += W) {
       for (int j = 0; j < nb; ++j) {
@@ -127,6 +137,7 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
       }
       for (int dd = 0; dd < W; ++dd) std::fill(kt + (d0 + dd) * kKeys + nb, kt + (d0 + dd + 1) * kKeys, 0.0f);
     }
+#endif
     detail::convert(vf, v + j0 * D, int64_t(nb) * D);
     for_row_tiles(m, [&](auto rt, int64_t i0) { score_rows<D, decltype(rt)::value>(s + i0 * kKeys, qs + i0 * D, kt); });
     // Causal mask and online softmax, row by row.

@@ -268,6 +268,36 @@ __attribute__((always_inline)) inline void reduce_sum16(const VecF* acc, float* 
 #endif
 }
 
+#if defined(PYRUNTIME_VEC_AVX512)
+// In place: r[i] becomes column i of the 16 x 16 matrix whose rows were r[0..15] (pairs,
+// then quads, then 128-bit lanes, then halves: 64 shuffles instead of 256 scalar moves).
+inline void transpose16(VecF* r) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i].v, r[2 * i + 1].v);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i].v, r[2 * i + 1].v);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i].v = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1].v = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2].v = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3].v = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i].v, r[i + 4].v, 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i].v, r[i + 4].v, 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8].v, r[i + 12].v, 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8].v, r[i + 12].v, 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i].v = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8].v = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+#endif
+
 // 2W consecutive elements as two vectors, in an order private to load2/store2 that is the
 // same for every operand: element-wise code over several operands need not restore it, and
 // bf16 is widened with one unpack per vector instead of a widen and a shift.
