@@ -316,6 +316,19 @@ inline void gemm_pack(float* packed, const Rows& w, int rows, int64_t in) {
   }
 }
 
+// One k step of the micro-kernel: acc{0,1}[t] += packed row (two vectors) * x[t * x_stride].
+// (Always inlined: the accumulator arrays must stay in registers.)
+template <int NT>
+__attribute__((always_inline)) inline void gemm_step(VecF (&acc0)[NT], VecF (&acc1)[NT], const float* p,
+                                                     const float* x, int64_t x_stride) {
+  const VecF w0 = VecF::load(p), w1 = VecF::load(p + VecF::W);
+  for (int t = 0; t < NT; ++t) {
+    const VecF xb = VecF::set1(x[t * x_stride]);
+    acc0[t] = VecF::fma(w0, xb, acc0[t]);
+    acc1[t] = VecF::fma(w1, xb, acc1[t]);
+  }
+}
+
 template <int NT, bool Accumulate>
 inline void gemm_micro(float* y, int64_t y_stride, const float* x, int64_t x_stride,
                        const float* packed, int rows, int64_t in) {
@@ -324,32 +337,13 @@ inline void gemm_micro(float* y, int64_t y_stride, const float* x, int64_t x_str
   for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = VecF::zero();
   // k in order (the sums' rounding does not change), two steps per iteration: one step's
   // loop overhead and loads take issue slots the FMAs need (51 -> 60 G multiply-adds/s on one
-  // thread in a harness; three or four steps were slower again). Written out: accumulator
-  // arrays captured by a lambda stay in memory.
+  // thread in a harness; three or four steps were slower again).
   int64_t k = 0;
   for (; k + 2 <= in; k += 2) {
-    const float* p = packed + k * kPanelRows;
-    const VecF w0 = VecF::load(p), w1 = VecF::load(p + W);
-    const VecF v0 = VecF::load(p + kPanelRows), v1 = VecF::load(p + kPanelRows + W);
-    for (int t = 0; t < NT; ++t) {
-      const VecF xb = VecF::set1(x[t * x_stride + k]);
-      acc0[t] = VecF::fma(w0, xb, acc0[t]);
-      acc1[t] = VecF::fma(w1, xb, acc1[t]);
-    }
-    for (int t = 0; t < NT; ++t) {
-      const VecF xb = VecF::set1(x[t * x_stride + k + 1]);
-      acc0[t] = VecF::fma(v0, xb, acc0[t]);
-      acc1[t] = VecF::fma(v1, xb, acc1[t]);
-    }
+    gemm_step<NT>(acc0, acc1, packed + k * kPanelRows, x + k, x_stride);
+    gemm_step<NT>(acc0, acc1, packed + (k + 1) * kPanelRows, x + k + 1, x_stride);
   }
-  if (k < in) {
-    const VecF w0 = VecF::load(packed + k * kPanelRows), w1 = VecF::load(packed + k * kPanelRows + W);
-    for (int t = 0; t < NT; ++t) {
-      const VecF xb = VecF::set1(x[t * x_stride + k]);
-      acc0[t] = VecF::fma(w0, xb, acc0[t]);
-      acc1[t] = VecF::fma(w1, xb, acc1[t]);
-    }
-  }
+  if (k < in) gemm_step<NT>(acc0, acc1, packed + k * kPanelRows, x + k, x_stride);
   const int n0 = rows < W ? rows : W, n1 = rows - n0;
   for (int t = 0; t < NT; ++t) {
     float* yt = y + t * y_stride;
