@@ -213,23 +213,53 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// out[b, h] = sum_s acc_s exp(m_s - M) / sum_s l_s exp(m_s - M). One block per (b, h).
-template <typename T>
-__global__ void decode_combine_kernel(T* out, const float* records, int64_t num_splits,
-                                      int64_t head_dim) {
-  const float* rec = records + blockIdx.x * num_splits * (head_dim + 2);
+// out[b, h] = sum_s acc_s exp(m_s - M) / sum_s l_s exp(m_s - M). One block per (b, h): its warps
+// take every kCombineWarps-th split (each lane D/32 features, several splits' loads in flight),
+// then the warps' partial sums merge. A record of a split that saw no keys has m = -inf.
+constexpr int kCombineWarps = 4;
+template <typename T, int D>
+__global__ void __launch_bounds__(kCombineWarps * 32)
+    decode_combine_kernel(T* out, const float* records, int64_t num_splits) {
+  constexpr int NL = (D + 31) / 32;
+  __shared__ float wmax[kCombineWarps];
+  __shared__ float part[kCombineWarps][D + 1];  // numerators, then the denominator
+  const float* rec = records + blockIdx.x * num_splits * (D + 2);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float mx = -CUDART_INF_F;
-  for (int64_t s = 0; s < num_splits; ++s) mx = fmaxf(mx, rec[s * (head_dim + 2) + head_dim]);
-  for (int64_t d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float num = 0.0f, den = 0.0f;
-    for (int64_t s = 0; s < num_splits; ++s) {
-      const float* r = rec + s * (head_dim + 2);
-      if (r[head_dim] == -CUDART_INF_F) continue;
-      const float w = __expf(r[head_dim] - mx);
-      num += r[d] * w;
-      den += r[head_dim + 1] * w;
+  for (int64_t s = threadIdx.x; s < num_splits; s += blockDim.x) mx = fmaxf(mx, rec[s * (D + 2) + D]);
+  mx = warp_max(mx);
+  if (lane == 0) wmax[warp] = mx;
+  __syncthreads();
+#pragma unroll
+  for (int w = 0; w < kCombineWarps; ++w) mx = fmaxf(mx, wmax[w]);
+  float num[NL], den = 0.0f;
+#pragma unroll
+  for (int i = 0; i < NL; ++i) num[i] = 0.0f;
+  if (mx != -CUDART_INF_F) {
+#pragma unroll 4
+    for (int64_t s = warp; s < num_splits; s += kCombineWarps) {
+      const float* r = rec + s * (D + 2);
+      const float ms = r[D];
+      const float w = ms == -CUDART_INF_F ? 0.0f : __expf(ms - mx);
+      den = fmaf(r[D + 1], w, den);
+#pragma unroll
+      for (int i = 0; i < NL; ++i)
+        if (lane + 32 * i < D) num[i] = fmaf(r[lane + 32 * i], w, num[i]);
     }
-    out[blockIdx.x * head_dim + d] = from_f<T>(num / den);
+  }
+#pragma unroll
+  for (int i = 0; i < NL; ++i)
+    if (lane + 32 * i < D) part[warp][lane + 32 * i] = num[i];
+  if (lane == 0) part[warp][D] = den;
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float n = 0.0f, l = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kCombineWarps; ++w) {
+      n += part[w][d];
+      l += part[w][D];
+    }
+    out[blockIdx.x * int64_t(D) + d] = from_f<T>(n / l);
   }
 }
 
@@ -267,19 +297,18 @@ void gqa_decode_attention_rows(DType dtype, void* out, const void* q, int64_t q_
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto launch = [&](auto d, auto g) {
-      const auto kernel = decode_split_kernel<T, decltype(d)::value, decltype(g)::value>;
-      int device = 0, sms = 0, per_sm = 0;
-      if (cudaGetDevice(&device) == cudaSuccess &&
-          cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0) == cudaSuccess) {
-        const int64_t fit = static_cast<int64_t>(sms) * per_sm / (batch * num_kv_heads * tiles);
-        splits = std::max<int64_t>(1, std::min(num_splits, fit));
-      }
+      constexpr auto kernel = decode_split_kernel<T, decltype(d)::value, decltype(g)::value>;
+      const int device = current_device();
+      const int64_t resident = static_cast<int64_t>(sm_count(device)) * blocks_per_sm<kernel, kWarps * 32>(device);
+      if (resident > 0) splits = std::max<int64_t>(1, std::min(num_splits, resident / (batch * num_kv_heads * tiles)));
       const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(num_kv_heads * tiles),
                       static_cast<unsigned>(batch));
       kernel<<<grid, kWarps * 32, 0, stream>>>(
           workspace, static_cast<const T*>(q), q_stride, static_cast<const T*>(k_cache),
           static_cast<const T*>(v_cache), cache_rows, seq_lens, num_q_heads, num_kv_heads, max_seq, scale, tiles);
+      decode_combine_kernel<T, decltype(d)::value>
+          <<<static_cast<unsigned>(batch * num_q_heads), kCombineWarps * 32, 0, stream>>>(static_cast<T*>(out),
+                                                                                          workspace, splits);
     };
     const auto with_g = [&](auto d) {
       if (G == 8)
@@ -300,8 +329,6 @@ void gqa_decode_attention_rows(DType dtype, void* out, const void* q, int64_t q_
         throw std::invalid_argument("gqa_decode_attention: unsupported head size " +
                                     std::to_string(head_dim) + " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
     }
-    decode_combine_kernel<T><<<static_cast<unsigned>(batch * num_q_heads), 128, 0, stream>>>(
-        static_cast<T*>(out), workspace, splits, head_dim);
   });
   check_launch("gqa_decode_attention");
 }

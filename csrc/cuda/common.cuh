@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -50,6 +51,12 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 // Sum over the block; every thread gets the result. blockDim.x a multiple of 32, <= 1024.
 __device__ __forceinline__ float block_sum(float v) {
   __shared__ float partial[32];
@@ -67,6 +74,46 @@ inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
     throw std::runtime_error(std::string(what) + ": CUDA launch failed: " + cudaGetErrorString(err));
+}
+
+// A property of a device that never changes, queried once per device through query(device,
+// &value) (a CUDA call returning cudaError_t) and then read from a cache: the launchers ask
+// on every call, and the queries cost microseconds (the occupancy one most). 0 where the query
+// fails (asked again next time).
+template <typename Tag, typename Query>
+int cached_device_value(int device, Query&& query) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];  // 0: not known yet
+  int value = 0;
+  if (device < 0 || device >= kMaxDevices) return query(device, &value) == cudaSuccess ? value : 0;
+  value = cache[device].load(std::memory_order_relaxed);
+  if (value == 0 && query(device, &value) == cudaSuccess) cache[device].store(value, std::memory_order_relaxed);
+  return value;
+}
+
+inline int current_device() {
+  int device = -1;
+  return cudaGetDevice(&device) == cudaSuccess ? device : -1;
+}
+
+struct SmCountTag {};
+inline int sm_count(int device) {
+  return cached_device_value<SmCountTag>(
+      device, [](int d, int* v) { return cudaDeviceGetAttribute(v, cudaDevAttrMultiProcessorCount, d); });
+}
+
+struct CapabilityTag {};
+inline int capability_major(int device) {
+  return cached_device_value<CapabilityTag>(
+      device, [](int d, int* v) { return cudaDeviceGetAttribute(v, cudaDevAttrComputeCapabilityMajor, d); });
+}
+
+// Blocks of Kernel (Threads threads, no dynamic shared memory) one multiprocessor of the
+// device holds at once (the occupancy query runs on the current device).
+template <auto Kernel, int Threads>
+int blocks_per_sm(int device) {
+  return cached_device_value<std::integral_constant<decltype(Kernel), Kernel>>(
+      device, [](int, int* v) { return cudaOccupancyMaxActiveBlocksPerMultiprocessor(v, Kernel, Threads, 0); });
 }
 
 // Calls f(T{}) with T the CUDA storage type of dtype.

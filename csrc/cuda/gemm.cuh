@@ -136,10 +136,8 @@ bool usable(const T* x, int64_t x_stride, const T* w, int64_t K, int device) {
   if constexpr (sizeof(T) != 2) {
     return false;
   } else {
-    int major = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
     const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    return major >= 8 && K % 8 == 0 && x_stride % 8 == 0 && aligned(x) && aligned(w);
+    return capability_major(device) >= 8 && K % 8 == 0 && x_stride % 8 == 0 && aligned(x) && aligned(w);
   }
 }
 
