@@ -126,33 +126,35 @@ __global__ void __launch_bounds__(kWarps * 32)
         s[r][g] = valid[r] ? dot : -CUDART_INF_F;
       }
     }
-    float vf[R][NE];
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int i = 0; i < VPL; ++i) unpack16<T>(vr[r][i], vf[r] + i * VE);
+    // Online softmax per head, then the values, unpacked one key at a time (same order of sums).
+    float p[G][R];
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       float mx = m[g];
 #pragma unroll
       for (int r = 0; r < R; ++r) mx = fmaxf(mx, s[r][g]);
-      if (mx == -CUDART_INF_F) continue;  // nothing seen yet by this lane group
-      const float corr = __expf(m[g] - mx);
-      float p[R], psum = 0.0f;
+      const bool seen = mx != -CUDART_INF_F;  // else nothing seen yet by this lane group
+      const float corr = seen ? __expf(m[g] - mx) : 1.0f;
+      float psum = 0.0f;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        p[r] = __expf(s[r][g] - mx);
-        psum += p[r];
+        p[g][r] = seen ? __expf(s[r][g] - mx) : 0.0f;
+        psum += p[g][r];
       }
       l[g] = l[g] * corr + psum;
       m[g] = mx;
 #pragma unroll
-      for (int e = 0; e < NE; ++e) {
-        float a = acc[g][e] * corr;
+      for (int e = 0; e < NE; ++e) acc[g][e] *= corr;
+    }
 #pragma unroll
-        for (int r = 0; r < R; ++r) a = fmaf(p[r], vf[r][e], a);
-        acc[g][e] = a;
-      }
+    for (int r = 0; r < R; ++r) {
+      float vf[NE];
+#pragma unroll
+      for (int i = 0; i < VPL; ++i) unpack16<T>(vr[r][i], vf + i * VE);
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int e = 0; e < NE; ++e) acc[g][e] = fmaf(p[g][r], vf[e], acc[g][e]);
     }
   }
   // Merge the warp's lane groups (same feature positions, KPW apart in lanes).
