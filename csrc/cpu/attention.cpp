@@ -69,6 +69,22 @@ inline void prefetch_keys(const Prefetch<S>& pf, int j0, int n) {
   }
 }
 
+// The part-th of `parts` equal slices of prefetch_keys(pf, j0, n)'s lines: a long range
+// requested a little at a time over a loop.
+template <int D, typename S>
+inline void prefetch_keys_slice(const Prefetch<S>& pf, int j0, int n, int part, int parts) {
+  const int end = std::min(pf.keys, j0 + n);
+  if (j0 >= end) return;
+  const int64_t lines = (int64_t(end - j0) * D * int64_t(sizeof(S)) + 63) / 64;
+  const int64_t first = lines * part / parts, last = lines * (part + 1) / parts;
+  const char* kp = reinterpret_cast<const char*>(pf.k) + int64_t(j0) * D * int64_t(sizeof(S));
+  const char* vp = reinterpret_cast<const char*>(pf.v) + int64_t(j0) * D * int64_t(sizeof(S));
+  for (int64_t i = first; i < last; ++i) {
+    __builtin_prefetch(kp + i * 64, 0, 2);
+    __builtin_prefetch(vp + i * 64, 0, 2);
+  }
+}
+
 // Tiles of query heads handled together: every K or V vector loaded from L1 serves
 // kHeadTile heads, and every q vector kKeyTile keys (loads, not FMAs, bound the loops).
 constexpr int kHeadTile = 4;
@@ -100,6 +116,50 @@ inline void score_tile(const float* q, const S* kb, float* scores, const Prefetc
     for (int h = 0; h < HT; ++h)
       for (int jj = 0; jj < kKeyTile; ++jj) scores[h * kBlock + j0 + jj] = sums[h * kKeyTile + jj];
   }
+}
+
+// Scores of one key tile (detail::kTileKeys keys, features in rows, keys in lanes) for the HT
+// heads of a tile, the tile's rows read in order (ascending addresses keep the hardware
+// prefetcher on; two tiles interleaved lost a fifth from DRAM). Features d mod 4 sum apart: four
+// independent chains per head in the FMA pipes. Keys in lanes: nothing to reduce.
+// \param scores [HT, kBlock] at the tile's column
+// \param pf, pf_j0 the keys [pf_j0, pf_j0 + kTileKeys) of pf are requested meanwhile
+template <int D, int HT, typename S>
+inline void score_key_tile(const float* q, const S* tile, float* scores, const Prefetch<S>& pf, int pf_j0) {
+  constexpr int TK = detail::kTileKeys, KV = TK / W;  // vectors per tile row
+  static_assert(TK % W == 0 && D % 4 == 0, "whole vectors per tile row, features in fours");
+  VecF acc[HT][4][KV];
+  for (int h = 0; h < HT; ++h)
+    for (int i = 0; i < 4; ++i)
+      for (int c = 0; c < KV; ++c) acc[h][i][c] = VecF::zero();
+  for (int d = 0; d < D; d += 4) {
+    prefetch_keys_slice<D>(pf, pf_j0, TK * kPrefetchBlocks, d / 4, D / 4);
+    VecF k[4][KV];  // features d .. d + 3 of the keys
+    for (int c = 0; c < KV; ++c) {
+      if constexpr (std::is_same_v<S, bf16>) {
+        load_pairs(tile + d * TK + c * 2 * W, k[0][c], k[1][c]);
+        load_pairs(tile + (d + 2) * TK + c * 2 * W, k[2][c], k[3][c]);
+      } else {
+        for (int i = 0; i < 4; ++i) k[i][c] = VecF::load(tile + (d + i) * TK + c * W);
+      }
+    }
+    for (int h = 0; h < HT; ++h)
+      for (int i = 0; i < 4; ++i) {
+        const VecF qb = VecF::set1(q[h * D + d + i]);
+        for (int c = 0; c < KV; ++c) acc[h][i][c] = VecF::fma(qb, k[i][c], acc[h][i][c]);
+      }
+  }
+  for (int h = 0; h < HT; ++h)
+    for (int c = 0; c < KV; ++c)
+      ((acc[h][0][c] + acc[h][1][c]) + (acc[h][2][c] + acc[h][3][c])).store(scores + h * kBlock + c * W);
+}
+
+// score_tile for key tiles: the first `tiles` tiles of kb.
+template <int D, int HT, typename S>
+inline void score_key_tiles(const float* q, const S* kb, float* scores, int tiles, const Prefetch<S>& pf) {
+  constexpr int TK = detail::kTileKeys;
+  for (int t = 0; t < tiles; ++t)
+    score_key_tile<D, HT>(q, kb + int64_t(t) * TK * D, scores + t * TK, pf, t * TK * kPrefetchBlocks);
 }
 
 // acc[h] = acc[h] * corr[h] + sum_j p[h, j] v[j] for the HT heads of a tile.
@@ -144,14 +204,22 @@ inline void for_head_tiles(int64_t group, F&& f) {
 }
 
 // One block of keys for every query head of the group: scores, online softmax, values.
-// \param kb, vb [kBlock, D] (rows past nb hold zeros when nb < kBlock)
+// \param kb     [kBlock, D] rows (past nb zeros when nb < kBlock), or with KTiled the block's
+//               key tiles (only the ceil(nb / kTileKeys) that hold keys are read)
+// \param vb     [kBlock, D] (rows past nb hold zeros when nb < kBlock)
 // \param pf     keys to request from memory meanwhile (the first head tile does)
-template <int D, typename S>
-inline void attend_block(const float* qf, int64_t group, const S* kb, const S* vb, int nb,
-                         SplitRecord rec, const Prefetch<S>& pf) {
+template <int D, bool KTiled, typename SK, typename SV>
+inline void attend_block(const float* qf, int64_t group, const SK* kb, const SV* vb, int nb,
+                         SplitRecord rec, const Prefetch<SK>& pf) {
   float* corr = rec.scores + group * kBlock;  // [G]
   for_head_tiles(group, [&](auto ht, int64_t g0) {
-    score_tile<D, decltype(ht)::value>(qf + g0 * D, kb, rec.scores + g0 * kBlock, g0 == 0 ? pf : Prefetch<S>{});
+    constexpr int HT = decltype(ht)::value;
+    const Prefetch<SK> tile_pf = g0 == 0 ? pf : Prefetch<SK>{};
+    if constexpr (KTiled)
+      score_key_tiles<D, HT>(qf + g0 * D, kb, rec.scores + g0 * kBlock,
+                             static_cast<int>(ceil_div(nb, detail::kTileKeys)), tile_pf);
+    else
+      score_tile<D, HT>(qf + g0 * D, kb, rec.scores + g0 * kBlock, tile_pf);
   });
   // Online softmax: scores become probabilities relative to the running maximum.
   for (int64_t g = 0; g < group; ++g) {
@@ -181,7 +249,7 @@ inline void attend_block(const float* qf, int64_t group, const S* kb, const S* v
 // \param qf      [G, D] float32, already scaled
 // \param k       [len, D], v [len, D]
 // \param scratch [2, kBlock, D] float32
-template <typename T, int D>
+template <typename T, int D, bool KTiled>
 void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_t len,
                   SplitRecord rec, float* scratch) {
   static_assert(D % W == 0, "head sizes are multiples of the vector width");
@@ -195,15 +263,19 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
       Prefetch<T> pf;
       if (ahead < len)
         pf = {k + ahead * D, v + ahead * D, static_cast<int>(std::min<int64_t>(kPrefetchBlocks * kBlock, len - ahead))};
-      attend_block<D>(qf, group, k + j0 * D, v + j0 * D, nb, rec, pf);
+      attend_block<D, KTiled>(qf, group, k + j0 * D, v + j0 * D, nb, rec, pf);
     } else {
       float* kb = scratch;
       float* vb = scratch + kBlock * D;
       for (auto [src, dst] : {std::pair{k, kb}, std::pair{v, vb}}) {
+        if (KTiled && dst == kb) continue;  // the tiles are read in place
         detail::convert(dst, src + j0 * D, int64_t(nb) * D);
         std::fill(dst + int64_t(nb) * D, dst + int64_t(kBlock) * D, 0.0f);
       }
-      attend_block<D>(qf, group, kb, vb, nb, rec, Prefetch<float>{});
+      if constexpr (KTiled)
+        attend_block<D, true>(qf, group, k + j0 * D, vb, nb, rec, Prefetch<T>{});
+      else
+        attend_block<D, false>(qf, group, kb, vb, nb, rec, Prefetch<float>{});
     }
   }
 }
@@ -214,7 +286,7 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
                            const TC* v_cache, const int64_t* cache_rows, const int32_t* seq_lens,
                            int64_t batch, int64_t num_q_heads, int64_t num_kv_heads,
                            int64_t max_seq, float scale, const DecodePlan& plan,
-                           float* workspace) {
+                           float* workspace, bool k_tiled) {
   const int64_t group = num_q_heads / num_kv_heads;
   const int64_t rec_floats = record_floats(group, D);
   float* records = workspace;  // [batch, num_kv_heads, max_splits, record]
@@ -242,8 +314,12 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
             detail::convert(qf + i * D, qg + i * D, D);
             for (int d = 0; d < D; ++d) qf[i * D + d] *= scale;
           }
-          attend_split<TC, D>(qf, group, k_cache + kv_off,
-                             v_cache + kv_off, end - begin, record_at(rec, group, D), scratch);
+          if (k_tiled)
+            attend_split<TC, D, true>(qf, group, k_cache + kv_off, v_cache + kv_off, end - begin,
+                                      record_at(rec, group, D), scratch);
+          else
+            attend_split<TC, D, false>(qf, group, k_cache + kv_off, v_cache + kv_off, end - begin,
+                                       record_at(rec, group, D), scratch);
         }
     // Exact combine of the splits: rescale each by exp(m_s - max m) and normalise.
 #pragma omp for schedule(static)
@@ -297,13 +373,13 @@ void detail::gqa_decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, c
                                const TC* v_cache, const int64_t* cache_rows,
                                const int32_t* seq_lens, int64_t batch, int64_t num_q_heads,
                                int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
-                               float scale, const DecodePlan& plan, float* workspace) {
+                               float scale, const DecodePlan& plan, float* workspace, bool k_tiled) {
   switch (head_dim) {
 #define PYRUNTIME_HEAD_DIM_CASE(D)                                                         \
   case D:                                                                                  \
     return decode_attention_team<TQ, TC, D>(out, q, q_stride, k_cache, v_cache, cache_rows, \
                                             seq_lens, batch, num_q_heads, num_kv_heads,     \
-                                            max_seq, scale, plan, workspace);
+                                            max_seq, scale, plan, workspace, k_tiled);
     PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_CASE)
 #undef PYRUNTIME_HEAD_DIM_CASE
     default:
@@ -337,7 +413,7 @@ template void gqa_decode_attention<bf16>(bf16*, const bf16*, const bf16*, const 
   template void detail::gqa_decode_attention_team<TQ, TC>(TQ*, const TQ*, int64_t, const TC*, const TC*, \
                                                   const int64_t*, const int32_t*, int64_t,      \
                                                   int64_t, int64_t, int64_t, int64_t, float,    \
-                                                  const DecodePlan&, float*);
+                                                  const DecodePlan&, float*, bool);
 PYRUNTIME_INSTANTIATE_TEAM(float, float)
 PYRUNTIME_INSTANTIATE_TEAM(bf16, bf16)
 PYRUNTIME_INSTANTIATE_TEAM(float, bf16)

@@ -4,29 +4,55 @@
 #include <cstdint>
 
 #include "pyruntime/cpu_kernels.h"
+#include "pyruntime/vec.h"
 
 namespace pyruntime::cpu::detail {
+
+// The engine's K cache layout, "key tiles" (used when max_seq is a multiple of kTileKeys):
+// each head's keys in tiles of kTileKeys, a tile holding the features row by row with the tile's
+// keys across each row: float32 [D][16]; bf16 [D/2][16][2], features 2i and 2i+1 of a key
+// side by side, so that one 64-byte row widens into two features of 16 keys with a shift and a
+// mask. Scores then come out with the keys in vector lanes: no horizontal sums, no shuffles.
+// V keeps the row layout [max_seq][D] (its rows are what the values pass multiplies).
+constexpr int kTileKeys = 16;
+template <typename T>
+inline constexpr int kTilePair = sizeof(T) == 2 ? 2 : 1;
+
+// Offset of feature d of the key at pos, in a head's [max_seq, D] region.
+template <typename T>
+inline int64_t key_tile_offset(int64_t pos, int64_t d, int64_t head_dim) {
+  constexpr int P = kTilePair<T>;
+  return (pos / kTileKeys) * kTileKeys * head_dim + (d / P) * (kTileKeys * P) + (pos % kTileKeys) * P + d % P;
+}
+
+// Stores one key (head_dim floats) at pos of a head's tiled region.
+template <typename T>
+inline void store_key_tiled(T* head, int64_t pos, const float* k, int64_t head_dim) {
+  for (int64_t d = 0; d < head_dim; ++d) head[key_tile_offset<T>(pos, d, head_dim)] = from_float<T>(k[d]);
+}
 
 // gqa_decode_attention, run by every thread of the enclosing OpenMP parallel region (its
 // loops are orphaned worksharing loops, each ending in a barrier). Query i reads q at
 // q + i * q_stride and attends cache row cache_rows[i] (row i when cache_rows is null).
 // head_dim must be supported (checked by the caller: this is inside a parallel region).
+// k_tiled: k_cache holds key tiles (max_seq a multiple of kTileKeys), else rows.
 template <typename TQ, typename TC>
 void gqa_decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_cache,
                                const TC* v_cache, const int64_t* cache_rows,
                                const int32_t* seq_lens, int64_t batch, int64_t num_q_heads,
                                int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
-                               float scale, const DecodePlan& plan, float* workspace);
+                               float scale, const DecodePlan& plan, float* workspace, bool k_tiled = false);
 
 // prefill_attention, run by every thread of the enclosing OpenMP parallel region (one
 // orphaned worksharing loop, ending in a barrier). Token t of the chunk sits at position
 // start_pos + t; q of token t at q + t * q_stride, its output at out + t * out_stride.
 // \param k_cache, v_cache the sequence's [num_kv_heads, max_seq, head_dim]
 // \param workspace prefill_attention_workspace_floats(threads of the region, ...) floats
+// \param k_tiled   k_cache holds key tiles, else rows
 template <typename TQ, typename TC>
 void prefill_attention_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride,
                             const TC* k_cache, const TC* v_cache, int64_t tokens, int64_t start_pos,
                             int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
-                            int64_t head_dim, float scale, float* workspace);
+                            int64_t head_dim, float scale, float* workspace, bool k_tiled = false);
 
 }  // namespace pyruntime::cpu::detail

@@ -135,6 +135,8 @@ struct EngineImpl final : Engine::Impl {
     TC* k_cache = static_cast<TC*>(k_cache_v);
     TC* v_cache = static_cast<TC*>(v_cache_v);
     const int64_t layer_stride = cache_rows * Hkv * s.max_seq * D;
+    // K in key tiles where they fit evenly (see attention_internal.h); rows otherwise.
+    const bool k_tiled = s.max_seq % detail::kTileKeys == 0;
     for (int64_t i = 0; i < n; ++i) seq_lens[i] = static_cast<int32_t>(positions[i] + 1);
     // Over kTileMaxTokens consecutive positions of one cache row: the causal prefill kernel.
     bool causal_chunk = n > kTileMaxTokens && !prefill_ws.empty();
@@ -223,9 +225,12 @@ struct EngineImpl final : Engine::Impl {
             const int64_t kh = h - Hq;
             float* k = base + q_dim + kh * D;
             detail::rotate_head(k, cos, cos + s.rot_dim / 2, s.rot_dim, s.is_neox);
-            const int64_t dst = ((rows[t] * Hkv + kh) * s.max_seq + pos) * D;
-            detail::convert(kc + dst, k, D);
-            detail::convert(vc + dst, base + q_dim + kv_dim + kh * D, D);
+            const int64_t head = (rows[t] * Hkv + kh) * s.max_seq * D;
+            if (k_tiled)
+              detail::store_key_tiled(kc + head, pos, k, D);
+            else
+              detail::convert(kc + head + pos * D, k, D);
+            detail::convert(vc + head + pos * D, base + q_dim + kv_dim + kh * D, D);
           }
         }
         mark(l, Op::RopeCache);
@@ -234,11 +239,11 @@ struct EngineImpl final : Engine::Impl {
           detail::prefill_attention_team<float, TC>(attn.data(), q_dim, qkv.data(), qkv_dim,
                                                     kc + rows[0] * Hkv * s.max_seq * D,
                                                     vc + rows[0] * Hkv * s.max_seq * D, n, positions[0],
-                                                    Hq, Hkv, s.max_seq, D, scale, prefill_ws.data());
+                                                    Hq, Hkv, s.max_seq, D, scale, prefill_ws.data(), k_tiled);
         else
           detail::gqa_decode_attention_team<float, TC>(attn.data(), qkv.data(), qkv_dim, kc, vc, rows,
                                                        seq_lens.data(), n, Hq, Hkv, s.max_seq, D,
-                                                       scale, plan, attn_ws.data());
+                                                       scale, plan, attn_ws.data(), k_tiled);
         mark(l, Op::Attention);
 
         project(std::true_type{}, resid.data(), attn.data(), L.o, L.o_bias, n);  // residual add

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "attention_internal.h"
 #include "linear_internal.h"
@@ -92,8 +93,39 @@ inline void for_row_tiles(int64_t m, F&& f) {
   for (; i < m; ++i) f(std::integral_constant<int, 1>{}, i);
 }
 
-// One work item: query tokens [t0, t1) of the chunk, the query heads of KV head h.
-template <typename TQ, typename TC, int D>
+// The K^T panel [D, kKeys] (keys past nb zero) of keys [j0, j0 + nb) from key tiles: each tile
+// row (bf16: pair of rows) is already features x keys.
+template <typename TC, int D>
+inline void key_panel_from_tiles(float* kt, const TC* k, int64_t j0, int nb) {
+  constexpr int TK = detail::kTileKeys;
+  for (int jt = 0; jt < kKeys; jt += TK) {
+    const TC* tile = k + (j0 + jt) * D;
+    for (int d = 0; d < D; d += 2)
+      for (int c = 0; c < TK; c += W) {
+        float* r0 = kt + d * kKeys + jt + c;
+        float* r1 = r0 + kKeys;
+        if (jt >= nb) {  // no keys here (the tile may lie past max_seq): not read
+          VecF::zero().store(r0);
+          VecF::zero().store(r1);
+          continue;
+        }
+        VecF a, b;
+        if constexpr (std::is_same_v<TC, bf16>) {
+          load_pairs(tile + d * TK + 2 * c, a, b);
+        } else {
+          a = VecF::load(tile + d * TK + c);
+          b = VecF::load(tile + (d + 1) * TK + c);
+        }
+        a.store(r0);
+        b.store(r1);
+      }
+  }
+  for (int d = 0; d < D; ++d) std::fill(kt + d * kKeys + nb, kt + (d + 1) * kKeys, 0.0f);  // stale keys
+}
+
+// One work item: query tokens [t0, t1) of the chunk, the query heads of KV head h; K in key
+// tiles (KTiled) or rows.
+template <typename TQ, typename TC, int D, bool KTiled>
 void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, const TC* k,
                         const TC* v, int64_t t0, int64_t t1, int64_t start_pos, int64_t h,
                         int64_t group, float scale, float* scratch) {
@@ -118,6 +150,9 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
   for (int64_t j0 = 0; j0 < end; j0 += kKeys) {
     const int nb = static_cast<int>(std::min<int64_t>(kKeys, end - j0));
     // K^T panel and V block in float32; keys past nb are zero.
+    if constexpr (KTiled) {
+      key_panel_from_tiles<TC, D>(kt, k, j0, nb);
+    } else {
 #if defined(PYRUNTIME_VEC_AVX512)
     static_assert(kKeys % W == 0, "whole 16 x 16 tiles");
     for (int d0 = 0; d0 < D; d0 += W)
@@ -138,6 +173,7 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
       for (int dd = 0; dd < W; ++dd) std::fill(kt + (d0 + dd) * kKeys + nb, kt + (d0 + dd + 1) * kKeys, 0.0f);
     }
 #endif
+    }
     detail::convert(vf, v + j0 * D, int64_t(nb) * D);
     for_row_tiles(m, [&](auto rt, int64_t i0) { score_rows<D, decltype(rt)::value>(s + i0 * kKeys, qs + i0 * D, kt); });
     // Causal mask and online softmax, row by row.
@@ -175,7 +211,7 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
 template <typename TQ, typename TC, int D>
 void prefill_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, const TC* k_cache,
                   const TC* v_cache, int64_t tokens, int64_t start_pos, int64_t num_q_heads,
-                  int64_t num_kv_heads, int64_t max_seq, float scale, float* workspace) {
+                  int64_t num_kv_heads, int64_t max_seq, float scale, float* workspace, bool k_tiled) {
   const int64_t group = num_q_heads / num_kv_heads;
   const int64_t blocks = ceil_div(tokens, kQueryTokens);
   float* scratch = workspace + omp_get_thread_num() * scratch_floats(group, D);
@@ -186,8 +222,8 @@ void prefill_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, co
       const int64_t qb = blocks - 1 - b;
       const int64_t t0 = qb * kQueryTokens, t1 = std::min(tokens, t0 + kQueryTokens);
       const int64_t kv = h * max_seq * D;
-      attend_query_block<TQ, TC, D>(out, out_stride, q, q_stride, k_cache + kv, v_cache + kv, t0, t1,
-                                    start_pos, h, group, scale, scratch);
+      const auto attend = k_tiled ? attend_query_block<TQ, TC, D, true> : attend_query_block<TQ, TC, D, false>;
+      attend(out, out_stride, q, q_stride, k_cache + kv, v_cache + kv, t0, t1, start_pos, h, group, scale, scratch);
     }
 }
 
@@ -202,12 +238,13 @@ template <typename TQ, typename TC>
 void detail::prefill_attention_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride,
                                     const TC* k_cache, const TC* v_cache, int64_t tokens,
                                     int64_t start_pos, int64_t num_q_heads, int64_t num_kv_heads,
-                                    int64_t max_seq, int64_t head_dim, float scale, float* workspace) {
+                                    int64_t max_seq, int64_t head_dim, float scale, float* workspace,
+                                    bool k_tiled) {
   switch (head_dim) {
 #define PYRUNTIME_HEAD_DIM_CASE(D)                                                                   \
   case D:                                                                                            \
     return prefill_team<TQ, TC, D>(out, out_stride, q, q_stride, k_cache, v_cache, tokens, start_pos, \
-                                   num_q_heads, num_kv_heads, max_seq, scale, workspace);
+                                   num_q_heads, num_kv_heads, max_seq, scale, workspace, k_tiled);
     PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_CASE)
 #undef PYRUNTIME_HEAD_DIM_CASE
     default:
@@ -241,7 +278,7 @@ template void prefill_attention<bf16>(bf16*, const bf16*, const bf16*, const bf1
 #define PYRUNTIME_INSTANTIATE_TEAM(TQ, TC)                                                           \
   template void detail::prefill_attention_team<TQ, TC>(TQ*, int64_t, const TQ*, int64_t, const TC*, \
                                                        const TC*, int64_t, int64_t, int64_t, int64_t, \
-                                                       int64_t, int64_t, float, float*);
+                                                       int64_t, int64_t, float, float*, bool);
 PYRUNTIME_INSTANTIATE_TEAM(float, float)
 PYRUNTIME_INSTANTIATE_TEAM(bf16, bf16)
 PYRUNTIME_INSTANTIATE_TEAM(float, bf16)

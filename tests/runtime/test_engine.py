@@ -78,6 +78,29 @@ def test_int8_logits_match_dequantized_reference(tiny_llama):
     assert llm.weight_bytes < 0.3 * sum(p.numel() * 4 for p in model.parameters())
 
 
+@pytest.mark.parametrize("n", [12, 40, engine_mod.MAX_TOKENS + 10])
+def test_key_layouts_match_reference(tiny_llama, n):
+    # The engine keeps K in 16-key tiles when max_seq_len is a multiple of 16 and in rows
+    # otherwise (500). Calls of <= 16 tokens take the decode attention, longer ones the causal
+    # prefill: n covers both, over partial key blocks and tiles.
+    model, folder = tiny_llama
+    torch.manual_seed(2)
+    ids = torch.randint(100, 40000, (n,)).tolist()
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0]
+    got = {}
+    for dtype in ("float32", "bfloat16"):
+        for max_seq_len in (512, 500):
+            llm = pyruntime.LLM(folder, dtype=dtype, max_seq_len=max_seq_len, progress=False)
+            got[dtype, max_seq_len] = llm.logits(ids)
+    scale = want.abs().max().item()
+    for max_seq_len in (512, 500):
+        assert (got["float32", max_seq_len] - want).abs().max().item() < 1e-4 * scale
+    # bfloat16: the two layouts differ only in the order of the score sums.
+    assert (got["bfloat16", 512] - got["bfloat16", 500]).abs().max().item() < 2e-3 * scale
+    assert (got["bfloat16", 512] - want).abs().max().item() < 0.05 * scale
+
+
 def test_long_prompt_runs_in_chunks(llm, hf_model):
     # Longer than one engine call: the chunks after the first attend to the keys the first wrote.
     n = engine_mod.MAX_TOKENS * 2 + 37

@@ -323,6 +323,28 @@ inline void store2(bf16* p, const VecF& a, const VecF& b) {
 }
 #endif
 
+// W pairs of bf16 (2W elements): even = the first of every pair, odd = the second, as float32.
+// Each pair fills one 32-bit lane, so a shift and a mask widen both halves (no shuffle).
+inline void load_pairs(const bf16* p, VecF& even, VecF& odd) {
+#if defined(PYRUNTIME_VEC_AVX512)
+  const __m512i x = _mm512_loadu_si512(p);
+  even = VecF(_mm512_castsi512_ps(_mm512_slli_epi32(x, 16)));
+  odd = VecF(_mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u)))));
+#elif defined(PYRUNTIME_VEC_AVX2)
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  even = VecF(_mm256_castsi256_ps(_mm256_slli_epi32(x, 16)));
+  odd = VecF(_mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(0xffff0000u)))));
+#else
+  bf16 e[VecF::W], o[VecF::W];
+  for (int i = 0; i < VecF::W; ++i) {
+    e[i] = p[2 * i];
+    o[i] = p[2 * i + 1];
+  }
+  even = VecF::load(e);
+  odd = VecF::load(o);
+#endif
+}
+
 // Loads n <= W elements: a full vector when n == W, a masked one otherwise.
 template <typename T> inline VecF load_n(const T* p, int n) {
   return n == VecF::W ? VecF::load(p) : VecF::load_partial(p, n);
