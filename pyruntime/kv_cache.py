@@ -7,7 +7,9 @@ import torch
 
 class KVCache:
     """k and v [num_layers, batch, Hkv, max_seq_len, D]. Layer l of row b is the contiguous
-    block k[l, b] [Hkv, max_seq_len, D] the attention kernels read."""
+    block k[l, b] [Hkv, max_seq_len, D] the attention kernels read. The CPU engine fills k[l, b, h]
+    in its own order when max_seq_len is a multiple of 16 (tiles of 16 keys, features in rows:
+    csrc/cpu/attention_internal.h), so a cache it wrote is read by the engine, not by ops."""
 
     def __init__(self, num_layers: int, batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
                  dtype: torch.dtype, device: str = "cpu"):
