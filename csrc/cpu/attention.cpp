@@ -57,20 +57,8 @@ struct Prefetch {
   int keys = 0;          // keys to request from k and v
 };
 
-template <int D, typename S>
-inline void prefetch_keys(const Prefetch<S>& pf, int j0, int n) {
-  const int end = std::min(pf.keys, j0 + n);
-  if (j0 >= end) return;
-  const char* kp = reinterpret_cast<const char*>(pf.k);
-  const char* vp = reinterpret_cast<const char*>(pf.v);
-  for (int64_t off = int64_t(j0) * D * sizeof(S); off < int64_t(end) * D * int64_t(sizeof(S)); off += 64) {
-    __builtin_prefetch(kp + off, 0, 2);
-    __builtin_prefetch(vp + off, 0, 2);
-  }
-}
-
-// The part-th of `parts` equal slices of prefetch_keys(pf, j0, n)'s lines: a long range
-// requested a little at a time over a loop.
+// The part-th of `parts` equal slices of the lines of keys [j0, j0 + n) (within pf.keys) of
+// pf's K and V: a long range requested a little at a time over a loop.
 template <int D, typename S>
 inline void prefetch_keys_slice(const Prefetch<S>& pf, int j0, int n, int part, int parts) {
   const int end = std::min(pf.keys, j0 + n);
@@ -83,6 +71,12 @@ inline void prefetch_keys_slice(const Prefetch<S>& pf, int j0, int n, int part, 
     __builtin_prefetch(kp + i * 64, 0, 2);
     __builtin_prefetch(vp + i * 64, 0, 2);
   }
+}
+
+// Every line of keys [j0, j0 + n) of pf's K and V.
+template <int D, typename S>
+inline void prefetch_keys(const Prefetch<S>& pf, int j0, int n) {
+  prefetch_keys_slice<D>(pf, j0, n, 0, 1);
 }
 
 // Tiles of query heads handled together: every K or V vector loaded from L1 serves
