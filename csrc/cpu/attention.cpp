@@ -259,17 +259,17 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
         pf = {k + ahead * D, v + ahead * D, static_cast<int>(std::min<int64_t>(kPrefetchBlocks * kBlock, len - ahead))};
       attend_block<D, KTiled>(qf, group, k + j0 * D, v + j0 * D, nb, rec, pf);
     } else {
-      float* kb = scratch;
-      float* vb = scratch + kBlock * D;
-      for (auto [src, dst] : {std::pair{k, kb}, std::pair{v, vb}}) {
-        if (KTiled && dst == kb) continue;  // the tiles are read in place
+      // A zero-padded float32 copy of the rows (key tiles are read in place).
+      const auto padded = [&](const T* src, float* dst) {
         detail::convert(dst, src + j0 * D, int64_t(nb) * D);
         std::fill(dst + int64_t(nb) * D, dst + int64_t(kBlock) * D, 0.0f);
-      }
+        return dst;
+      };
+      const float* vb = padded(v, scratch + kBlock * D);
       if constexpr (KTiled)
         attend_block<D, true>(qf, group, k + j0 * D, vb, nb, rec, Prefetch<T>{});
       else
-        attend_block<D, false>(qf, group, kb, vb, nb, rec, Prefetch<float>{});
+        attend_block<D, false>(qf, group, padded(k, scratch), vb, nb, rec, Prefetch<float>{});
     }
   }
 }
