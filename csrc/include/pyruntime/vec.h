@@ -346,6 +346,18 @@ inline void load_pairs(const bf16* p, VecF& even, VecF& odd) {
 }
 
 // Loads n <= W elements: a full vector when n == W, a masked one otherwise.
+// How far ahead of the bytes being read the streaming kernels request lines from memory: one
+// core keeps too few misses in flight on demand alone to reach the memory bandwidth, and the
+// requests go out a few lines at a time, as the lines they stand in for are read.
+inline constexpr int64_t kPrefetchAheadBytes = 4096;
+
+// Requests the lines kPrefetchAheadBytes past the `bytes` bytes at p. Past the end of the
+// data this touches whatever follows, or unmapped memory: prefetches never fault.
+inline void prefetch_ahead(const void* p, int64_t bytes) {
+  const uintptr_t line = reinterpret_cast<uintptr_t>(p) + kPrefetchAheadBytes;
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(reinterpret_cast<const void*>(line + b), 0, 2);
+}
+
 template <typename T> inline VecF load_n(const T* p, int n) {
   return n == VecF::W ? VecF::load(p) : VecF::load_partial(p, n);
 }
