@@ -125,6 +125,14 @@ struct Store {
       std::vector<int8_t> q(w.size());
       std::vector<float> scales(w.size() / m.group);
       pyruntime::cpu::quantize_int8(w.data(), rows, cols, m.group, q.data(), scales.data());
+      if (rows % pyruntime::cpu::kInt8BlockRows == 0) {  // the faster layout, as the Python engine uses
+        std::vector<int8_t> qb(q.size());
+        std::vector<float> sb(scales.size());
+        pyruntime::cpu::pack_int8_rows(q.data(), scales.data(), rows, cols, m.group, qb.data(), sb.data());
+        q.swap(qb);
+        scales.swap(sb);
+        m.block_rows = pyruntime::cpu::kInt8BlockRows;
+      }
       bytes += q.size() + scales.size() * 4;
       q8.push_back(std::move(q));
       f32.push_back(std::move(scales));

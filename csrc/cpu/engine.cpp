@@ -61,22 +61,22 @@ struct RowsOf {
 template <>
 struct RowsOf<int8_t> {
   static detail::Q8Rows of(const Matrix& m) {
-    int shift = 0;
-    while ((int64_t(1) << shift) < m.group) ++shift;
-    return {static_cast<const int8_t*>(m.data), m.scales, m.cols, m.cols / m.group, shift};
+    const auto log2 = [](int64_t v) {
+      int shift = 0;
+      while ((int64_t(1) << shift) < v) ++shift;
+      return shift;
+    };
+    return {static_cast<const int8_t*>(m.data), m.scales, m.cols, 0, log2(m.group), log2(m.block_rows)};
   }
 };
 
 // out[i] = row r of m as float32.
 template <typename TW>
 inline void matrix_row_to_f32(float* out, const Matrix& m, int64_t r) {
-  const TW* row = static_cast<const TW*>(m.data) + r * m.cols;
-  if constexpr (std::is_same_v<TW, int8_t>) {
-    const float* s = m.scales + r * (m.cols / m.group);
-    for (int64_t i = 0; i < m.cols; i += W)
-      (VecF::load(row + i) * VecF::set1(s[i / m.group])).store(out + i);
-  } else {
-    detail::convert(out, row, m.cols);
+  const auto rows = RowsOf<TW>::of(m);
+  for (int64_t i = 0; i < m.cols; i += W) {
+    const int n = static_cast<int>(std::min<int64_t>(W, m.cols - i));
+    store_n(rows.load(r, i, n), out + i, n);
   }
 }
 
@@ -92,6 +92,9 @@ void check_matrix(const Matrix& m, int64_t rows, int64_t cols, WeightFormat f, c
                         cols % m.group == 0,
                     "engine: " + name + " group size " + std::to_string(m.group) +
                         " must be a power of two >= 16 dividing " + std::to_string(cols));
+    PYRUNTIME_CHECK((m.block_rows == 1 || m.block_rows == kInt8BlockRows) && rows % m.block_rows == 0,
+                    "engine: " + name + " block_rows " + std::to_string(m.block_rows) + " must be 1 or " +
+                        std::to_string(kInt8BlockRows) + " dividing " + std::to_string(rows) + " rows");
   }
 }
 

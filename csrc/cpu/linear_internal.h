@@ -22,20 +22,32 @@ struct DenseRows {
 
 // Rows of an int8 weight matrix [*, in] with one float32 scale per group of
 // (1 << group_shift) columns: weight = q * scale. Groups are whole vectors, so there are
-// no partial loads. The tiles sum q * x over a group first and scale that once.
+// no partial loads. The tiles sum q * x over a group first and scale that once. The rows are
+// plain (block_shift 0) or interleaved in blocks of 1 << block_shift rows (engine.h's Matrix):
+// group g of row r of a block at g * (block rows) * group + r * group within the block.
 struct Q8Rows {
   static constexpr bool kGrouped = true;
-  const int8_t* w;
-  const float* scales;  // [*, in >> group_shift]
-  int64_t stride, scale_stride;
-  int group_shift;
-  Q8Rows from(int64_t r) const {
-    return {w + r * stride, scales + r * scale_stride, stride, scale_stride, group_shift};
+  const int8_t* w;      // the matrix's first row (a block's start)
+  const float* scales;  // its scales
+  int64_t cols;
+  int64_t row0;  // the first row of this view
+  int group_shift, block_shift;
+  Q8Rows from(int64_t r) const { return {w, scales, cols, row0 + r, group_shift, block_shift}; }
+  // Column i of row r of this view, and the scale of its group g. Along a row, group g + 1
+  // follows group g group_step() values and scale_step() scales further on.
+  const int8_t* at(int64_t r, int64_t i) const {
+    const int64_t row = row0 + r, in_block = row & ((int64_t(1) << block_shift) - 1);
+    return w + (row - in_block) * cols + ((i >> group_shift) << (group_shift + block_shift)) +
+           (in_block << group_shift) + (i & ((int64_t(1) << group_shift) - 1));
   }
-  VecF load(int64_t r, int64_t i, int) const { return load_q(r, i) * VecF::set1(scale(r, i >> group_shift)); }
-  VecF load_q(int64_t r, int64_t i) const { return VecF::load(w + r * stride + i); }  // unscaled
-  float scale(int64_t r, int64_t g) const { return scales[r * scale_stride + g]; }
-  void prefetch(int64_t r, int64_t i) const { __builtin_prefetch(w + r * stride + i, 0, 2); }
+  const float* scale_at(int64_t r, int64_t g) const {
+    const int64_t row = row0 + r, in_block = row & ((int64_t(1) << block_shift) - 1);
+    return scales + (row - in_block) * (cols >> group_shift) + (g << block_shift) + in_block;
+  }
+  float scale(int64_t r, int64_t g) const { return *scale_at(r, g); }
+  int64_t group_step() const { return int64_t(1) << (group_shift + block_shift); }
+  int64_t scale_step() const { return int64_t(1) << block_shift; }
+  VecF load(int64_t r, int64_t i, int) const { return VecF::load(at(r, i)) * VecF::set1(scale(r, i >> group_shift)); }
   static int64_t row_bytes(int64_t in) { return in; }  // the scales are a separate, 1/16 as dense stream
 };
 
@@ -82,42 +94,49 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
   VecF acc[R * NT];
   for (auto& a : acc) a = VecF::zero();
   const int64_t ahead = Prefetch ? prefetch_rows_ahead<R, Rows>(in) : 0;
-  auto step = [&](VecF* sums, int64_t i, int n, auto dense) {
-    VecF xv[NT];
-    for (int t = 0; t < NT; ++t) xv[t] = load_n(x + t * x_stride + i, n);
-    for (int r = 0; r < R; ++r) {
-      VecF wv;
-      if constexpr (decltype(dense)::value) {
-        if constexpr (Prefetch) w.prefetch(ahead + r, i);
-        wv = w.load(r, i, n);
-      } else {
-        wv = w.load_q(r, i);
-      }
-      for (int t = 0; t < NT; ++t) sums[r * NT + t] = VecF::fma(wv, xv[t], sums[r * NT + t]);
-    }
-  };
   if constexpr (IsGrouped<Rows>::value) {
-    // int8: per group, sum q * x, then add that times the group's scale.
-    const int64_t group = int64_t(1) << w.group_shift;
-    for (int64_t g0 = 0; g0 < in; g0 += group) {
+    // int8: per group, sum q * x, then add that times the group's scale. Each row's values,
+    // scales and prefetch target advance by a fixed step per group (no addressing per load).
+    const int64_t group = int64_t(1) << w.group_shift, gstep = w.group_step(), sstep = w.scale_step();
+    const int8_t* wr[R];
+    const int8_t* pr[R];
+    const float* sr[R];
+    for (int r = 0; r < R; ++r) {
+      wr[r] = w.at(r, 0);
+      pr[r] = w.at(ahead + r, 0);
+      sr[r] = w.scale_at(r, 0);
+    }
+    for (int64_t g0 = 0, g = 0; g0 < in; g0 += group, ++g) {
       VecF part[R * NT];
       for (auto& a : part) a = VecF::zero();
       if constexpr (Prefetch)  // once per group: a group is at least half a cache line
-        for (int r = 0; r < R; ++r) w.prefetch(ahead + r, g0);
-      if (group == 4 * W) {  // the usual group of 64 (AVX-512): unrolled
-        for (int k = 0; k < 4; ++k) step(part, g0 + k * W, W, std::false_type{});
-      } else {
-        for (int64_t i = g0; i < g0 + group; i += W) step(part, i, W, std::false_type{});
+        for (int r = 0; r < R; ++r) __builtin_prefetch(pr[r] + g * gstep, 0, 2);
+      for (int64_t k = 0; k < group; k += W) {
+        VecF xv[NT];
+        for (int t = 0; t < NT; ++t) xv[t] = VecF::load(x + t * x_stride + g0 + k);
+        for (int r = 0; r < R; ++r) {
+          const VecF wv = VecF::load(wr[r] + g * gstep + k);
+          for (int t = 0; t < NT; ++t) part[r * NT + t] = VecF::fma(wv, xv[t], part[r * NT + t]);
+        }
       }
       for (int r = 0; r < R; ++r) {
-        const VecF s = VecF::set1(w.scale(r, g0 >> w.group_shift));
-        for (int t = 0; t < NT; ++t) acc[r * NT + t] = VecF::fma(part[r * NT + t], s, acc[r * NT + t]);
+        const VecF sv = VecF::set1(sr[r][g * sstep]);
+        for (int t = 0; t < NT; ++t) acc[r * NT + t] = VecF::fma(part[r * NT + t], sv, acc[r * NT + t]);
       }
     }
   } else {
+    auto step = [&](VecF* sums, int64_t i, int n) {
+      VecF xv[NT];
+      for (int t = 0; t < NT; ++t) xv[t] = load_n(x + t * x_stride + i, n);
+      for (int r = 0; r < R; ++r) {
+        if constexpr (Prefetch) w.prefetch(ahead + r, i);
+        const VecF wv = w.load(r, i, n);
+        for (int t = 0; t < NT; ++t) sums[r * NT + t] = VecF::fma(wv, xv[t], sums[r * NT + t]);
+      }
+    };
     int64_t i = 0;
-    for (; i + W <= in; i += W) step(acc, i, W, std::true_type{});
-    if (i < in) step(acc, i, static_cast<int>(in - i), std::true_type{});
+    for (; i + W <= in; i += W) step(acc, i, W);
+    if (i < in) step(acc, i, static_cast<int>(in - i));
   }
   store_tile<R, NT, Accumulate>(y, y_stride, acc);
 }
@@ -188,30 +207,41 @@ inline void quantize(int16_t* xq, float* xs, const float* x, int64_t x_stride, i
 
 #define PYRUNTIME_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
-template <int R, int NT, bool Accumulate, bool Prefetch>
+// G: the group size (32 or 64: a compile-time constant unrolls the group's loop).
+// ahead: prefetch_rows_ahead<R, Q8Rows>(in) (computed once per product: it divides).
+template <int R, int NT, bool Accumulate, bool Prefetch, int G>
 PYRUNTIME_VNNI inline void tile(float* y, int64_t y_stride, const int16_t* xq, int64_t in, const float* xs,
-                                const Q8Rows& w) {
+                                const Q8Rows& w, int64_t ahead) {
   static_assert(R * NT <= 16, "at most 16 accumulators");
-  const int64_t group = int64_t(1) << w.group_shift, groups = in >> w.group_shift;
+  constexpr int64_t group = G;
+  const int64_t groups = in / G;
   VecF acc[R * NT];
   for (auto& a : acc) a = VecF::zero();
-  const int64_t ahead = Prefetch ? prefetch_rows_ahead<R, Q8Rows>(in) : 0;
+  const int64_t gstep = w.group_step(), sstep = w.scale_step();
+  const int8_t* wr[R];  // each row's first group; group g at g * gstep further on
+  const int8_t* pr[R];  // the rows `ahead` further on, prefetched
+  const float* sr[R];
+  for (int r = 0; r < R; ++r) {
+    wr[r] = w.at(r, 0);
+    pr[r] = w.at(ahead + r, 0);
+    sr[r] = w.scale_at(r, 0);
+  }
   for (int64_t g0 = 0, g = 0; g0 < in; g0 += group, ++g) {
     __m512i part[R * NT];
     for (auto& p : part) p = _mm512_setzero_si512();
     if constexpr (Prefetch)
-      for (int r = 0; r < R; ++r) w.prefetch(ahead + r, g0);
-    for (int64_t i = g0; i < g0 + group; i += 32) {
+      for (int r = 0; r < R; ++r) __builtin_prefetch(pr[r] + g * gstep, 0, 2);
+    for (int64_t k = 0; k < group; k += 32) {
       __m512i xv[NT];
-      for (int t = 0; t < NT; ++t) xv[t] = _mm512_loadu_si512(xq + t * in + i);
+      for (int t = 0; t < NT; ++t) xv[t] = _mm512_loadu_si512(xq + t * in + g0 + k);
       for (int r = 0; r < R; ++r) {
         const __m512i wv =
-            _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.w + r * w.stride + i)));
+            _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[r] + g * gstep + k)));
         for (int t = 0; t < NT; ++t) part[r * NT + t] = _mm512_dpwssd_epi32(part[r * NT + t], wv, xv[t]);
       }
     }
     for (int r = 0; r < R; ++r) {
-      const float ws = w.scale(r, g);
+      const float ws = sr[r][g * sstep];
       for (int t = 0; t < NT; ++t)
         acc[r * NT + t] = VecF::fma(VecF(_mm512_cvtepi32_ps(part[r * NT + t])), VecF::set1(ws * xs[t * groups + g]),
                                     acc[r * NT + t]);
@@ -222,11 +252,12 @@ PYRUNTIME_VNNI inline void tile(float* y, int64_t y_stride, const int16_t* xq, i
 
 // Rows [row_begin, row_end) of w times every token of the quantised x, two tokens per tile;
 // the first tile of a row block prefetches the rows ahead.
-template <bool Accumulate>
+// (The group size G is 32 or 64.)
+template <bool Accumulate, int G>
 PYRUNTIME_VNNI inline void rows(float* y, int64_t y_stride, const int16_t* xq, const float* xs, const Q8Rows& w,
                                 int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end) {
-  const int64_t groups = in >> w.group_shift;
-  const auto block = [&](auto rows_c, int64_t r) {
+  const int64_t groups = in / G;
+  const auto block = [&](auto rows_c, int64_t r, int64_t ahead) {
     constexpr int R = decltype(rows_c)::value;
     const Q8Rows wr = w.from(r);
     for (int64_t t0 = 0; t0 < tokens; t0 += 2) {
@@ -234,16 +265,17 @@ PYRUNTIME_VNNI inline void rows(float* y, int64_t y_stride, const int16_t* xq, c
       const int16_t* xt = xq + t0 * in;
       const float* st = xs + t0 * groups;
       if (tokens - t0 >= 2)
-        t0 == 0 ? tile<R, 2, Accumulate, true>(yt, y_stride, xt, in, st, wr)
-                : tile<R, 2, Accumulate, false>(yt, y_stride, xt, in, st, wr);
+        t0 == 0 ? tile<R, 2, Accumulate, true, G>(yt, y_stride, xt, in, st, wr, ahead)
+                : tile<R, 2, Accumulate, false, G>(yt, y_stride, xt, in, st, wr, ahead);
       else
-        t0 == 0 ? tile<R, 1, Accumulate, true>(yt, y_stride, xt, in, st, wr)
-                : tile<R, 1, Accumulate, false>(yt, y_stride, xt, in, st, wr);
+        t0 == 0 ? tile<R, 1, Accumulate, true, G>(yt, y_stride, xt, in, st, wr, ahead)
+                : tile<R, 1, Accumulate, false, G>(yt, y_stride, xt, in, st, wr, ahead);
     }
   };
   int64_t r = row_begin;
-  for (; r + 4 <= row_end; r += 4) block(std::integral_constant<int, 4>{}, r);
-  for (; r < row_end; ++r) block(std::integral_constant<int, 1>{}, r);
+  const int64_t ahead4 = prefetch_rows_ahead<4, Q8Rows>(in), ahead1 = prefetch_rows_ahead<1, Q8Rows>(in);
+  for (; r + 4 <= row_end; r += 4) block(std::integral_constant<int, 4>{}, r, ahead4);
+  for (; r < row_end; ++r) block(std::integral_constant<int, 1>{}, r, ahead1);
 }
 
 #undef PYRUNTIME_VNNI
@@ -262,15 +294,18 @@ inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_st
                         int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end) {
 #if defined(PYRUNTIME_VEC_AVX512)
   if constexpr (std::is_same_v<Rows, Q8Rows>) {
-    if (vnni::available() && (int64_t(1) << w.group_shift) % 32 == 0 && row_begin < row_end) {
+    const int64_t group = int64_t(1) << w.group_shift;
+    if (vnni::available() && (group == 32 || group == 64) && row_begin < row_end) {
       // Every thread quantises x for itself (a few thousand values; no barrier needed).
       thread_local std::vector<int16_t> xq;
       thread_local std::vector<float> xs;
-      const int64_t group = int64_t(1) << w.group_shift;
       if (static_cast<int64_t>(xq.size()) < tokens * in) xq.resize(tokens * in);  // grows, then stays
       if (static_cast<int64_t>(xs.size()) < tokens * (in / group)) xs.resize(tokens * (in / group));
       vnni::quantize(xq.data(), xs.data(), x, x_stride, tokens, in, group);
-      vnni::rows<Accumulate>(y, y_stride, xq.data(), xs.data(), w, tokens, in, row_begin, row_end);
+      if (group == 64)
+        vnni::rows<Accumulate, 64>(y, y_stride, xq.data(), xs.data(), w, tokens, in, row_begin, row_end);
+      else
+        vnni::rows<Accumulate, 32>(y, y_stride, xq.data(), xs.data(), w, tokens, in, row_begin, row_end);
       return;
     }
   }

@@ -37,4 +37,20 @@ void quantize_int8(const float* w, int64_t rows, int64_t cols, int64_t group, in
     }
 }
 
+void pack_int8_rows(const int8_t* q, const float* scales, int64_t rows, int64_t cols, int64_t group,
+                    int8_t* q_out, float* scales_out) {
+  constexpr int64_t B = kInt8BlockRows;
+  PYRUNTIME_CHECK(rows % B == 0 && group > 0 && cols % group == 0,
+                  "pack_int8_rows: rows (" + std::to_string(rows) + ") must be a multiple of " + std::to_string(B) +
+                      " and cols (" + std::to_string(cols) + ") of group (" + std::to_string(group) + ")");
+  const int64_t groups = cols / group;
+  for (int64_t b = 0; b < rows / B; ++b)
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t r = 0; r < B; ++r) {
+        const int64_t row = b * B + r;
+        std::copy_n(q + row * cols + g * group, group, q_out + ((b * groups + g) * B + r) * group);
+        scales_out[(b * groups + g) * B + r] = scales[row * groups + g];
+      }
+}
+
 }  // namespace pyruntime::cpu

@@ -143,12 +143,28 @@ const float* EngineHandle::vector(const std::string& name, int64_t size, bool op
 
 cpu::Matrix EngineHandle::matrix(const std::string& name, WeightFormat format) {
   const at::Tensor& t = tensor(name);
-  TORCH_CHECK_VALUE(t.dim() == 2, "Engine: ", name, " must be 2-D, got ", t.sizes());
   TORCH_CHECK_VALUE(t.scalar_type() == storage_type(format), "Engine: ", name, " must be ",
                     storage_type(format), " for format ", cpu::weight_format_name(format), ", got ",
                     t.scalar_type());
   cpu::Matrix m;
   m.data = t.data_ptr();
+  if (format == WeightFormat::Int8 && t.dim() == 4) {
+    // Rows interleaved in blocks (pack_int8_rows): q [rows / B, groups, B, group], scales [rows / B, groups, B].
+    const at::Tensor& s = tensor(name + ".scales");
+    TORCH_CHECK_VALUE(t.size(2) == cpu::kInt8BlockRows && s.scalar_type() == at::kFloat && s.dim() == 3 &&
+                          s.sizes() == t.sizes().slice(0, 3),
+                      "Engine: ", name, " in row blocks must be int8 [rows / ", cpu::kInt8BlockRows,
+                      ", groups, ", cpu::kInt8BlockRows, ", group] with float32 scales [rows / ",
+                      cpu::kInt8BlockRows, ", groups, ", cpu::kInt8BlockRows, "], got ", t.sizes(), " and ",
+                      s.scalar_type(), " ", s.sizes());
+    m.rows = t.size(0) * t.size(2);
+    m.cols = t.size(1) * t.size(3);
+    m.group = t.size(3);
+    m.block_rows = t.size(2);
+    m.scales = s.data_ptr<float>();
+    return m;
+  }
+  TORCH_CHECK_VALUE(t.dim() == 2, "Engine: ", name, " must be 2-D, got ", t.sizes());
   m.rows = t.size(0);
   m.cols = t.size(1);
   if (format == WeightFormat::Int8) {

@@ -46,12 +46,13 @@ float stored(float w, float scale, cpu::WeightFormat f) {
 }
 
 // Storage of one matrix in the engine's format, plus the reference's copy of its values.
+// int8 with block_rows > 1: rows in blocks (pack_int8_rows) where their number allows.
 struct Stored {
-  std::vector<float> f32, scales;
+  std::vector<float> f32, scales, scales_blocked;
   std::vector<bf16> b16;
-  std::vector<int8_t> q;
+  std::vector<int8_t> q, q_blocked;
   Mat ref;
-  cpu::Matrix matrix(const Mat& w, int64_t rows, int64_t cols, cpu::WeightFormat f) {
+  cpu::Matrix matrix(const Mat& w, int64_t rows, int64_t cols, cpu::WeightFormat f, int64_t block_rows = 1) {
     ref.resize(w.size());
     cpu::Matrix m;
     m.rows = rows;
@@ -74,6 +75,14 @@ struct Stored {
       m.data = q.data();
       m.scales = scales.data();
       m.group = GROUP;
+      if (block_rows > 1 && rows % block_rows == 0) {
+        q_blocked.resize(q.size());
+        scales_blocked.resize(scales.size());
+        cpu::pack_int8_rows(q.data(), scales.data(), rows, cols, GROUP, q_blocked.data(), scales_blocked.data());
+        m.data = q_blocked.data();
+        m.scales = scales_blocked.data();
+        m.block_rows = block_rows;
+      }
     } else if (f == cpu::WeightFormat::BFloat16) {
       b16.resize(w.size());
       for (size_t i = 0; i < w.size(); ++i) {
@@ -174,7 +183,9 @@ void expect_close(const std::string& what, const float* got, const std::vector<d
   }
 }
 
-void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std::mt19937& rng) {
+// block_rows: int8 matrices in blocks of rows where their number allows (all but V's).
+void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std::mt19937& rng,
+                 int64_t block_rows = 1) {
   Model m;
   m.embed = random_mat(V * H, rng, 1.0f);
   m.lm_head = random_mat(V * H, rng, 0.2f);
@@ -185,8 +196,8 @@ void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std:
   s.hidden = H; s.inter = I; s.num_heads = HQ; s.num_kv_heads = HKV; s.head_dim = D; s.vocab = V;
   s.max_seq = S; s.rot_dim = ROT; s.eps = static_cast<float>(kEps); s.format = format; s.kv_dtype = kv;
   s.max_tokens = 48;
-  s.embed = st[0].matrix(m.embed, V, H, format);
-  s.lm_head = st[1].matrix(m.lm_head, V, H, format);
+  s.embed = st[0].matrix(m.embed, V, H, format, block_rows);
+  s.lm_head = st[1].matrix(m.lm_head, V, H, format, block_rows);
   s.final_norm = m.final_norm.data();
   m.layers.resize(L);
   for (int64_t l = 0; l < L; ++l) {
@@ -202,10 +213,10 @@ void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std:
     cpu::EngineLayer e;
     e.attn_norm = ly.attn_norm.data();
     e.mlp_norm = ly.mlp_norm.data();
-    e.qkv = st[2 + 4 * l].matrix(ly.qkv, QKV, H, format);
-    e.o = st[3 + 4 * l].matrix(ly.o, H, HQ * D, format);
-    e.gate_up = st[4 + 4 * l].matrix(ly.gate_up, 2 * I, H, format);
-    e.down = st[5 + 4 * l].matrix(ly.down, H, I, format);
+    e.qkv = st[2 + 4 * l].matrix(ly.qkv, QKV, H, format, block_rows);
+    e.o = st[3 + 4 * l].matrix(ly.o, H, HQ * D, format, block_rows);
+    e.gate_up = st[4 + 4 * l].matrix(ly.gate_up, 2 * I, H, format, block_rows);
+    e.down = st[5 + 4 * l].matrix(ly.down, H, I, format, block_rows);
     s.layers.push_back(e);
   }
   std::vector<float> cos_sin(S * ROT);
@@ -226,7 +237,8 @@ void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std:
   const size_t kv_elems = L * HKV * S * D * 2;  // generous: bytes of float32 for either dtype
   std::vector<float> k_cache(kv_elems, 0.0f), v_cache(kv_elems, 0.0f);
   std::vector<float> logits(prompt * V);
-  const std::string fmt = cpu::weight_format_name(format);
+  const std::string fmt =
+      std::string(cpu::weight_format_name(format)) + (block_rows > 1 ? " in row blocks" : "");
   // Prefill: every prompt token's logits in one call (more than 16 tokens: the GEMM path).
   engine.forward(tokens.data(), positions.data(), rows.data(), prompt, k_cache.data(), v_cache.data(), 1,
                  logits.data(), 0);
@@ -293,6 +305,7 @@ int main() {
   test_format(cpu::WeightFormat::Float32, pyruntime::DType::Float32, 1e-4, rng);
   test_format(cpu::WeightFormat::BFloat16, pyruntime::DType::BFloat16, 2e-2, rng);
   test_format(cpu::WeightFormat::Int8, pyruntime::DType::Float32, 1e-4, rng);
+  test_format(cpu::WeightFormat::Int8, pyruntime::DType::BFloat16, 2e-2, rng, cpu::kInt8BlockRows);
   std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

@@ -40,10 +40,12 @@ def test_quantize_int8_matches_reference(shape, group):
     assert (err <= s.repeat_interleave(group, dim=1) * 0.5 + 1e-6).all()
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, llm):
+# A vocabulary that is a multiple of 4 puts the tied embedding in the engine's int8 row blocks
+# too (pack_int8_rows); 49150 leaves it in plain rows.
+@pytest.fixture(scope="module", params=[49152, 49150], ids=["vocab-blocked", "vocab-plain"])
+def tiny_llama(tmp_path_factory, llm, request):
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    cfg = transformers.LlamaConfig(vocab_size=request.param, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                                    rms_norm_eps=1e-5, tie_word_embeddings=True)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
@@ -200,6 +202,32 @@ def test_engine_rejects_bad_weights(llm):
     with pytest.raises(ValueError, match="cos_sin"):
         C.Engine(cfg, "float32", torch.float32, {**t, "cos_sin": torch.zeros(2, 64)})
 
+
+
+def test_engine_int8_row_blocks_checked():
+    """int8 matrices come as plain rows or in row blocks (pack_int8_rows); a block layout whose
+    shapes do not agree is refused, naming the tensor."""
+    cfg = {"hidden": 32, "inter": 16, "num_heads": 2, "num_kv_heads": 1, "head_dim": 64, "vocab": 10,
+           "num_layers": 1, "max_seq": 4, "rot_dim": 64, "is_neox": 1, "eps": 1e-6, "scale": 0.125,
+           "max_tokens": 4, "threads": 1}
+    shapes = {"embed": (10, 32), "lm_head": (10, 32), "layers.0.qkv": (256, 32), "layers.0.o": (32, 128),
+              "layers.0.gate_up": (32, 32), "layers.0.down": (32, 16)}
+    t = {"final_norm": torch.ones(32), "cos_sin": torch.zeros(4, 64), "layers.0.attn_norm": torch.ones(32),
+         "layers.0.mlp_norm": torch.ones(32)}
+    for name, shape in shapes.items():
+        q, s = engine_mod.quantize_int8(torch.randn(shape), 16)
+        if shape[0] % 4 == 0:
+            q, s = engine_mod.pack_int8_rows(q, s)
+        t[name], t[name + ".scales"] = q, s
+    from pyruntime._ext import C
+    C.Engine(cfg, "int8", torch.bfloat16, t)  # the good one builds (vocab 10: plain rows)
+    q, s = t["layers.0.qkv"], t["layers.0.qkv.scales"]
+    with pytest.raises(ValueError, match="layers.0.qkv in row blocks"):
+        C.Engine(cfg, "int8", torch.bfloat16, {**t, "layers.0.qkv.scales": s.reshape(64, 4, 2)})
+    with pytest.raises(ValueError, match="layers.0.qkv in row blocks"):
+        C.Engine(cfg, "int8", torch.bfloat16, {**t, "layers.0.qkv": q.reshape(128, 2, 2, 16)})
+    with pytest.raises(ValueError, match="rows \\(10\\) must be a multiple of 4"):
+        engine_mod.pack_int8_rows(*engine_mod.quantize_int8(torch.randn(10, 32), 16))
 
 # The CUDA engine: these run where torch sees a GPU and pyruntime was built with CUDA (never
 # on the CPU-only build machines, which only compile it).

@@ -18,14 +18,21 @@ const char* weight_format_name(WeightFormat f);
 
 // A weight matrix [rows, cols] as stored: float32, bfloat16, or int8 with one float32
 // scale per group of `group` columns (weight = q * scale; group a power of two and a
-// multiple of 16 that divides cols).
+// multiple of 16 that divides cols). int8 rows are either plain (block_rows 1: q [rows, cols],
+// scales [rows, cols / group]) or interleaved in blocks of block_rows (4) rows as
+// pack_int8_rows writes them (q [rows / 4, cols / group, 4, group], scales
+// [rows / 4, cols / group, 4]): a product then reads one ascending stream per block.
 struct Matrix {
   const void* data = nullptr;
-  const float* scales = nullptr;  // int8: [rows, cols / group]
+  const float* scales = nullptr;  // int8 only
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t group = 0;
+  int64_t block_rows = 1;  // int8 only: 1 or kInt8BlockRows
 };
+
+// Rows per block of the interleaved int8 layout.
+constexpr int64_t kInt8BlockRows = 4;
 
 struct EngineLayer {
   const float* attn_norm = nullptr;  // [H]
@@ -57,6 +64,12 @@ int64_t int8_group_size(int64_t cols);
 // every row, scale = absmax / 127 and q = round(w / scale) (half to even; 0 where scale is 0).
 // \param w [rows, cols] float32; \param q [rows, cols]; \param scales [rows, cols / group]
 void quantize_int8(const float* w, int64_t rows, int64_t cols, int64_t group, int8_t* q, float* scales);
+
+// quantize_int8's plain rows interleaved in blocks of kInt8BlockRows (rows must be a multiple of
+// it): for every block, for every group, the block's rows' `group` values one row after the
+// other (and the scales likewise). Set the Matrix's block_rows to kInt8BlockRows for them.
+void pack_int8_rows(const int8_t* q, const float* scales, int64_t rows, int64_t cols, int64_t group,
+                    int8_t* q_out, float* scales_out);
 
 // The phases of a step, as the profiler names them.
 enum class Op : int {
