@@ -86,14 +86,14 @@ inline void store_tile(float* y, int64_t y_stride, const VecF* acc) {
 // requested from memory as these are read: one core cannot keep enough misses in flight otherwise.
 // (The accumulators are named locals, not the reduction's array: GCC keeps an array whose
 // address escapes in memory and stores it on every iteration.)
-template <int R, int NT, bool Accumulate, bool Prefetch = false, typename Rows>
+// \param ahead prefetch_rows_ahead<R, Rows>(in), computed once per product (it divides)
+template <int R, int NT, bool Accumulate, bool Prefetch, typename Rows>
 inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
-                        int64_t in) {
+                        int64_t in, int64_t ahead) {
   constexpr int W = VecF::W;
   static_assert(R * NT <= 16, "at most 16 accumulators");
   VecF acc[R * NT];
   for (auto& a : acc) a = VecF::zero();
-  const int64_t ahead = Prefetch ? prefetch_rows_ahead<R, Rows>(in) : 0;
   if constexpr (IsGrouped<Rows>::value) {
     // int8: per group, sum q * x, then add that times the group's scale. Each row's values,
     // scales and prefetch target advance by a fixed step per group (no addressing per load).
@@ -146,12 +146,12 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
 // tokens prefetches the rows ahead (prefetch_rows_ahead).
 template <int R, bool Accumulate, typename Rows>
 inline void linear_row_block(float* y, int64_t y_stride, const float* x, int64_t x_stride,
-                             const Rows& w, int64_t tokens, int64_t in) {
+                             const Rows& w, int64_t tokens, int64_t in, int64_t ahead) {
   // int8 tiles hold a partial sum per accumulator too: fewer tokens per tile keep both in registers.
   constexpr int kTokens = IsGrouped<Rows>::value ? 2 : 4;
   auto tile = [&](auto nt, auto prefetch, int64_t t0) {
     linear_tile<R, decltype(nt)::value, Accumulate, decltype(prefetch)::value>(
-        y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in);
+        y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in, ahead);
   };
   auto group = [&](auto prefetch, int64_t t0) {
     switch (tokens - t0 < kTokens ? tokens - t0 : kTokens) {
@@ -311,11 +311,12 @@ inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_st
   }
 #endif
   constexpr int R = 4;
+  const int64_t ahead4 = prefetch_rows_ahead<R, Rows>(in), ahead1 = prefetch_rows_ahead<1, Rows>(in);
   int64_t r = row_begin;
   for (; r + R <= row_end; r += R)
-    linear_row_block<R, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in);
+    linear_row_block<R, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in, ahead4);
   for (; r < row_end; ++r)
-    linear_row_block<1, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in);
+    linear_row_block<1, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in, ahead1);
 }
 
 // Products over many tokens (prefill chunks): a packed outer-product GEMM. kPanelRows rows
