@@ -1,6 +1,7 @@
 """`pyruntime bench`: decode latency of one sequence, with the machine's bandwidth measured
 in the same run: TTFT, time per output token p50/p90/p99, tokens/s and model bandwidth
-utilisation (MBU = bytes read per token x tokens/s / measured read bandwidth)."""
+utilisation (MBU = bytes read per token x tokens/s / measured read bandwidth). On CUDA
+(`--device cuda`) the bandwidth is the GPU's, from a device-to-device copy."""
 
 from __future__ import annotations
 
@@ -27,6 +28,23 @@ def _commit() -> str:
         return "unknown"
 
 
+def measure_cuda_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
+    """GPU memory bandwidth: bytes read plus written per second by a device-to-device copy of
+    nbytes (the median of 5 after a warm-up), the figure MBU is taken against on CUDA."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * src.numel() * 4 / statistics.median(times) / 1e9
+
+
 def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 3) -> dict:
     """Measures `reps` generations of new_tokens after a prompt of prompt_tokens tokens."""
     from pyruntime._ext import C
@@ -42,7 +60,8 @@ def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 
     for _ in range(reps):
         llm.logits(ids[:1])  # replace the cached prefix: every rep prefills the whole prompt
         runs.append(llm.generate(ids, max_new_tokens=new_tokens, ignore_eos=True).stats)
-    bandwidth = C.measure_read_bandwidth_gbps()
+    cuda = llm.device == "cuda"
+    bandwidth = measure_cuda_bandwidth_gbps() if cuda else C.measure_read_bandwidth_gbps()
     steps = [s for st in runs for s in st.decode_step_s]
     cfg = llm.config
     elem = torch.finfo(llm.kv_dtype).bits // 8
@@ -52,7 +71,8 @@ def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 
     tps = statistics.median(st.decode_tokens_per_s for st in runs)
     return {
         "model": str(llm.path), "dtype": llm.dtype, "threads": llm.threads, "commit": _commit(),
-        "cpu": platform.processor() or platform.machine(), "isa": C.cpu_isa(),
+        "device": llm.device, "cpu": platform.processor() or platform.machine(), "isa": C.cpu_isa(),
+        "gpu": torch.cuda.get_device_name() if cuda else None,
         "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "reps": reps,
         "ttft_ms": statistics.median(st.ttft_s for st in runs) * 1e3,
         "prefill_tokens_per_s": prompt_tokens / statistics.median(st.ttft_s for st in runs),
@@ -70,7 +90,8 @@ def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 
 
 def format_report(r: dict) -> str:
     return "\n".join([
-        f"pyruntime bench  commit {r['commit']}  {r['cpu']} ({r['isa']})  threads {r['threads']}",
+        f"pyruntime bench  commit {r['commit']}  "
+        + (f"{r['gpu']} (cuda)" if r.get("gpu") else f"{r['cpu']} ({r['isa']})  threads {r['threads']}"),
         f"model {r['model']}  dtype {r['dtype']}",
         f"weights {r['weight_bytes'] / 1e6:.1f} MB  KV cache {r['kv_cache_bytes'] / 1e6:.1f} MB (allocated for max_seq_len)",
         f"prompt {r['prompt_tokens']} tokens, {r['new_tokens']} new tokens, median of {r['reps']}",
@@ -78,7 +99,7 @@ def format_report(r: dict) -> str:
         f"TPOT p50/p90/p99 {r['tpot_ms_p50']:.2f} / {r['tpot_ms_p90']:.2f} / {r['tpot_ms_p99']:.2f} ms",
         f"decode          {r['decode_tokens_per_s']:.1f} tokens/s",
         f"MBU             {100 * r['mbu']:.0f}%  ({r['bytes_per_token'] / 1e6:.0f} MB/token, "
-        f"read bandwidth {r['read_bandwidth_gbps']:.1f} GB/s measured now)",
+        f"{'copy' if r.get('gpu') else 'read'} bandwidth {r['read_bandwidth_gbps']:.1f} GB/s measured now)",
     ])
 
 

@@ -14,6 +14,8 @@ def _model_args(p):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--max-seq-len", type=int, default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu (default) or cuda (a CUDA build and GPU; bfloat16 runs the CUDA engine, float32 the ops)")
 
 
 def _sampling_args(p):
@@ -35,7 +37,7 @@ def _sampling(ns) -> dict:
 def _load(ns):
     from pyruntime import LLM
 
-    return LLM(ns.model, dtype=ns.dtype, max_seq_len=ns.max_seq_len, threads=ns.threads)
+    return LLM(ns.model, dtype=ns.dtype, max_seq_len=ns.max_seq_len, threads=ns.threads, device=ns.device)
 
 
 def cmd_generate(ns) -> int:
@@ -85,6 +87,9 @@ def cmd_bench(ns) -> int:
 def cmd_profile(ns) -> int:
     from pyruntime.profile import format_profile, run_profile
 
+    if ns.device != "cpu":
+        raise ValueError("profile times the CPU engine's phases from inside it; on a GPU use "
+                         "benchmarks/bench_cuda_engine.py (CUDA graph step and kernel times) or nsys")
     report = run_profile(_load(ns), prompt_tokens=ns.prompt_tokens, new_tokens=ns.new_tokens, trace=ns.trace)
     print(format_profile(report))
     if ns.trace:

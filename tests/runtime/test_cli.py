@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import pyruntime
 
@@ -59,6 +60,29 @@ def test_ignore_eos_generates_exactly_max_new_tokens(llm):
     c = llm.generate(prompt, max_new_tokens=40, ignore_eos=True)
     assert len(c.token_ids) == 40 and c.finish_reason == "length"
     assert len(c.stats.decode_step_s) == 39
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_device_without_a_gpu_is_a_clean_error():
+    for args in (("bench", "--device", "cuda", "--dtype", "bfloat16"), ("generate", "hi", "--device", "cuda")):
+        r = run(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "device='cuda' needs a CUDA GPU" in r.stderr
+    r = run("profile", "--device", "cuda")
+    assert r.returncode == 2 and "profile times the CPU engine" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and pyruntime._ext.C.with_cuda),
+                    reason="needs a CUDA GPU and a CUDA build of pyruntime")
+def test_bench_on_cuda_reports_the_gpu(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run("bench", "--device", "cuda", "--dtype", "bfloat16", "--prompt-tokens", "16", "--new-tokens", "8",
+            "--reps", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert report["device"] == "cuda" and report["gpu"] == torch.cuda.get_device_name()
+    assert report["read_bandwidth_gbps"] > 100  # a GPU's copy bandwidth, not the host's
+    assert 0 < report["mbu"] < 2 and "(cuda)" in r.stdout
 
 
 def test_bad_model_is_a_clean_error():
