@@ -16,7 +16,7 @@ struct DenseRows {
   int64_t stride;
   DenseRows from(int64_t r) const { return {w + r * stride, stride}; }
   VecF load(int64_t r, int64_t i, int n) const { return load_n(w + r * stride + i, n); }
-  void prefetch(int64_t r, int64_t i) const { __builtin_prefetch(w + r * stride + i, 0, 2); }
+  void prefetch(int64_t r, int64_t i) const { __builtin_prefetch(w + r * stride + i, 0, 3); }
   static int64_t row_bytes(int64_t in) { return in * static_cast<int64_t>(sizeof(T)); }
 };
 
@@ -110,7 +110,7 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
       VecF part[R * NT];
       for (auto& a : part) a = VecF::zero();
       if constexpr (Prefetch)  // once per group: a group is at least half a cache line
-        for (int r = 0; r < R; ++r) __builtin_prefetch(pr[r] + g * gstep, 0, 2);
+        for (int r = 0; r < R; ++r) __builtin_prefetch(pr[r] + g * gstep, 0, 3);
       for (int64_t k = 0; k < group; k += W) {
         VecF xv[NT];
         for (int t = 0; t < NT; ++t) xv[t] = VecF::load(x + t * x_stride + g0 + k);
@@ -230,7 +230,7 @@ PYRUNTIME_VNNI inline void tile(float* y, int64_t y_stride, const int16_t* xq, i
     __m512i part[R * NT];
     for (auto& p : part) p = _mm512_setzero_si512();
     if constexpr (Prefetch)
-      for (int r = 0; r < R; ++r) __builtin_prefetch(pr[r] + g * gstep, 0, 2);
+      for (int r = 0; r < R; ++r) __builtin_prefetch(pr[r] + g * gstep, 0, 3);
     for (int64_t k = 0; k < group; k += 32) {
       __m512i xv[NT];
       for (int t = 0; t < NT; ++t) xv[t] = _mm512_loadu_si512(xq + t * in + g0 + k);
