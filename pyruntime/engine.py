@@ -52,13 +52,8 @@ def quantize_int8(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tens
 def pack_int8_rows(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_int8's rows interleaved in blocks of 4, the CPU engine's faster int8 layout (each
     block's groups one after the other, the block's 4 rows within each): q [rows / 4, groups, 4,
-    group], scales [rows / 4, groups, 4]. rows must be a multiple of 4."""
-    rows, groups = scales.shape
-    group = q.shape[1] // groups
-    if rows % 4:
-        raise ValueError(f"pack_int8_rows: rows ({rows}) must be a multiple of 4")
-    return (q.reshape(rows // 4, 4, groups, group).permute(0, 2, 1, 3).contiguous(),
-            scales.reshape(rows // 4, 4, groups).permute(0, 2, 1).contiguous())
+    group], scales [rows / 4, groups, 4]. rows must be a multiple of 4 (ValueError otherwise)."""
+    return C.pack_int8_rows(q.contiguous(), scales.contiguous())
 
 
 def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 
 #include <cstdlib>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "pyruntime/vec.h"
@@ -36,19 +37,26 @@ struct Q8Rows {
   // Column i of row r of this view, and the scale of its group g. Along a row, group g + 1
   // follows group g group_step() values and scale_step() scales further on.
   const int8_t* at(int64_t r, int64_t i) const {
-    const int64_t row = row0 + r, in_block = row & ((int64_t(1) << block_shift) - 1);
-    return w + (row - in_block) * cols + ((i >> group_shift) << (group_shift + block_shift)) +
+    const auto [block_row, in_block] = split_row(r);
+    return w + block_row * cols + ((i >> group_shift) << (group_shift + block_shift)) +
            (in_block << group_shift) + (i & ((int64_t(1) << group_shift) - 1));
   }
   const float* scale_at(int64_t r, int64_t g) const {
-    const int64_t row = row0 + r, in_block = row & ((int64_t(1) << block_shift) - 1);
-    return scales + (row - in_block) * (cols >> group_shift) + (g << block_shift) + in_block;
+    const auto [block_row, in_block] = split_row(r);
+    return scales + block_row * (cols >> group_shift) + (g << block_shift) + in_block;
   }
   float scale(int64_t r, int64_t g) const { return *scale_at(r, g); }
   int64_t group_step() const { return int64_t(1) << (group_shift + block_shift); }
   int64_t scale_step() const { return int64_t(1) << block_shift; }
   VecF load(int64_t r, int64_t i, int) const { return VecF::load(at(r, i)) * VecF::set1(scale(r, i >> group_shift)); }
   static int64_t row_bytes(int64_t in) { return in; }  // the scales are a separate, 1/16 as dense stream
+
+ private:
+  // Row r of this view as (its block's first row, its place in the block).
+  std::pair<int64_t, int64_t> split_row(int64_t r) const {
+    const int64_t row = row0 + r, in_block = row & ((int64_t(1) << block_shift) - 1);
+    return {row - in_block, in_block};
+  }
 };
 
 // How many rows ahead of a block of R rows [in columns] the tiles prefetch: whole blocks, at
@@ -99,11 +107,11 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
     // scales and prefetch target advance by a fixed step per group (no addressing per load).
     const int64_t group = int64_t(1) << w.group_shift, gstep = w.group_step(), sstep = w.scale_step();
     const int8_t* wr[R];
-    const int8_t* pr[R];
+    const int8_t* pr[R] = {};
     const float* sr[R];
     for (int r = 0; r < R; ++r) {
       wr[r] = w.at(r, 0);
-      pr[r] = w.at(ahead + r, 0);
+      if constexpr (Prefetch) pr[r] = w.at(ahead + r, 0);
       sr[r] = w.scale_at(r, 0);
     }
     for (int64_t g0 = 0, g = 0; g0 < in; g0 += group, ++g) {
@@ -218,12 +226,12 @@ PYRUNTIME_VNNI inline void tile(float* y, int64_t y_stride, const int16_t* xq, i
   VecF acc[R * NT];
   for (auto& a : acc) a = VecF::zero();
   const int64_t gstep = w.group_step(), sstep = w.scale_step();
-  const int8_t* wr[R];  // each row's first group; group g at g * gstep further on
-  const int8_t* pr[R];  // the rows `ahead` further on, prefetched
+  const int8_t* wr[R];       // each row's first group; group g at g * gstep further on
+  const int8_t* pr[R] = {};  // with Prefetch, the rows `ahead` further on
   const float* sr[R];
   for (int r = 0; r < R; ++r) {
     wr[r] = w.at(r, 0);
-    pr[r] = w.at(ahead + r, 0);
+    if constexpr (Prefetch) pr[r] = w.at(ahead + r, 0);
     sr[r] = w.scale_at(r, 0);
   }
   for (int64_t g0 = 0, g = 0; g0 < in; g0 += group, ++g) {

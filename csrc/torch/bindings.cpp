@@ -60,6 +60,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_int8", &pyruntime::quantize_int8, py::arg("w"), py::arg("group"),
         "int8 weight-only quantisation (absmax / 127 per group): (q, scales)");
   m.def("int8_group_size", &pyruntime::int8_group_size, py::arg("cols"));
+  m.def("pack_int8_rows", &pyruntime::pack_int8_rows, py::arg("q"), py::arg("scales"),
+        "quantize_int8's rows interleaved in blocks of 4: (q [rows / 4, groups, 4, group], scales [rows / 4, groups, 4])");
   py::class_<pyruntime::EngineHandle>(m, "Engine",
                                       "whole forward steps on the CPU with resident weights")
       .def(py::init<const std::map<std::string, double>&, const std::string&, at::ScalarType,

@@ -116,6 +116,25 @@ std::tuple<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& w, int64_t gr
   return {q, scales};
 }
 
+std::tuple<at::Tensor, at::Tensor> pack_int8_rows(const at::Tensor& q, const at::Tensor& scales) {
+  TORCH_CHECK_VALUE(q.device().is_cpu() && q.scalar_type() == at::kChar && q.dim() == 2 && q.is_contiguous(),
+                    "pack_int8_rows: q must be a contiguous int8 cpu matrix, got ", q.scalar_type(), " ",
+                    q.sizes(), " on ", q.device());
+  TORCH_CHECK_VALUE(scales.device().is_cpu() && scales.scalar_type() == at::kFloat && scales.dim() == 2 &&
+                        scales.is_contiguous() && scales.size(0) == q.size(0) && scales.size(1) > 0 &&
+                        q.size(1) % scales.size(1) == 0,
+                    "pack_int8_rows: scales must be a contiguous float32 cpu matrix [", q.size(0),
+                    ", groups] with groups dividing ", q.size(1), ", got ", scales.scalar_type(), " ",
+                    scales.sizes(), " on ", scales.device());
+  const int64_t rows = q.size(0), groups = scales.size(1), group = q.size(1) / groups, B = cpu::kInt8BlockRows;
+  TORCH_CHECK_VALUE(rows % B == 0, "pack_int8_rows: rows (", rows, ") must be a multiple of ", B);
+  at::Tensor q_out = at::empty({rows / B, groups, B, group}, q.options());
+  at::Tensor s_out = at::empty({rows / B, groups, B}, scales.options());
+  cpu::pack_int8_rows(q.data_ptr<int8_t>(), scales.data_ptr<float>(), rows, q.size(1), group,
+                      q_out.data_ptr<int8_t>(), s_out.data_ptr<float>());
+  return {q_out, s_out};
+}
+
 int64_t int8_group_size(int64_t cols) {
   try {
     return cpu::int8_group_size(cols);

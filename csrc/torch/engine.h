@@ -21,6 +21,9 @@ namespace pyruntime {
 // float32 [rows, cols / group]).
 std::tuple<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& w, int64_t group);
 int64_t int8_group_size(int64_t cols);
+// cpu::pack_int8_rows of quantize_int8's (q, scales): (q [rows / 4, groups, 4, group], scales
+// [rows / 4, groups, 4]), the engine's int8 row blocks.
+std::tuple<at::Tensor, at::Tensor> pack_int8_rows(const at::Tensor& q, const at::Tensor& scales);
 
 class EngineHandle {
  public:

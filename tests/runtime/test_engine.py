@@ -228,6 +228,20 @@ def test_engine_int8_row_blocks_checked():
         C.Engine(cfg, "int8", torch.bfloat16, {**t, "layers.0.qkv": q.reshape(128, 2, 2, 16)})
     with pytest.raises(ValueError, match="rows \\(10\\) must be a multiple of 4"):
         engine_mod.pack_int8_rows(*engine_mod.quantize_int8(torch.randn(10, 32), 16))
+    with pytest.raises(ValueError, match="scales must be a contiguous float32"):
+        engine_mod.pack_int8_rows(q.reshape(-1, 32)[:8], torch.ones(8, 3))
+
+
+@pytest.mark.parametrize("rows,cols,group", [(4, 32, 32), (12, 128, 64), (8, 96, 32)])
+def test_pack_int8_rows_layout(rows, cols, group):
+    """pack_int8_rows puts group g of row 4b + r at [b, g, r]: checked against a torch
+    reshape and permute of the plain rows."""
+    q, s = engine_mod.quantize_int8(torch.randn(rows, cols), group)
+    qb, sb = engine_mod.pack_int8_rows(q, s)
+    groups = cols // group
+    assert qb.shape == (rows // 4, groups, 4, group) and sb.shape == (rows // 4, groups, 4)
+    assert torch.equal(qb, q.reshape(rows // 4, 4, groups, group).permute(0, 2, 1, 3))
+    assert torch.equal(sb, s.reshape(rows // 4, 4, groups).permute(0, 2, 1))
 
 # The CUDA engine: these run where torch sees a GPU and pyruntime was built with CUDA (never
 # on the CPU-only build machines, which only compile it).
