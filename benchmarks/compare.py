@@ -9,7 +9,8 @@ dequantised weights pyruntime converts from that file); transformers (eager atte
 cache on, float32 and bfloat16). Figures: decode tokens/s at batch 1 (new tokens after a short
 prompt), prefill tokens/s (a long prompt, first token included), time to first token; the
 median of --reps repetitions, interleaved across runtimes; MBU against the read bandwidth
-measured in the same run; decode tokens/s against context length for the plot.
+measured in the same run; decode tokens/s against context length (the median of --context-reps
+sweeps, interleaved likewise) for the plot and MBU at the longest context.
 Writes compare.json and decode_vs_context.png under --out.
 """
 
@@ -163,6 +164,7 @@ def main():
     ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--contexts", default="128,512,1024,2048,4096")
     ap.add_argument("--context-new-tokens", type=int, default=32)
+    ap.add_argument("--context-reps", type=int, default=3, help="repetitions of the decode-against-context sweep")
     ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--skip", default="", help="comma-separated runtimes to leave out (llama.cpp, transformers)")
     ap.add_argument("--out", default="benchmarks/results")
@@ -209,16 +211,20 @@ def main():
         bandwidth.append(C.measure_read_bandwidth_gbps())
     bw = statistics.median(bandwidth)
 
-    by_context = {}
-    for dtype, rt in runtimes:
-        for ctx in contexts:
-            time.sleep(0.5)
-            rt.decode(short, 4)
-            _, tps = rt.decode(prompt_ids(tokenizer, ctx), a.context_new_tokens)
-            by_context.setdefault(f"{rt.name} {dtype}", {})[ctx] = tps
-            print(f"context {ctx:5d}: {rt.name:<12} {dtype:<9} {tps:7.1f} tok/s", flush=True)
-    bandwidth.append(C.measure_read_bandwidth_gbps())
+    # Decode against context: --context-reps repetitions, interleaved across runtimes as above;
+    # the figure is their median (MBU at the longest context is one of the targets).
+    context_samples = {}
+    for rep in range(a.context_reps):
+        for dtype, rt in runtimes:
+            for ctx in contexts:
+                time.sleep(0.5)
+                rt.decode(short, 4)
+                _, tps = rt.decode(prompt_ids(tokenizer, ctx), a.context_new_tokens)
+                context_samples.setdefault(f"{rt.name} {dtype}", {}).setdefault(ctx, []).append(tps)
+                print(f"rep {rep} context {ctx:5d}: {rt.name:<12} {dtype:<9} {tps:7.1f} tok/s", flush=True)
+        bandwidth.append(C.measure_read_bandwidth_gbps())
     bw = statistics.median(bandwidth)
+    by_context = {label: {ctx: statistics.median(v) for ctx, v in pts.items()} for label, pts in context_samples.items()}
 
     rows = []
     for dtype, rt in runtimes:
@@ -249,8 +255,10 @@ def main():
         commit = "unknown"
     report = {"machine": platform.processor() or platform.machine(), "isa": C.cpu_isa(), "threads": a.threads,
               "commit": commit, "read_bandwidth_gbps": bw, "bandwidth_samples": bandwidth, "reps": a.reps,
+              "context_reps": a.context_reps,
               "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "prefill_tokens": a.prefill_tokens,
-              "results": rows, "ratios": ratios, "decode_by_context": by_context}
+              "results": rows, "ratios": ratios, "decode_by_context": by_context,
+              "decode_by_context_samples": context_samples}
     (out / "compare.json").write_text(json.dumps(report, indent=1))
 
     print(f"\ncommit {commit}  threads {a.threads}  read bandwidth {bw:.1f} GB/s (median of {len(bandwidth)})")
