@@ -11,6 +11,8 @@ prompt), prefill tokens/s (a long prompt, first token included), time to first t
 median of --reps repetitions, interleaved across runtimes; MBU against the read bandwidth
 measured in the same run; decode tokens/s against context length (the median of --context-reps
 sweeps, interleaved likewise) for the plot and MBU at the longest context.
+Every repetition and sweep also records what else ran meanwhile (CPU time of other processes,
+hypervisor steal: `contention` in the JSON; a warning is printed above a tenth of a core).
 Writes compare.json and decode_vs_context.png under --out.
 """
 
@@ -30,6 +32,7 @@ import torch
 import pyruntime
 from pyruntime import models
 from pyruntime._ext import C
+from pyruntime.bench import CpuContention, contention_warning
 
 MODEL = "smollm2-135m-instruct"
 DTYPES = ["float32", "bfloat16", "int8"]
@@ -195,33 +198,44 @@ def main():
         rt.decode(short, 4)
         rt.prefill(short)
     samples = {(d, rt.name): {"ttft": [], "decode": [], "prefill": []} for d, rt in runtimes}
+    contention = []  # per repetition and sweep: CPU time of other processes, hypervisor steal
+
+    def note_contention(label, c):
+        contention.append({"part": label, "other_cpu_cores": c.other_cores, "steal_cpu_cores": c.steal_cores})
+        warning = contention_warning(c.other_cores, c.steal_cores)
+        if warning:
+            print(f"{label}: {warning}", flush=True)
+
     for rep in range(a.reps):
-        for dtype, rt in runtimes:
-            s = samples[(dtype, rt.name)]
-            # Every runtime starts alike: the previous one's worker threads gone idle (llama.cpp
-            # and torch spin-wait after their calls), its own weights touched once more.
-            time.sleep(0.5)
-            rt.decode(short, 4)
-            ttft, tps = rt.decode(short, a.new_tokens)
-            s["ttft"].append(ttft)
-            s["decode"].append(tps)
-            s["prefill"].append(a.prefill_tokens / rt.prefill(long_))
-            print(f"rep {rep}: {rt.name:<12} {dtype:<9} decode {tps:7.1f} tok/s  prefill {s['prefill'][-1]:7.1f} tok/s",
-                  flush=True)
+        with CpuContention() as busy:
+            for dtype, rt in runtimes:
+                s = samples[(dtype, rt.name)]
+                # Every runtime starts alike: the previous one's worker threads gone idle (llama.cpp
+                # and torch spin-wait after their calls), its own weights touched once more.
+                time.sleep(0.5)
+                rt.decode(short, 4)
+                ttft, tps = rt.decode(short, a.new_tokens)
+                s["ttft"].append(ttft)
+                s["decode"].append(tps)
+                s["prefill"].append(a.prefill_tokens / rt.prefill(long_))
+                print(f"rep {rep}: {rt.name:<12} {dtype:<9} decode {tps:7.1f} tok/s  "
+                      f"prefill {s['prefill'][-1]:7.1f} tok/s", flush=True)
+        note_contention(f"rep {rep}", busy)
         bandwidth.append(C.measure_read_bandwidth_gbps())
-    bw = statistics.median(bandwidth)
 
     # Decode against context: --context-reps repetitions, interleaved across runtimes as above;
     # the figure is their median (MBU at the longest context is one of the targets).
     context_samples = {}
     for rep in range(a.context_reps):
-        for dtype, rt in runtimes:
-            for ctx in contexts:
-                time.sleep(0.5)
-                rt.decode(short, 4)
-                _, tps = rt.decode(prompt_ids(tokenizer, ctx), a.context_new_tokens)
-                context_samples.setdefault(f"{rt.name} {dtype}", {}).setdefault(ctx, []).append(tps)
-                print(f"rep {rep} context {ctx:5d}: {rt.name:<12} {dtype:<9} {tps:7.1f} tok/s", flush=True)
+        with CpuContention() as busy:
+            for dtype, rt in runtimes:
+                for ctx in contexts:
+                    time.sleep(0.5)
+                    rt.decode(short, 4)
+                    _, tps = rt.decode(prompt_ids(tokenizer, ctx), a.context_new_tokens)
+                    context_samples.setdefault(f"{rt.name} {dtype}", {}).setdefault(ctx, []).append(tps)
+                    print(f"rep {rep} context {ctx:5d}: {rt.name:<12} {dtype:<9} {tps:7.1f} tok/s", flush=True)
+        note_contention(f"context sweep {rep}", busy)
         bandwidth.append(C.measure_read_bandwidth_gbps())
     bw = statistics.median(bandwidth)
     by_context = {label: {ctx: statistics.median(v) for ctx, v in pts.items()} for label, pts in context_samples.items()}
@@ -258,7 +272,7 @@ def main():
               "context_reps": a.context_reps,
               "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "prefill_tokens": a.prefill_tokens,
               "results": rows, "ratios": ratios, "decode_by_context": by_context,
-              "decode_by_context_samples": context_samples}
+              "decode_by_context_samples": context_samples, "contention": contention}
     (out / "compare.json").write_text(json.dumps(report, indent=1))
 
     print(f"\ncommit {commit}  threads {a.threads}  read bandwidth {bw:.1f} GB/s (median of {len(bandwidth)})")

@@ -6,9 +6,11 @@ utilisation (MBU = bytes read per token x tokens/s / measured read bandwidth). O
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -26,6 +28,51 @@ def _commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+class CpuContention:
+    """What else ran on this machine's CPUs while the `with` block ran, from /proc/stat and
+    /proc/self/stat (Linux): `other_cores`, the CPU time of every other process divided by the
+    wall time (0.5: half a core busy elsewhere on average), and `steal_cores`, the time the
+    hypervisor ran something else while this guest's CPUs wanted to run. Both stay None where
+    /proc is not there. Figures taken while either is more than a small fraction of a core
+    understate the machine: the engine's threads wait at every barrier for a descheduled one."""
+
+    other_cores: float | None = None
+    steal_cores: float | None = None
+
+    @staticmethod
+    def _snapshot():
+        with open("/proc/stat") as f:
+            cpu = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            mine = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        # /proc/stat: user nice system idle iowait irq softirq steal ...; /proc/self/stat fields
+        # 14 and 15 (utime, stime) are the 12th and 13th after the name.
+        busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6]
+        return time.monotonic(), busy, cpu[7] if len(cpu) > 7 else 0, int(mine[11]) + int(mine[12])
+
+    def __enter__(self):
+        try:
+            self._start = self._snapshot()
+        except (OSError, ValueError, IndexError):
+            self._start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._start is None:
+            return False
+        try:
+            end = self._snapshot()
+        except (OSError, ValueError, IndexError):
+            return False
+        wall = end[0] - self._start[0]
+        if wall > 0:
+            tick = os.sysconf("SC_CLK_TCK")
+            busy, steal, mine = (end[i] - self._start[i] for i in (1, 2, 3))
+            self.other_cores = max(0.0, (busy - mine) / tick / wall)
+            self.steal_cores = steal / tick / wall
+        return False
 
 
 def measure_cuda_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
@@ -57,9 +104,10 @@ def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 
     ids = (text_ids * (prompt_tokens // len(text_ids) + 1))[:prompt_tokens]
     llm.generate(ids, max_new_tokens=4, ignore_eos=True)  # warm-up
     runs = []
-    for _ in range(reps):
-        llm.logits(ids[:1])  # replace the cached prefix: every rep prefills the whole prompt
-        runs.append(llm.generate(ids, max_new_tokens=new_tokens, ignore_eos=True).stats)
+    with CpuContention() as contention:
+        for _ in range(reps):
+            llm.logits(ids[:1])  # replace the cached prefix: every rep prefills the whole prompt
+            runs.append(llm.generate(ids, max_new_tokens=new_tokens, ignore_eos=True).stats)
     cuda = llm.device == "cuda"
     bandwidth = measure_cuda_bandwidth_gbps() if cuda else C.measure_read_bandwidth_gbps()
     steps = [s for st in runs for s in st.decode_step_s]
@@ -85,11 +133,22 @@ def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 
         "bytes_per_token": bytes_per_token,
         "read_bandwidth_gbps": bandwidth,
         "mbu": bytes_per_token * tps / (bandwidth * 1e9),
+        "other_cpu_cores": contention.other_cores,
+        "steal_cpu_cores": contention.steal_cores,
     }
 
 
+def contention_warning(other_cores: float | None, steal_cores: float | None, threshold: float = 0.1) -> str | None:
+    """A line saying the machine was busy elsewhere during a measurement, or None."""
+    if other_cores is None or (other_cores < threshold and (steal_cores or 0.0) < threshold):
+        return None
+    return (f"warning: other processes used {other_cores:.2f} cores and the hypervisor stole "
+            f"{steal_cores or 0.0:.2f} on average while this ran: the figures understate this machine "
+            "(sharing it, give pyruntime fewer threads; see README, `threads`)")
+
+
 def format_report(r: dict) -> str:
-    return "\n".join([
+    lines = [
         f"pyruntime bench  commit {r['commit']}  "
         + (f"{r['gpu']} (cuda)" if r.get("gpu") else f"{r['cpu']} ({r['isa']})  threads {r['threads']}"),
         f"model {r['model']}  dtype {r['dtype']}",
@@ -100,7 +159,14 @@ def format_report(r: dict) -> str:
         f"decode          {r['decode_tokens_per_s']:.1f} tokens/s",
         f"MBU             {100 * r['mbu']:.0f}%  ({r['bytes_per_token'] / 1e6:.0f} MB/token, "
         f"{'copy' if r.get('gpu') else 'read'} bandwidth {r['read_bandwidth_gbps']:.1f} GB/s measured now)",
-    ])
+    ]
+    if r.get("other_cpu_cores") is not None:
+        lines.append(f"elsewhere       other processes {r['other_cpu_cores']:.2f} cores, hypervisor steal "
+                     f"{r['steal_cpu_cores']:.2f} cores (averages over the timed runs)")
+        warning = contention_warning(r["other_cpu_cores"], r["steal_cpu_cores"])
+        if warning:
+            lines.append(warning)
+    return "\n".join(lines)
 
 
 def write_json(r: dict, path: str) -> None:

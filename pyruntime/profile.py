@@ -12,6 +12,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from pyruntime.bench import CpuContention, contention_warning
 from pyruntime.engine import CpuEngine
 
 
@@ -39,7 +40,8 @@ def run_profile(llm, prompt_tokens: int = 128, new_tokens: int = 32, trace: str 
         raise ValueError("profile needs the CPU engine (device='cpu')")
     if prompt_tokens < 1 or new_tokens < 1 or prompt_tokens + new_tokens + 1 > llm.max_seq_len:
         raise ValueError(f"need prompt_tokens >= 1, new_tokens >= 1 and their sum < max_seq_len {llm.max_seq_len}")
-    calls, prefill_calls = _calls(llm, prompt_tokens, new_tokens)
+    with CpuContention() as contention:
+        calls, prefill_calls = _calls(llm, prompt_tokens, new_tokens)
     per_op = defaultdict(list)  # op -> total ns in each decode step
     step_ns = []
     for kind, events in calls[prefill_calls:]:
@@ -59,6 +61,7 @@ def run_profile(llm, prompt_tokens: int = 128, new_tokens: int = 32, trace: str 
         "new_tokens": new_tokens, "prefill_ms": sum(e - b for _, _, b, e in prefill) / 1e6,
         "decode_step_ms": step / 1e6,
         "ops": [{"op": op, "ms": ns / 1e6, "share": ns / step} for op, ns in rows],
+        "other_cpu_cores": contention.other_cores, "steal_cpu_cores": contention.steal_cores,
     }
 
 
@@ -95,4 +98,7 @@ def format_profile(r: dict) -> str:
         f"{'op':<16}{'ms/step':>10}{'share':>8}",
     ]
     lines += [f"{o['op']:<16}{o['ms']:>10.3f}{100 * o['share']:>7.1f}%" for o in r["ops"]]
+    warning = contention_warning(r.get("other_cpu_cores"), r.get("steal_cpu_cores"))
+    if warning:
+        lines.append(warning)
     return "\n".join(lines)

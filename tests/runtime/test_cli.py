@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -52,6 +53,28 @@ def test_bench_reports_latency_mbu_and_kv_cache(tmp_path, llm):
     assert 0 < report["mbu"] < 2 and report["read_bandwidth_gbps"] > 0
     want = report["bytes_per_token"] * report["decode_tokens_per_s"] / (report["read_bandwidth_gbps"] * 1e9)
     assert abs(report["mbu"] - want) < 1e-9
+    assert report["other_cpu_cores"] >= 0 and report["steal_cpu_cores"] >= 0 and "other processes" in r.stdout
+
+
+def test_cpu_contention_counts_other_processes_not_this_one():
+    """bench's CpuContention: a child process spinning through the whole block shows up as
+    about one core busy elsewhere; the same spinning in this process does not."""
+    from pyruntime.bench import CpuContention
+
+    spin = "import time\nt = time.time() + {}\nwhile time.time() < t: pass"
+    child = subprocess.Popen([sys.executable, "-c", spin.format(3.0)])
+    try:
+        time.sleep(0.5)  # the child is up and spinning
+        with CpuContention() as busy:
+            time.sleep(1.0)
+    finally:
+        child.kill()
+        child.wait()
+    with CpuContention() as mine:
+        exec(spin.format(1.0))
+    assert busy.other_cores > 0.6, busy.other_cores
+    assert mine.other_cores < 0.4, mine.other_cores
+    assert busy.steal_cores >= 0 and mine.steal_cores >= 0
 
 
 def test_ignore_eos_generates_exactly_max_new_tokens(llm):
