@@ -147,6 +147,16 @@ def contention_warning(other_cores: float | None, steal_cores: float | None, thr
             "(sharing it, give pyruntime fewer threads; see README, `threads`)")
 
 
+def contention_lines(r: dict) -> list[str]:
+    """The report lines on what else ran during a measurement (r's other_cpu_cores and
+    steal_cpu_cores): none where they were not measured, else the figures and any warning."""
+    if r.get("other_cpu_cores") is None:
+        return []
+    warning = contention_warning(r["other_cpu_cores"], r["steal_cpu_cores"])
+    return [f"elsewhere       other processes {r['other_cpu_cores']:.2f} cores, hypervisor steal "
+            f"{r['steal_cpu_cores']:.2f} cores (averages over the timed runs)"] + ([warning] if warning else [])
+
+
 def format_report(r: dict) -> str:
     lines = [
         f"pyruntime bench  commit {r['commit']}  "
@@ -160,13 +170,7 @@ def format_report(r: dict) -> str:
         f"MBU             {100 * r['mbu']:.0f}%  ({r['bytes_per_token'] / 1e6:.0f} MB/token, "
         f"{'copy' if r.get('gpu') else 'read'} bandwidth {r['read_bandwidth_gbps']:.1f} GB/s measured now)",
     ]
-    if r.get("other_cpu_cores") is not None:
-        lines.append(f"elsewhere       other processes {r['other_cpu_cores']:.2f} cores, hypervisor steal "
-                     f"{r['steal_cpu_cores']:.2f} cores (averages over the timed runs)")
-        warning = contention_warning(r["other_cpu_cores"], r["steal_cpu_cores"])
-        if warning:
-            lines.append(warning)
-    return "\n".join(lines)
+    return "\n".join(lines + contention_lines(r))
 
 
 def write_json(r: dict, path: str) -> None:

@@ -12,7 +12,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from pyruntime.bench import CpuContention, contention_warning
+from pyruntime.bench import CpuContention, contention_lines
 from pyruntime.engine import CpuEngine
 
 
@@ -98,7 +98,4 @@ def format_profile(r: dict) -> str:
         f"{'op':<16}{'ms/step':>10}{'share':>8}",
     ]
     lines += [f"{o['op']:<16}{o['ms']:>10.3f}{100 * o['share']:>7.1f}%" for o in r["ops"]]
-    warning = contention_warning(r.get("other_cpu_cores"), r.get("steal_cpu_cores"))
-    if warning:
-        lines.append(warning)
-    return "\n".join(lines)
+    return "\n".join(lines + contention_lines(r))

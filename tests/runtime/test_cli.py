@@ -118,7 +118,7 @@ def test_profile_writes_a_trace(tmp_path):
     trace = tmp_path / "trace.json"
     r = run("profile", "--dtype", "int8", "--prompt-tokens", "8", "--new-tokens", "3", "--trace", str(trace))
     assert r.returncode == 0, r.stderr
-    assert "gate_up_silu" in r.stdout and "decode step" in r.stdout
+    assert "gate_up_silu" in r.stdout and "decode step" in r.stdout and "other processes" in r.stdout
     shares = [float(line.split()[-1].rstrip("%")) for line in r.stdout.splitlines()
               if line.split() and line.split()[0] in ("qkv_proj", "attention", "gate_up_silu", "down_proj", "lm_head")]
     assert len(shares) == 5 and 50 < sum(shares) <= 100.5
