@@ -22,6 +22,22 @@ def device(request):
 
 
 
+@pytest.fixture(params=["cached", "streaming"])
+def store_path(request, device):
+    """The two ways the CPU kernels write a large output: ordinary stores, and streaming stores
+    (taken here for every size, so that small tensors with unaligned rows go through it too)."""
+    from pyruntime._ext import C as _C
+
+    if request.param == "streaming":
+        if device != "cpu":
+            pytest.skip("streaming stores are a CPU path")
+        _C.set_streaming_store_threshold(0)
+    else:
+        _C.set_streaming_store_threshold(1 << 62)
+    yield request.param
+    _C.set_streaming_store_threshold(-1)
+
+
 @pytest.fixture(scope="session")
 def llm():
     return pyruntime.LLM(MODEL, progress=False)

@@ -3,10 +3,12 @@
 // bandwidth measured in the same run, plus its float32 FMA rate (the compute ceiling).
 // A case whose data fits in the caches rotates over enough copies of its inputs that
 // every call reads from memory ("ws MB" is the working set over all copies).
-// Usage of every binary: bench_X [--json FILE] [--quick]
+// Usage of every binary: bench_X [--json FILE] [--quick] [--stream always|never]
+// (--stream overrides the kernels' choice of streaming stores for large outputs)
 #pragma once
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -41,9 +43,10 @@ struct Result {
   double median_us, gbps, fraction, working_set_mb;
 };
 
-// Copies of a case's inputs needed for a working set of at least 128 MiB (beyond any cache).
+// Copies of a case's inputs needed for a working set beyond the caches: twice the last-level
+// cache, and at least 128 MiB.
 inline int copies_for(double bytes) {
-  const double want = 128.0 * (1 << 20);
+  const double want = std::max(128.0 * (1 << 20), 2.0 * double(sysconf(_SC_LEVEL3_CACHE_SIZE)));
   return static_cast<int>(std::min(256.0, std::max(1.0, std::ceil(want / bytes))));
 }
 
@@ -110,8 +113,12 @@ inline int run(const char* binary, std::vector<Case>& cases, int argc, char** ar
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--stream") && i + 1 < argc && !std::strcmp(argv[i + 1], "always"))
+      pyruntime::cpu::set_streaming_store_threshold(0), ++i;
+    else if (!std::strcmp(argv[i], "--stream") && i + 1 < argc && !std::strcmp(argv[i + 1], "never"))
+      pyruntime::cpu::set_streaming_store_threshold(INT64_MAX), ++i;
     else {
-      std::fprintf(stderr, "usage: %s [--json FILE] [--quick]\n", binary);
+      std::fprintf(stderr, "usage: %s [--json FILE] [--quick] [--stream always|never]\n", binary);
       return 2;
     }
   }
@@ -119,6 +126,10 @@ inline int run(const char* binary, std::vector<Case>& cases, int argc, char** ar
   const double fma = measure_fma_gflops();
   std::printf("%s  commit %s  isa %s  threads %d  read bandwidth %.1f GB/s  fp32 FMA %.1f G/s\n",
               binary, PYRUNTIME_GIT_COMMIT, pyruntime::isa_name(), omp_get_max_threads(), bw, fma);
+  const int64_t stream_at = pyruntime::cpu::streaming_store_threshold();
+  std::printf("last-level cache %.1f MiB; streaming stores from %s per call\n",
+              double(sysconf(_SC_LEVEL3_CACHE_SIZE)) / (1 << 20),
+              stream_at == INT64_MAX ? "never" : (std::to_string(stream_at >> 20) + " MiB").c_str());
   std::printf("%-56s %8s %11s %9s %7s\n", "case", "ws MB", "median us", "GB/s", "of bw");
   std::vector<Result> results;
   for (auto& c : cases) {

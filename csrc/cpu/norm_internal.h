@@ -11,22 +11,30 @@ inline int lanes(int64_t hidden, int64_t i) {
   return static_cast<int>(hidden - i < VecF::W ? hidden - i : VecF::W);
 }
 
-// out = x * inv_rms * weight for one row already known to have sum of squares ss.
-template <typename T>
+// out = x * inv_rms * weight for one row already known to have sum of squares ss. With
+// Stream, the whole 2W blocks from out's first 64-byte boundary on bypass the caches.
+template <typename T, bool Stream = false>
 inline void scale_row(T* out, const T* x, const T* weight, int64_t hidden, float ss, float eps) {
   constexpr int W = VecF::W;
   VecF inv = VecF::set1(1.0f / std::sqrt(ss / static_cast<float>(hidden) + eps));
-  int64_t i = 0;
+  auto partial = [&](int64_t from, int64_t to) {
+    for (int64_t i = from; i < to; i += W) {
+      int n = lanes(to, i);
+      store_n(load_n(x + i, n) * inv * load_n(weight + i, n), out + i, n);
+    }
+  };
+  int64_t i = Stream ? lines_aligned_from(out, hidden) : 0;
+  partial(0, i);
   for (; i + 2 * W <= hidden; i += 2 * W) {
     VecF x0, x1, w0, w1;
     load2(x + i, x0, x1);
     load2(weight + i, w0, w1);
-    store2(out + i, x0 * inv * w0, x1 * inv * w1);
+    if constexpr (Stream)
+      stream2(out + i, x0 * inv * w0, x1 * inv * w1);
+    else
+      store2(out + i, x0 * inv * w0, x1 * inv * w1);
   }
-  for (; i < hidden; i += W) {
-    int n = lanes(hidden, i);
-    store_n(load_n(x + i, n) * inv * load_n(weight + i, n), out + i, n);
-  }
+  partial(i, hidden);
 }
 
 template <typename T>

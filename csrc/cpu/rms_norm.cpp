@@ -12,10 +12,19 @@ using detail::sum_squares;
 template <typename T>
 void rms_norm(T* out, int64_t out_stride, const T* x, int64_t x_stride, const T* weight,
               int64_t rows, int64_t hidden, float eps) {
-#pragma omp parallel for schedule(static) if (rows * hidden > 32768)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * x_stride;
-    scale_row(out + r * out_stride, xr, weight, hidden, sum_squares(xr, hidden), eps);
+  const bool stream = stream_output(rows * hidden * 2 * int64_t(sizeof(T)));
+#pragma omp parallel if (rows * hidden > 32768)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * x_stride;
+      T* o = out + r * out_stride;
+      if (stream)
+        scale_row<T, true>(o, xr, weight, hidden, sum_squares(xr, hidden), eps);
+      else
+        scale_row<T, false>(o, xr, weight, hidden, sum_squares(xr, hidden), eps);
+    }
+    if (stream) stream_fence();
   }
 }
 

@@ -17,11 +17,6 @@ inline void rotate_token(T* q, const HeadsView& qv, T* k, const HeadsView& kv, i
     detail::rotate_head(k + token * kv.token_stride + h * kv.head_stride, cos, sin, rot_dim, is_neox);
 }
 
-template <typename T>
-inline void copy_row(T* dst, const T* src, int64_t n) {
-  std::memcpy(dst, src, sizeof(T) * n);
-}
-
 }  // namespace
 
 template <typename T>
@@ -40,16 +35,28 @@ void rotary_embedding_and_cache(const int64_t* positions, T* q, HeadsView qv, T*
                                 int64_t tokens, int64_t max_seq, int64_t head_dim,
                                 const float* cos_sin_cache, int64_t rot_dim, bool is_neox) {
   const int64_t n = batch * tokens;
-#pragma omp parallel for schedule(static) if (n > 4)
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t b = i / tokens, pos = positions[i];
-    rotate_token(q, qv, k, kv, i, pos, cos_sin_cache, rot_dim, is_neox);
-    for (int64_t h = 0; h < kv.num_heads; ++h) {
-      const int64_t src = i * kv.token_stride + h * kv.head_stride;
-      const int64_t dst = ((b * kv.num_heads + h) * max_seq + pos) * head_dim;
-      copy_row(k_cache + dst, k + src, head_dim);
-      copy_row(v_cache + dst, v + src, head_dim);
+  // Bytes read and written: q and k rotated in place, v read, k and v written to the cache.
+  const int64_t row_bytes = head_dim * int64_t(sizeof(T));
+  const bool stream = stream_output(n * row_bytes * (2 * qv.num_heads + 5 * kv.num_heads));
+#pragma omp parallel if (n > 4)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = i / tokens, pos = positions[i];
+      rotate_token(q, qv, k, kv, i, pos, cos_sin_cache, rot_dim, is_neox);
+      for (int64_t h = 0; h < kv.num_heads; ++h) {
+        const int64_t src = i * kv.token_stride + h * kv.head_stride;
+        const int64_t dst = ((b * kv.num_heads + h) * max_seq + pos) * head_dim;
+        if (stream) {
+          stream_copy(k_cache + dst, k + src, head_dim);
+          stream_copy(v_cache + dst, v + src, head_dim);
+        } else {
+          std::memcpy(k_cache + dst, k + src, row_bytes);
+          std::memcpy(v_cache + dst, v + src, row_bytes);
+        }
+      }
     }
+    if (stream) stream_fence();
   }
 }
 

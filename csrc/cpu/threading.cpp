@@ -1,6 +1,9 @@
 #include <omp.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <vector>
@@ -12,6 +15,18 @@ namespace pyruntime::cpu {
 
 namespace {
 int g_default_threads = 0;
+
+int64_t default_streaming_threshold() {
+  const long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return (llc > 0 ? int64_t(llc) : int64_t(32) << 20) / 4 * 3;
+}
+std::atomic<int64_t> g_streaming_threshold{default_streaming_threshold()};
+}  // namespace
+
+int64_t streaming_store_threshold() { return g_streaming_threshold.load(std::memory_order_relaxed); }
+
+void set_streaming_store_threshold(int64_t bytes) {
+  g_streaming_threshold.store(bytes < 0 ? default_streaming_threshold() : bytes, std::memory_order_relaxed);
 }
 
 int num_threads() { return omp_get_max_threads(); }

@@ -56,6 +56,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bytes") = int64_t(1) << 30, pybind11::call_guard<pybind11::gil_scoped_release>(),
         "read bandwidth of this machine now (all kernel threads), GB/s");
   m.def("set_cpu_num_threads", &pyruntime::cpu::set_num_threads, "0 restores the default");
+  m.def("streaming_store_threshold", &pyruntime::cpu::streaming_store_threshold,
+        "bytes per call from which CPU kernels write their outputs with streaming stores");
+  m.def("set_streaming_store_threshold", &pyruntime::cpu::set_streaming_store_threshold, pybind11::arg("bytes"),
+        "0 streams always, -1 restores the default (3/4 of the last-level cache)");
   namespace py = pybind11;
   m.def("quantize_int8", &pyruntime::quantize_int8, py::arg("w"), py::arg("group"),
         "int8 weight-only quantisation (absmax / 127 per group): (q, scales)");

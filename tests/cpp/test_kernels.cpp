@@ -237,8 +237,13 @@ void run_all(std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(1234);
-  run_all<float>(rng);
-  run_all<bf16>(rng);
+  // Twice: with ordinary stores at these sizes, then with the streaming stores the kernels
+  // take for outputs beyond the last-level cache forced on for every size.
+  for (int64_t threshold : {int64_t(-1), int64_t(0)}) {
+    cpu::set_streaming_store_threshold(threshold);
+    run_all<float>(rng);
+    run_all<bf16>(rng);
+  }
   std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

@@ -8,7 +8,7 @@ from tests.tolerances import assert_close, dtypes_for
 
 @pytest.mark.parametrize("inter", [1, 7, 64, 83, 1536, 5120 + 8, 14336])
 @pytest.mark.parametrize("rows", [1, 4])
-def test_silu_and_mul(device, rows, inter):
+def test_silu_and_mul(device, store_path, rows, inter):
     for dtype in dtypes_for(device):
         x = torch.randn(rows, 2 * inter, dtype=dtype, device=device) * 4
         assert_close(ops.silu_and_mul(x), ref.silu_and_mul(x.cpu()))

@@ -11,7 +11,7 @@ ROWS = [1, 3, 17]
 
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("rows", ROWS)
-def test_rms_norm(device, rows, hidden):
+def test_rms_norm(device, store_path, rows, hidden):
     for dtype in dtypes_for(device):
         x = torch.randn(rows, hidden, dtype=dtype, device=device)
         w = torch.randn(hidden, dtype=dtype, device=device)
@@ -32,7 +32,7 @@ def test_rms_norm_matches_hf_llama_rmsnorm(device):
 
 
 @pytest.mark.parametrize("hidden", [64, 83, 4096])
-def test_rms_norm_strided_rows(device, hidden):
+def test_rms_norm_strided_rows(device, store_path, hidden):
     base = torch.randn(9, hidden * 2, device=device)
     x = base[::2, :hidden]  # row stride 4 * hidden, last dim contiguous
     w = torch.randn(hidden, device=device)

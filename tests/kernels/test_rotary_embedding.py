@@ -83,9 +83,10 @@ def test_rotary_strided_views_of_fused_qkv(device):
 
 @pytest.mark.parametrize("batch,tokens", [(1, 1), (4, 1), (1, 13), (3, 5)])
 @pytest.mark.parametrize("heads", [(9, 3), (32, 8)])
-def test_rotary_embedding_and_cache(device, batch, tokens, heads):
+@pytest.mark.parametrize("d", [64, 80])
+def test_rotary_embedding_and_cache(device, store_path, batch, tokens, heads, d):
     hq, hkv = heads
-    d, s_max = 64, 64
+    s_max = 64
     cache = ref.cos_sin_cache(256, d).to(device)
     for dtype in dtypes_for(device):
         positions = torch.stack([torch.randperm(s_max)[:tokens] for _ in range(batch)]).to(device)

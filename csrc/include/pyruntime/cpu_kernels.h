@@ -17,6 +17,15 @@ void set_num_threads(int n);
 // a memory-bound kernel can reach on this machine now, in GB/s.
 double measure_read_bandwidth_gbps(int64_t bytes = int64_t(1) << 30);
 
+// Out-of-place kernels write their output with streaming stores (no write-allocate read of
+// each output line, caches left alone) when one call moves at least this many bytes: its
+// output would be evicted from the last-level cache before a consumer could read it back.
+// The default is 3/4 of the last-level cache (32 MiB where the size is unknown);
+// set_streaming_store_threshold(-1) restores it, 0 streams always (tests of both paths).
+int64_t streaming_store_threshold();
+void set_streaming_store_threshold(int64_t bytes);
+inline bool stream_output(int64_t call_bytes) { return call_bytes >= streaming_store_threshold(); }
+
 // out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight
 // \param out    [rows, hidden], row stride out_stride
 // \param x      [rows, hidden], row stride x_stride

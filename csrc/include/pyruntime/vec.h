@@ -323,6 +323,72 @@ inline void store2(bf16* p, const VecF& a, const VecF& b) {
 }
 #endif
 
+// Streaming (non-temporal) stores: 2W elements at p go to memory through the write-combining
+// buffers, without the line being read first (no write-allocate) and without evicting cached
+// data. p must be aligned to 64 bytes or to the 2W block (lines_aligned_from tells where that
+// starts); the stores are weakly ordered, so the writer ends with stream_fence() before
+// another thread may read the data. The scalar build stores normally.
+template <typename T>
+inline void stream2(T* p, const VecF& a, const VecF& b) {
+#if defined(PYRUNTIME_VEC_AVX512)
+  if constexpr (sizeof(T) == 4) {
+    _mm512_stream_ps(reinterpret_cast<float*>(p), a.v);
+    _mm512_stream_ps(reinterpret_cast<float*>(p) + VecF::W, b.v);
+  } else {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_packus_epi32(a.bf16_bits(), b.bf16_bits()));
+  }
+#elif defined(PYRUNTIME_VEC_AVX2)
+  if constexpr (sizeof(T) == 4) {
+    _mm256_stream_ps(reinterpret_cast<float*>(p), a.v);
+    _mm256_stream_ps(reinterpret_cast<float*>(p) + VecF::W, b.v);
+  } else {
+    alignas(32) bf16 tmp[2 * VecF::W];
+    store2(tmp, a, b);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
+  }
+#else
+  store2(p, a, b);
+#endif
+}
+
+inline void stream_fence() {
+#if defined(PYRUNTIME_VEC_AVX512) || defined(PYRUNTIME_VEC_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// Elements of p[0..n) before the first 64-byte boundary (n when p is not aligned to its own
+// element size, so that nothing is streamed).
+template <typename T>
+inline int64_t lines_aligned_from(const T* p, int64_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (a % sizeof(T) != 0) return n;
+  const int64_t head = static_cast<int64_t>((64 - a % 64) % 64 / sizeof(T));
+  return head < n ? head : n;
+}
+
+// dst[0..n) = src[0..n), the whole lines from dst's first 64-byte boundary on written with
+// streaming stores (bits copied as they are). Ends with the writer's stream_fence() owed.
+template <typename T>
+inline void stream_copy(T* dst, const T* src, int64_t n) {
+  int64_t i = lines_aligned_from(dst, n);
+  std::memcpy(dst, src, sizeof(T) * i);
+#if defined(PYRUNTIME_VEC_AVX512) || defined(PYRUNTIME_VEC_AVX2)
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (; i + kLine <= n; i += kLine) {
+#if defined(PYRUNTIME_VEC_AVX512)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), _mm512_loadu_si512(src + i));
+#else
+    const __m256i* s = reinterpret_cast<const __m256i*>(src + i);
+    __m256i* d = reinterpret_cast<__m256i*>(dst + i);
+    _mm256_stream_si256(d, _mm256_loadu_si256(s));
+    _mm256_stream_si256(d + 1, _mm256_loadu_si256(s + 1));
+#endif
+  }
+#endif
+  std::memcpy(dst + i, src + i, sizeof(T) * (n - i));
+}
+
 // W pairs of bf16 (2W elements): even = the first of every pair, odd = the second, as float32.
 // Each pair fills one 32-bit lane, so a shift and a mask widen both halves (no shuffle).
 inline void load_pairs(const bf16* p, VecF& even, VecF& odd) {
