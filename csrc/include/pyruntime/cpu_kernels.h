@@ -13,8 +13,9 @@ namespace pyruntime::cpu {
 int num_threads();
 void set_num_threads(int n);
 
-// STREAM-style read of `bytes` bytes by all threads (median of a few passes): the bandwidth
-// a memory-bound kernel can reach on this machine now, in GB/s.
+// STREAM-style read of `bytes` bytes by all threads (median of a few passes; the faster of one
+// and eight interleaved streams per thread): the bandwidth a memory-bound kernel can reach on
+// this machine now, in GB/s.
 double measure_read_bandwidth_gbps(int64_t bytes = int64_t(1) << 30);
 
 // Out-of-place kernels write their output with streaming stores (no write-allocate read of
