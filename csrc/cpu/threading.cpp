@@ -42,18 +42,16 @@ namespace {
 // `streams` contiguous sections interleaved four vectors at a time (what does not fill whole
 // sections is left out of the timing, never read past).
 double read_gbps(const float* buf, int64_t n, int streams) {
+  const int threads = omp_get_max_threads();
+  const int64_t share = n / threads;
+  const int64_t section = share / streams / (4 * VecF::W) * (4 * VecF::W);
   std::vector<double> times;
-  int64_t bytes_read = 0;
   volatile float sink = 0.0f;
   for (int pass = 0; pass < 7; ++pass) {
     const auto t0 = std::chrono::steady_clock::now();
     float total = 0.0f;
-#pragma omp parallel reduction(+ : total)
+#pragma omp parallel num_threads(threads) reduction(+ : total)
     {
-      const int64_t share = n / omp_get_num_threads();
-      const int64_t section = share / streams / (4 * VecF::W) * (4 * VecF::W);
-#pragma omp single nowait
-      bytes_read = section * streams * omp_get_num_threads() * int64_t(sizeof(float));
       const float* base = buf + share * omp_get_thread_num();
       VecF a0 = VecF::zero(), a1 = VecF::zero(), a2 = VecF::zero(), a3 = VecF::zero();
       for (int64_t i = 0; i < section; i += 4 * VecF::W)
@@ -70,7 +68,7 @@ double read_gbps(const float* buf, int64_t n, int streams) {
     if (pass > 0) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(times.begin(), times.end());
-  return double(bytes_read) / times[times.size() / 2] / 1e9;
+  return double(section) * streams * threads * sizeof(float) / times[times.size() / 2] / 1e9;
 }
 
 }  // namespace
