@@ -55,6 +55,29 @@ inline float sum_squares(const T* x, int64_t hidden) {
   return (acc0 + acc1).reduce_sum();
 }
 
+// ss[r] = sum_squares(x + r * stride, hidden) for R rows read side by side, 2W elements of
+// each in turn: R streams from memory at once where one row at a time is one.
+template <int R, typename T>
+inline void sum_squares_rows(const T* x, int64_t stride, int64_t hidden, float* ss) {
+  constexpr int W = VecF::W;
+  VecF acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = VecF::zero();
+  int64_t i = 0;
+  for (; i + 2 * W <= hidden; i += 2 * W)
+    for (int r = 0; r < R; ++r) {
+      VecF v0, v1;
+      load2(x + r * stride + i, v0, v1);
+      acc0[r] = VecF::fma(v0, v0, acc0[r]);
+      acc1[r] = VecF::fma(v1, v1, acc1[r]);
+    }
+  for (; i < hidden; i += W)
+    for (int r = 0; r < R; ++r) {
+      VecF v = load_n(x + r * stride + i, lanes(hidden, i));
+      acc0[r] = VecF::fma(v, v, acc0[r]);
+    }
+  for (int r = 0; r < R; ++r) ss[r] = (acc0[r] + acc1[r]).reduce_sum();
+}
+
 // out = rms_norm(x) * weight for one row.
 template <typename T>
 inline void rms_norm_row(T* out, const T* x, const T* weight, int64_t hidden, float eps) {

@@ -1,3 +1,5 @@
+#include <omp.h>
+
 #include "norm_internal.h"
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/vec.h"
@@ -13,17 +15,26 @@ template <typename T>
 void rms_norm(T* out, int64_t out_stride, const T* x, int64_t x_stride, const T* weight,
               int64_t rows, int64_t hidden, float eps) {
   const bool stream = stream_output(rows * hidden * 2 * int64_t(sizeof(T)));
+  const auto row = [&](int64_t r, float ss) {
+    if (stream)
+      scale_row<T, true>(out + r * out_stride, x + r * x_stride, weight, hidden, ss, eps);
+    else
+      scale_row<T, false>(out + r * out_stride, x + r * x_stride, weight, hidden, ss, eps);
+  };
 #pragma omp parallel if (rows * hidden > 32768)
   {
-#pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = x + r * x_stride;
-      T* o = out + r * out_stride;
-      if (stream)
-        scale_row<T, true>(o, xr, weight, hidden, sum_squares(xr, hidden), eps);
-      else
-        scale_row<T, false>(o, xr, weight, hidden, sum_squares(xr, hidden), eps);
+    // Each thread's rows as kStreams runs read side by side (a row of each at a time), then
+    // what is left over one row at a time.
+    constexpr int kStreams = 4;
+    const int threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = rows * t / threads, end = rows * (t + 1) / threads;
+    const int64_t run = (end - begin) / kStreams;
+    for (int64_t i = 0; i < run; ++i) {
+      float ss[kStreams];
+      detail::sum_squares_rows<kStreams>(x + (begin + i) * x_stride, run * x_stride, hidden, ss);
+      for (int s = 0; s < kStreams; ++s) row(begin + s * run + i, ss[s]);
     }
+    for (int64_t r = begin + kStreams * run; r < end; ++r) row(r, sum_squares(x + r * x_stride, hidden));
     if (stream) stream_fence();
   }
 }

@@ -212,6 +212,7 @@ void test_prefill_attention(int64_t tokens, int64_t start_pos, int64_t hq, int64
 template <typename T>
 void run_all(std::mt19937& rng) {
   for (int64_t hidden : {1, 7, 64, 83, 576, 769, 5128}) test_rms_norm<T>(3, hidden, rng);
+  for (int64_t rows : {9, 37}) test_rms_norm<T>(rows, 1031, rng);  // rows read four at a time, and the rest
   for (int64_t inter : {1, 13, 64, 1536}) test_silu_and_mul<T>(2, inter, rng);
   for (auto [t, h, i] : std::vector<std::array<int64_t, 3>>{{1, 64, 96}, {3, 83, 37}, {5, 576, 1536}, {1, 129, 515}})
     test_gated_mlp<T>(t, h, i, rng);
