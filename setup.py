@@ -1,7 +1,7 @@
 """Builds pyruntime._C from csrc/sources.txt (the list CMakeLists.txt reads too).
 
 Environment switches:
-  PYRUNTIME_ISA       native (default: what this CPU has), avx512, avx2 or scalar
+  PYRUNTIME_ISA       native (default: what this CPU has), avx512bf16, avx512, avx2 or scalar
   PYRUNTIME_CUDA      auto (default: when torch has CUDA), 0 or 1
   PYRUNTIME_SANITIZE  1 builds with AddressSanitizer and UndefinedBehaviorSanitizer
   PYRUNTIME_DEBUG     1 builds with -O0 -g
@@ -17,8 +17,10 @@ from setuptools import setup
 ROOT = Path(__file__).parent.resolve()
 CSRC = ROOT / "csrc"
 
+AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]
 ISA_FLAGS = {
-    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
+    "avx512bf16": AVX512 + ["-mavx512bf16"],
+    "avx512": AVX512,
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "scalar": [],
 }
@@ -39,7 +41,7 @@ def host_isa():
     except OSError:
         return "scalar"
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        return "avx512"
+        return "avx512bf16" if "avx512_bf16" in flags else "avx512"
     if {"avx2", "fma"} <= flags:
         return "avx2"
     return "scalar"

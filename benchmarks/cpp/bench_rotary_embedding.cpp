@@ -19,26 +19,31 @@ void add_cases(std::vector<bench::Case>& cases) {
         (*cs)[p * d + d / 2 + i] = std::sin(p * std::pow(10000.0, -2.0 * i / d));
       }
     for (int64_t tokens : {int64_t(1), int64_t(2048)}) {
-      auto q = std::make_shared<std::vector<T>>(bench::random_buffer<T>(tokens * hq * d));
-      auto k = std::make_shared<std::vector<T>>(bench::random_buffer<T>(tokens * hkv * d));
-      auto v = std::make_shared<std::vector<T>>(bench::random_buffer<T>(tokens * hkv * d));
-      auto pos = std::make_shared<std::vector<int64_t>>(tokens);
-      for (int64_t t = 0; t < tokens; ++t) (*pos)[t] = (t * 7 + 100) % max_pos;
-      auto kc = std::make_shared<std::vector<T>>(hkv * max_pos * d);
-      auto vc = std::make_shared<std::vector<T>>(hkv * max_pos * d);
-      const cpu::HeadsView qv{hq * d, d, hq}, kv{hkv * d, d, hkv};
       const double qk_bytes = 2.0 * tokens * (hq + hkv) * d * sizeof(T);
+      const double cache_bytes = qk_bytes + 3.0 * tokens * hkv * d * sizeof(T);
+      // Many tokens: copies of everything (the caches too) beyond the last-level cache. One
+      // token: one copy (a latency case; 256 copies of the caches would not fit in memory).
+      const int copies = tokens > 1 ? bench::copies_for(cache_bytes) : 1;
+      auto q = bench::replicated<T>(tokens * hq * d, copies);
+      auto k = bench::replicated<T>(tokens * hkv * d, copies);
+      auto v = bench::replicated<T>(tokens * hkv * d, copies);
+      auto pos = std::make_shared<std::vector<int64_t>>(tokens);
+      // A prefill chunk: consecutive positions (each head's cache rows written in order).
+      for (int64_t t = 0; t < tokens; ++t) (*pos)[t] = (t + 100) % max_pos;
+      auto kc = bench::replicated<T>(hkv * max_pos * d, copies);
+      auto vc = bench::replicated<T>(hkv * max_pos * d, copies);
+      const cpu::HeadsView qv{hq * d, d, hq}, kv{hkv * d, d, hkv};
       cases.push_back({std::string("rotary_embedding ") + dt + " " + m.name + " tokens=" + std::to_string(tokens),
-                       qk_bytes, 1, [=](int) {
-                         cpu::rotary_embedding(pos->data(), q->data(), qv, k->data(), kv, tokens, d,
+                       qk_bytes, copies, [=](int i) {
+                         cpu::rotary_embedding(pos->data(), (*q)[i].data(), qv, (*k)[i].data(), kv, tokens, d,
                                                cs->data(), d, true);
                        }});
       cases.push_back({std::string("rotary_embedding_and_cache ") + dt + " " + m.name + " tokens=" +
                            std::to_string(tokens),
-                       qk_bytes + 3.0 * tokens * hkv * d * sizeof(T), 1, [=](int) {
-                         cpu::rotary_embedding_and_cache(pos->data(), q->data(), qv, k->data(), v->data(),
-                                                         kv, kc->data(), vc->data(), 1, tokens, max_pos,
-                                                         d, cs->data(), d, true);
+                       cache_bytes, copies, [=](int i) {
+                         cpu::rotary_embedding_and_cache(pos->data(), (*q)[i].data(), qv, (*k)[i].data(),
+                                                         (*v)[i].data(), kv, (*kc)[i].data(), (*vc)[i].data(), 1,
+                                                         tokens, max_pos, d, cs->data(), d, true);
                        }});
     }
   }

@@ -1,8 +1,7 @@
-#include <omp.h>
-
 #include "norm_internal.h"
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/vec.h"
+#include "side_by_side_internal.h"
 
 namespace pyruntime::cpu {
 
@@ -23,18 +22,16 @@ void rms_norm(T* out, int64_t out_stride, const T* x, int64_t x_stride, const T*
   };
 #pragma omp parallel if (rows * hidden > 32768)
   {
-    // Each thread's rows as kStreams runs read side by side (a row of each at a time), then
-    // what is left over one row at a time.
-    constexpr int kStreams = 4;
-    const int threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t begin = rows * t / threads, end = rows * (t + 1) / threads;
-    const int64_t run = (end - begin) / kStreams;
-    for (int64_t i = 0; i < run; ++i) {
-      float ss[kStreams];
-      detail::sum_squares_rows<kStreams>(x + (begin + i) * x_stride, run * x_stride, hidden, ss);
-      for (int s = 0; s < kStreams; ++s) row(begin + s * run + i, ss[s]);
-    }
-    for (int64_t r = begin + kStreams * run; r < end; ++r) row(r, sum_squares(x + r * x_stride, hidden));
+    int64_t begin, end;
+    detail::thread_share(rows, begin, end);
+    detail::for_side_by_side(
+        begin, end,
+        [&](int64_t first, int64_t run) {
+          float ss[detail::kSideBySide];
+          detail::sum_squares_rows<detail::kSideBySide>(x + first * x_stride, run * x_stride, hidden, ss);
+          for (int s = 0; s < detail::kSideBySide; ++s) row(first + s * run, ss[s]);
+        },
+        [&](int64_t r) { row(r, sum_squares(x + r * x_stride, hidden)); });
     if (stream) stream_fence();
   }
 }

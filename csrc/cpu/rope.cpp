@@ -1,20 +1,45 @@
+#include <cstring>
+#include <type_traits>
+
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/vec.h"
 #include "rope_internal.h"
+#include "side_by_side_internal.h"
 
 namespace pyruntime::cpu {
 
 namespace {
 
-template <typename T>
-inline void rotate_token(T* q, const HeadsView& qv, T* k, const HeadsView& kv, int64_t token,
-                         int64_t pos, const float* cos_sin_cache, int64_t rot_dim, bool is_neox) {
-  const float* cos = cos_sin_cache + pos * rot_dim;
-  const float* sin = cos + rot_dim / 2;
-  for (int64_t h = 0; h < qv.num_heads; ++h)
-    detail::rotate_head(q + token * qv.token_stride + h * qv.head_stride, cos, sin, rot_dim, is_neox);
-  for (int64_t h = 0; h < kv.num_heads; ++h)
-    detail::rotate_head(k + token * kv.token_stride + h * kv.head_stride, cos, sin, rot_dim, is_neox);
+// Rotates q and k of R tokens, head by head over the tokens (R streams of rows at once).
+template <int R, typename T>
+inline void rotate_tokens(T* q, const HeadsView& qv, T* k, const HeadsView& kv, const int64_t* tokens,
+                          const int64_t* positions, const float* cos_sin_cache, int64_t rot_dim,
+                          bool is_neox) {
+  const float* cos[R];
+  for (int s = 0; s < R; ++s) cos[s] = cos_sin_cache + positions[tokens[s]] * rot_dim;
+  const auto heads = [&](T* x, const HeadsView& v) {
+    for (int64_t h = 0; h < v.num_heads; ++h)
+      for (int s = 0; s < R; ++s)
+        detail::rotate_head(x + tokens[s] * v.token_stride + h * v.head_stride, cos[s], cos[s] + rot_dim / 2,
+                            rot_dim, is_neox);
+  };
+  heads(q, qv);
+  heads(k, kv);
+}
+
+// Runs rotate(R, tokens) over this thread's share of n tokens, kSideBySide at a time.
+template <typename F>
+inline void rotate_share(int64_t n, F&& rotate) {
+  int64_t begin, end;
+  detail::thread_share(n, begin, end);
+  detail::for_side_by_side(
+      begin, end,
+      [&](int64_t first, int64_t run) {
+        int64_t tokens[detail::kSideBySide];
+        for (int s = 0; s < detail::kSideBySide; ++s) tokens[s] = first + s * run;
+        rotate(std::integral_constant<int, detail::kSideBySide>{}, tokens);
+      },
+      [&](int64_t t) { rotate(std::integral_constant<int, 1>{}, &t); });
 }
 
 }  // namespace
@@ -24,26 +49,30 @@ void rotary_embedding(const int64_t* positions, T* q, HeadsView qv, T* k, HeadsV
                       int64_t num_tokens, int64_t head_dim, const float* cos_sin_cache,
                       int64_t rot_dim, bool is_neox) {
   (void)head_dim;
-#pragma omp parallel for schedule(static) if (num_tokens > 4)
-  for (int64_t t = 0; t < num_tokens; ++t)
-    rotate_token(q, qv, k, kv, t, positions[t], cos_sin_cache, rot_dim, is_neox);
+#pragma omp parallel if (num_tokens > 4)
+  rotate_share(num_tokens, [&](auto r, const int64_t* tokens) {
+    rotate_tokens<decltype(r)::value>(q, qv, k, kv, tokens, positions, cos_sin_cache, rot_dim, is_neox);
+  });
 }
 
 template <typename T>
 void rotary_embedding_and_cache(const int64_t* positions, T* q, HeadsView qv, T* k, const T* v,
                                 HeadsView kv, T* k_cache, T* v_cache, int64_t batch,
-                                int64_t tokens, int64_t max_seq, int64_t head_dim,
+                                int64_t tokens_per_batch, int64_t max_seq, int64_t head_dim,
                                 const float* cos_sin_cache, int64_t rot_dim, bool is_neox) {
-  const int64_t n = batch * tokens;
+  const int64_t n = batch * tokens_per_batch;
   // Bytes read and written: q and k rotated in place, v read, k and v written to the cache.
   const int64_t row_bytes = head_dim * int64_t(sizeof(T));
   const bool stream = stream_output(n * row_bytes * (2 * qv.num_heads + 5 * kv.num_heads));
 #pragma omp parallel if (n > 4)
   {
+    // One token at a time: its K and V rows go to as many places in the cache as it has KV
+    // heads; four tokens side by side wrote four times as many places at once and lost to that
+    // (bf16 llama3-8b, 2048 tokens: 64-75 % of read bandwidth against 77-90 %).
 #pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t b = i / tokens, pos = positions[i];
-      rotate_token(q, qv, k, kv, i, pos, cos_sin_cache, rot_dim, is_neox);
+      rotate_tokens<1>(q, qv, k, kv, &i, positions, cos_sin_cache, rot_dim, is_neox);
+      const int64_t b = i / tokens_per_batch, pos = positions[i];
       for (int64_t h = 0; h < kv.num_heads; ++h) {
         const int64_t src = i * kv.token_stride + h * kv.head_stride;
         const int64_t dst = ((b * kv.num_heads + h) * max_seq + pos) * head_dim;

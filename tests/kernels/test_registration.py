@@ -34,4 +34,4 @@ def test_opcheck(name, args):
 
 
 def test_cpu_isa_reported():
-    assert ops.cpu_isa() in {"avx512", "avx2", "scalar"}
+    assert ops.cpu_isa() in {"avx512bf16", "avx512", "avx2", "scalar"}

@@ -22,7 +22,11 @@ namespace pyruntime {
 
 #if defined(PYRUNTIME_VEC_AVX512)
 
+#if defined(__AVX512BF16__)
+inline const char* isa_name() { return "avx512bf16"; }
+#else
 inline const char* isa_name() { return "avx512"; }
+#endif
 
 struct VecF {
   static constexpr int W = 16;
@@ -70,7 +74,12 @@ struct VecF {
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
     return _mm512_srli_epi32(r, 16);
   }
+#if defined(__AVX512BF16__)
+  // One instruction (round to nearest even as bf16_bits, but subnormals flushed to zero).
+  __m256i to_bf16() const { return (__m256i)_mm512_cvtneps_pbh(v); }
+#else
   __m256i to_bf16() const { return _mm512_cvtepi32_epi16(bf16_bits()); }
+#endif
   friend VecF operator+(VecF a, VecF b) { return VecF(_mm512_add_ps(a.v, b.v)); }
   friend VecF operator-(VecF a, VecF b) { return VecF(_mm512_sub_ps(a.v, b.v)); }
   friend VecF operator*(VecF a, VecF b) { return VecF(_mm512_mul_ps(a.v, b.v)); }
@@ -317,10 +326,18 @@ inline void load2(const bf16* p, VecF& a, VecF& b) {
   a = VecF(_mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), x)));
   b = VecF(_mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), x)));
 }
-inline void store2(bf16* p, const VecF& a, const VecF& b) {
-  // Round each half, then pack the bits back in load2's order.
-  _mm512_storeu_si512(p, _mm512_packus_epi32(a.bf16_bits(), b.bf16_bits()));
+// a and b rounded to bf16 and packed in load2's order.
+inline __m512i pack_bf16(const VecF& a, const VecF& b) {
+#if defined(__AVX512BF16__)
+  // Converted as [a | b], then each 128-bit lane's words as unpack left them.
+  alignas(64) static constexpr int16_t kIdx[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
+                                                   8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+  return _mm512_permutexvar_epi16(_mm512_load_si512(kIdx), (__m512i)_mm512_cvtne2ps_pbh(b.v, a.v));
+#else
+  return _mm512_packus_epi32(a.bf16_bits(), b.bf16_bits());
+#endif
 }
+inline void store2(bf16* p, const VecF& a, const VecF& b) { _mm512_storeu_si512(p, pack_bf16(a, b)); }
 #endif
 
 // Streaming (non-temporal) stores: 2W elements at p go to memory through the write-combining
@@ -335,7 +352,7 @@ inline void stream2(T* p, const VecF& a, const VecF& b) {
     _mm512_stream_ps(reinterpret_cast<float*>(p), a.v);
     _mm512_stream_ps(reinterpret_cast<float*>(p) + VecF::W, b.v);
   } else {
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_packus_epi32(a.bf16_bits(), b.bf16_bits()));
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), pack_bf16(a, b));
   }
 #elif defined(PYRUNTIME_VEC_AVX2)
   if constexpr (sizeof(T) == 4) {
