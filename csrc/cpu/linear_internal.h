@@ -7,17 +7,26 @@
 #include <vector>
 
 #include "pyruntime/vec.h"
+#include "side_by_side_internal.h"
 
 namespace pyruntime::cpu::detail {
 
-// Rows of a dense weight matrix [*, in] (float32 or bfloat16) with row stride `stride`.
+// Rows of a dense weight matrix [*, in] (float32 or bfloat16) with row stride `stride`. A tile
+// takes rows 0, 1, .. of the view, tile_stride elements apart (0: stride, consecutive rows; more:
+// rows of runs side by side).
 template <typename T>
 struct DenseRows {
   const T* w;
   int64_t stride;
-  DenseRows from(int64_t r) const { return {w + r * stride, stride}; }
-  VecF load(int64_t r, int64_t i, int n) const { return load_n(w + r * stride + i, n); }
-  void prefetch(int64_t r, int64_t i) const { __builtin_prefetch(w + r * stride + i, 0, 3); }
+  int64_t tile_stride = 0;
+  int64_t row_step() const { return tile_stride ? tile_stride : stride; }
+  // The view from row r on (with runs side by side: from row r of each run).
+  DenseRows from(int64_t r) const { return {w + r * stride, stride, tile_stride}; }
+  VecF load(int64_t r, int64_t i, int n) const { return load_n(w + r * row_step() + i, n); }
+  // Requests row r's line at column i, `ahead` rows further on (once per 64-byte line).
+  void prefetch_ahead(int64_t r, int64_t i, int64_t ahead) const {
+    if ((i * static_cast<int64_t>(sizeof(T))) % 64 == 0) __builtin_prefetch(w + r * row_step() + ahead * stride + i, 0, 3);
+  }
   static int64_t row_bytes(int64_t in) { return in * static_cast<int64_t>(sizeof(T)); }
 };
 
@@ -75,15 +84,16 @@ struct IsGrouped<Rows, std::void_t<decltype(Rows::kGrouped)>> : std::bool_consta
 
 // y[t, r] (+)= the horizontal sum of acc[r * NT + t]: one reduction for every tile shape, so a
 // token's sum never depends on the tile it was in.
+// Row r's sums go to y[t * y_stride + r * y_row_step].
 template <int R, int NT, bool Accumulate>
-inline void store_tile(float* y, int64_t y_stride, const VecF* acc) {
+inline void store_tile(float* y, int64_t y_stride, const VecF* acc, int64_t y_row_step = 1) {
   VecF all[16];
   for (int k = 0; k < 16; ++k) all[k] = k < R * NT ? acc[k] : VecF::zero();
   float sums[16];
   reduce_sum16(all, sums);
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < NT; ++t) {
-      float& out = y[t * y_stride + r];
+      float& out = y[t * y_stride + r * y_row_step];
       out = Accumulate ? out + sums[r * NT + t] : sums[r * NT + t];
     }
 }
@@ -94,10 +104,12 @@ inline void store_tile(float* y, int64_t y_stride, const VecF* acc) {
 // requested from memory as these are read: one core cannot keep enough misses in flight otherwise.
 // (The accumulators are named locals, not the reduction's array: GCC keeps an array whose
 // address escapes in memory and stores it on every iteration.)
-// \param ahead prefetch_rows_ahead<R, Rows>(in), computed once per product (it divides)
+// \param ahead prefetch_rows_ahead<R, Rows>(in), computed once per product (it divides); rows
+//              of runs side by side: rows ahead in each run
+// \param y_row_step where row r's sums go: y[t * y_stride + r * y_row_step]
 template <int R, int NT, bool Accumulate, bool Prefetch, typename Rows>
 inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
-                        int64_t in, int64_t ahead) {
+                        int64_t in, int64_t ahead, int64_t y_row_step = 1) {
   constexpr int W = VecF::W;
   static_assert(R * NT <= 16, "at most 16 accumulators");
   VecF acc[R * NT];
@@ -137,7 +149,7 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
       VecF xv[NT];
       for (int t = 0; t < NT; ++t) xv[t] = load_n(x + t * x_stride + i, n);
       for (int r = 0; r < R; ++r) {
-        if constexpr (Prefetch) w.prefetch(ahead + r, i);
+        if constexpr (Prefetch) w.prefetch_ahead(r, i, ahead);
         const VecF wv = w.load(r, i, n);
         for (int t = 0; t < NT; ++t) sums[r * NT + t] = VecF::fma(wv, xv[t], sums[r * NT + t]);
       }
@@ -146,7 +158,7 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
     for (; i + W <= in; i += W) step(acc, i, W);
     if (i < in) step(acc, i, static_cast<int>(in - i));
   }
-  store_tile<R, NT, Accumulate>(y, y_stride, acc);
+  store_tile<R, NT, Accumulate>(y, y_stride, acc, y_row_step);
 }
 
 // R rows [r, r + R) times every token, four (int8: two) tokens at a time: the rows stay in L1 while
@@ -154,12 +166,12 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
 // tokens prefetches the rows ahead (prefetch_rows_ahead).
 template <int R, bool Accumulate, typename Rows>
 inline void linear_row_block(float* y, int64_t y_stride, const float* x, int64_t x_stride,
-                             const Rows& w, int64_t tokens, int64_t in, int64_t ahead) {
+                             const Rows& w, int64_t tokens, int64_t in, int64_t ahead, int64_t y_row_step = 1) {
   // int8 tiles hold a partial sum per accumulator too: fewer tokens per tile keep both in registers.
   constexpr int kTokens = IsGrouped<Rows>::value ? 2 : 4;
   auto tile = [&](auto nt, auto prefetch, int64_t t0) {
     linear_tile<R, decltype(nt)::value, Accumulate, decltype(prefetch)::value>(
-        y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in, ahead);
+        y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in, ahead, y_row_step);
   };
   auto group = [&](auto prefetch, int64_t t0) {
     switch (tokens - t0 < kTokens ? tokens - t0 : kTokens) {
@@ -318,13 +330,30 @@ inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_st
     }
   }
 #endif
-  constexpr int R = 4;
-  const int64_t ahead4 = prefetch_rows_ahead<R, Rows>(in), ahead1 = prefetch_rows_ahead<1, Rows>(in);
-  int64_t r = row_begin;
-  for (; r + R <= row_end; r += R)
-    linear_row_block<R, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in, ahead4);
-  for (; r < row_end; ++r)
-    linear_row_block<1, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in, ahead1);
+  const int64_t ahead1 = prefetch_rows_ahead<1, Rows>(in);
+  if constexpr (IsGrouped<Rows>::value) {
+    constexpr int R = 4;
+    const int64_t ahead4 = prefetch_rows_ahead<R, Rows>(in);
+    int64_t r = row_begin;
+    for (; r + R <= row_end; r += R)
+      linear_row_block<R, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in, ahead4);
+    for (; r < row_end; ++r)
+      linear_row_block<1, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in, ahead1);
+  } else {
+    // Dense rows: a tile takes a row of each of kSideBySide runs of the rows, read side by side
+    // (each run prefetched ahead on its own).
+    static_assert(kSideBySide == 4, "tiles of four rows");
+    for_side_by_side(
+        row_begin, row_end,
+        [&](int64_t r, int64_t run) {
+          Rows side = w.from(r);
+          side.tile_stride = run * w.stride;
+          linear_row_block<kSideBySide, Accumulate>(y + r, y_stride, x, x_stride, side, tokens, in, ahead1, run);
+        },
+        [&](int64_t r) {
+          linear_row_block<1, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in, ahead1);
+        });
+  }
 }
 
 // Products over many tokens (prefill chunks): a packed outer-product GEMM. kPanelRows rows
