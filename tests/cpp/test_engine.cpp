@@ -304,6 +304,9 @@ int main() {
   test_quantize(rng);
   test_format(cpu::WeightFormat::Float32, pyruntime::DType::Float32, 1e-4, rng);
   test_format(cpu::WeightFormat::BFloat16, pyruntime::DType::BFloat16, 2e-2, rng);
+  // bf16 weights, float32 activations and cache: float32-grade sums (on AMX tiles where the CPU
+  // has them: the tokens as a high and a low bf16 part).
+  test_format(cpu::WeightFormat::BFloat16, pyruntime::DType::Float32, 1e-4, rng);
   test_format(cpu::WeightFormat::Int8, pyruntime::DType::Float32, 1e-4, rng);
   test_format(cpu::WeightFormat::Int8, pyruntime::DType::BFloat16, 2e-2, rng, cpu::kInt8BlockRows);
   std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
