@@ -21,7 +21,8 @@ double measure_read_bandwidth_gbps(int64_t bytes = int64_t(1) << 30);
 // Out-of-place kernels write their output with streaming stores (no write-allocate read of
 // each output line, caches left alone) when one call moves at least this many bytes: its
 // output would be evicted from the last-level cache before a consumer could read it back.
-// The default is 3/4 of the last-level cache (32 MiB where the size is unknown);
+// The default is 3/4 of the last-level cache (32 MiB where the size is unknown), capped at
+// 3/4 of 4x the threads' L2 caches (a thread's usable share of a big shared L3);
 // set_streaming_store_threshold(-1) restores it, 0 streams always (tests of both paths).
 int64_t streaming_store_threshold();
 void set_streaming_store_threshold(int64_t bytes);
