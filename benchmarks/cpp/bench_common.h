@@ -109,16 +109,18 @@ std::shared_ptr<std::vector<std::vector<T>>> replicated(size_t n, int copies, fl
 
 inline int run(const char* binary, std::vector<Case>& cases, int argc, char** argv) {
   const char* json_path = nullptr;
+  const char* only = nullptr;
   bool quick = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--stream") && i + 1 < argc && !std::strcmp(argv[i + 1], "always"))
       pyruntime::cpu::set_streaming_store_threshold(0), ++i;
     else if (!std::strcmp(argv[i], "--stream") && i + 1 < argc && !std::strcmp(argv[i + 1], "never"))
       pyruntime::cpu::set_streaming_store_threshold(INT64_MAX), ++i;
     else {
-      std::fprintf(stderr, "usage: %s [--json FILE] [--quick] [--stream always|never]\n", binary);
+      std::fprintf(stderr, "usage: %s [--json FILE] [--quick] [--stream always|never] [--only TEXT]\n", binary);
       return 2;
     }
   }
@@ -133,6 +135,7 @@ inline int run(const char* binary, std::vector<Case>& cases, int argc, char** ar
   std::printf("%-56s %8s %11s %9s %7s\n", "case", "ws MB", "median us", "GB/s", "of bw");
   std::vector<Result> results;
   for (auto& c : cases) {
+    if (only && c.name.find(only) == std::string::npos) continue;
     int i = 0;
     const double t = median_seconds([&] { c.run(i++ % c.copies); }, quick ? 0.05 : 0.5);
     const double gbps = c.bytes / t / 1e9, ws = c.bytes * c.copies / (1 << 20);

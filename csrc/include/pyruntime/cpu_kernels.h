@@ -87,7 +87,7 @@ void linear(T* y, const T* x, const T* w, int64_t tokens, int64_t in_features,
             int64_t out_features, float* workspace);
 int64_t linear_workspace_floats(int64_t tokens, int64_t in_features, int64_t out_features);
 
-// out = down(silu(gate x) * up x), the intermediate kept in per-thread buffers.
+// out = down(silu(gate x) * up x), the intermediate kept in the workspace (in the caches).
 // \param out           [tokens, hidden]
 // \param x             [tokens, hidden]
 // \param gate_up       [2*inter, hidden]: gate rows, then up rows
