@@ -1,7 +1,9 @@
 """Builds pyruntime._C from csrc/sources.txt (the list CMakeLists.txt reads too).
 
+The CPU kernels are compiled for every instruction-set level (csrc/cpu/kernels_<isa>.cpp) and
+chosen at run time, so one build runs on any x86-64 CPU.
+
 Environment switches:
-  PYRUNTIME_ISA       native (default: what this CPU has), avx512bf16, avx512, avx2 or scalar
   PYRUNTIME_CUDA      auto (default: when torch has CUDA), 0 or 1
   PYRUNTIME_SANITIZE  1 builds with AddressSanitizer and UndefinedBehaviorSanitizer
   PYRUNTIME_DEBUG     1 builds with -O0 -g
@@ -17,43 +19,9 @@ from setuptools import setup
 ROOT = Path(__file__).parent.resolve()
 CSRC = ROOT / "csrc"
 
-AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]
-ISA_FLAGS = {
-    "avx512bf16": AVX512 + ["-mavx512bf16"],
-    "avx512": AVX512,
-    "avx2": ["-mavx2", "-mfma", "-mf16c"],
-    "scalar": [],
-}
-
-
 def read_sources():
     lines = (CSRC / "sources.txt").read_text().splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def host_isa():
-    try:
-        flags = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        return "scalar"
-    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        return "avx512bf16" if "avx512_bf16" in flags else "avx512"
-    if {"avx2", "fma"} <= flags:
-        return "avx2"
-    return "scalar"
-
-
-def chosen_isa():
-    isa = os.environ.get("PYRUNTIME_ISA", "native")
-    if isa == "native":
-        isa = host_isa()
-    if isa not in ISA_FLAGS:
-        raise SystemExit(f"PYRUNTIME_ISA={isa!r}: expected native, {', '.join(ISA_FLAGS)}")
-    return isa
 
 
 def extension():
@@ -74,7 +42,6 @@ def extension():
     # each to compile (attention.cpp 6.5 min against 52 s).
     opt = "-O0" if debug else "-O1" if sanitize else "-O3"
     cxx = [opt, "-g" if debug else "-g0", "-fopenmp"]  # the C++ standard: torch's
-    cxx += ISA_FLAGS[chosen_isa()]
     ldflags = ["-fopenmp"]
     if sanitize:
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]

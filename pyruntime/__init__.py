@@ -5,8 +5,9 @@
     print(llm.chat([{"role": "user", "content": "What is the capital of France?"}]).text)
 """
 
+from pyruntime.cpu import cpu_features, set_cpu_isa
 from pyruntime.errors import ModelLoadError
 from pyruntime.generate import LLM, Completion, Stats, TokenLogprob
 
-__all__ = ["LLM", "Completion", "Stats", "TokenLogprob", "ModelLoadError"]
+__all__ = ["LLM", "Completion", "Stats", "TokenLogprob", "ModelLoadError", "cpu_features", "set_cpu_isa"]
 __version__ = "0.1.0"

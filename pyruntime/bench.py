@@ -95,6 +95,8 @@ def measure_cuda_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
 def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 3) -> dict:
     """Measures `reps` generations of new_tokens after a prompt of prompt_tokens tokens."""
     from pyruntime._ext import C
+    from pyruntime.cpu import cpu_features
+    from pyruntime.cpu import describe as cpu_describe
 
     if prompt_tokens < 1 or new_tokens < 2 or reps < 1:
         raise ValueError("prompt_tokens >= 1, new_tokens >= 2 and reps >= 1 are needed")
@@ -120,6 +122,7 @@ def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 
     return {
         "model": str(llm.path), "dtype": llm.dtype, "threads": llm.threads, "commit": _commit(),
         "device": llm.device, "cpu": platform.processor() or platform.machine(), "isa": C.cpu_isa(),
+        "cpu_kernels": None if cuda else cpu_describe(), "cpu_features": None if cuda else cpu_features(),
         "gpu": torch.cuda.get_device_name() if cuda else None,
         "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "reps": reps,
         "ttft_ms": statistics.median(st.ttft_s for st in runs) * 1e3,
@@ -162,6 +165,7 @@ def format_report(r: dict) -> str:
         f"pyruntime bench  commit {r['commit']}  "
         + (f"{r['gpu']} (cuda)" if r.get("gpu") else f"{r['cpu']} ({r['isa']})  threads {r['threads']}"),
         f"model {r['model']}  dtype {r['dtype']}",
+    ] + ([f"CPU {r['cpu_kernels']}"] if r.get("cpu_kernels") else []) + [
         f"weights {r['weight_bytes'] / 1e6:.1f} MB  KV cache {r['kv_cache_bytes'] / 1e6:.1f} MB (allocated for max_seq_len)",
         f"prompt {r['prompt_tokens']} tokens, {r['new_tokens']} new tokens, median of {r['reps']}",
         f"TTFT            {r['ttft_ms']:.1f} ms  (prefill {r['prefill_tokens_per_s']:.0f} tokens/s)",

@@ -23,7 +23,6 @@
 
 #include "pyruntime/common.h"
 #include "pyruntime/cpu_kernels.h"
-#include "pyruntime/vec.h"
 
 #ifndef PYRUNTIME_GIT_COMMIT
 #define PYRUNTIME_GIT_COMMIT "unknown"
@@ -68,27 +67,8 @@ inline double median_seconds(const std::function<void()>& fn, double min_s) {
   return times[times.size() / 2];
 }
 
-// float32 multiply-adds per second over all threads (16 independent vector chains each).
-inline double measure_fma_gflops() {
-  using pyruntime::VecF;
-  const long iters = 20000000;
-  double total = 0.0;
-  auto body = [&] {
-    double sum = 0.0;
-#pragma omp parallel reduction(+ : sum)
-    {
-      VecF a[12];
-      for (int i = 0; i < 12; ++i) a[i] = VecF::set1(0.001f * i);
-      const VecF b = VecF::set1(0.999f), c = VecF::set1(1e-4f);
-      for (long i = 0; i < iters / VecF::W; ++i)
-        for (int j = 0; j < 12; ++j) a[j] = VecF::fma(a[j], b, c);
-      for (int i = 0; i < 12; ++i) sum += a[i].reduce_sum();
-    }
-    total += sum;
-  };
-  const double t = median_seconds(body, 0.2);
-  return 12.0 * iters * omp_get_max_threads() / t / 1e9;
-}
+// float32 multiply-adds per second over all threads, G/s.
+inline double measure_fma_gflops() { return pyruntime::cpu::measure_fma_gflops(); }
 
 template <typename T>
 std::vector<T> random_buffer(size_t n, float scale = 1.0f, unsigned seed = 7) {
@@ -127,7 +107,7 @@ inline int run(const char* binary, std::vector<Case>& cases, int argc, char** ar
   const double bw = pyruntime::cpu::measure_read_bandwidth_gbps();
   const double fma = measure_fma_gflops();
   std::printf("%s  commit %s  isa %s  threads %d  read bandwidth %.1f GB/s  fp32 FMA %.1f G/s\n",
-              binary, PYRUNTIME_GIT_COMMIT, pyruntime::isa_name(), omp_get_max_threads(), bw, fma);
+              binary, PYRUNTIME_GIT_COMMIT, pyruntime::cpu::isa_name(pyruntime::cpu::active_isa()), omp_get_max_threads(), bw, fma);
   const int64_t stream_at = pyruntime::cpu::streaming_store_threshold();
   std::printf("last-level cache %.1f MiB; streaming stores from %s per call\n",
               double(sysconf(_SC_LEVEL3_CACHE_SIZE)) / (1 << 20),
@@ -151,7 +131,7 @@ inline int run(const char* binary, std::vector<Case>& cases, int argc, char** ar
     }
     std::fprintf(f, "{\"binary\": \"%s\", \"commit\": \"%s\", \"isa\": \"%s\", \"threads\": %d, "
                  "\"read_bandwidth_gbps\": %.3f, \"fma_gflops\": %.3f, \"results\": [", binary,
-                 PYRUNTIME_GIT_COMMIT, pyruntime::isa_name(), omp_get_max_threads(), bw, fma);
+                 PYRUNTIME_GIT_COMMIT, pyruntime::cpu::isa_name(pyruntime::cpu::active_isa()), omp_get_max_threads(), bw, fma);
     for (size_t i = 0; i < results.size(); ++i)
       std::fprintf(f, "%s{\"case\": \"%s\", \"working_set_mb\": %.1f, \"median_us\": %.3f, "
                    "\"gbps\": %.3f, \"fraction_of_bw\": %.4f}", i ? ", " : "", results[i].name.c_str(),

@@ -1,9 +1,9 @@
-#include "pyruntime/cpu_kernels.h"
-#include "pyruntime/vec.h"
+#include "isa.h"
+#include "vec.h"
 
 #include <type_traits>
 
-namespace pyruntime::cpu {
+namespace pyruntime::cpu::PYRUNTIME_ISA {
 
 namespace {
 
@@ -94,4 +94,4 @@ void silu_and_mul(T* out, int64_t out_stride, const T* x, int64_t x_stride, int6
 template void silu_and_mul<float>(float*, int64_t, const float*, int64_t, int64_t, int64_t);
 template void silu_and_mul<bf16>(bf16*, int64_t, const bf16*, int64_t, int64_t, int64_t);
 
-}  // namespace pyruntime::cpu
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA

@@ -7,18 +7,16 @@
 
 #include "attention_internal.h"
 #include "linear_internal.h"
-#include "pyruntime/cpu_kernels.h"
+#include "isa.h"
 #include "pyruntime/dispatch.h"
-#include "pyruntime/vec.h"
+#include "vec.h"
 
-namespace pyruntime::cpu {
+namespace pyruntime::cpu::PYRUNTIME_ISA {
 
 namespace {
 
-constexpr int W = VecF::W;
 constexpr int kBlock = 64;          // keys scored together (a multiple of every W)
 constexpr int64_t kMinSplit = 128;  // fewer keys per split costs more in the combine than it saves
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Keys per split of a sequence of len keys: a few work items per thread for this
 // sequence alone, no split shorter than kMinSplit.
@@ -438,4 +436,4 @@ PYRUNTIME_INSTANTIATE_TEAM(bf16, bf16)
 PYRUNTIME_INSTANTIATE_TEAM(float, bf16)
 #undef PYRUNTIME_INSTANTIATE_TEAM
 
-}  // namespace pyruntime::cpu
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA

@@ -3,10 +3,10 @@
 
 #include <cstdint>
 
-#include "pyruntime/cpu_kernels.h"
-#include "pyruntime/vec.h"
+#include "isa.h"
+#include "vec.h"
 
-namespace pyruntime::cpu::detail {
+namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 
 // The engine's K cache layout, "key tiles" (used when max_seq is a multiple of kTileKeys):
 // each head's keys in tiles of kTileKeys, a tile holding the features row by row with the tile's
@@ -55,4 +55,4 @@ void prefill_attention_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_
                             int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
                             int64_t head_dim, float scale, float* workspace, bool k_tiled = false);
 
-}  // namespace pyruntime::cpu::detail
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail

@@ -1,5 +1,5 @@
-#include "pyruntime/engine.h"
-
+// One level's engine step (compiled through kernels_<isa>.cpp): a whole forward of the model
+// inside one OpenMP parallel region, phases separated by barriers.
 #include <omp.h>
 
 #include <algorithm>
@@ -8,38 +8,18 @@
 #include <string>
 
 #include "attention_internal.h"
+#include "engine_impl.h"
 #include "linear_internal.h"
 #include "norm_internal.h"
-#include "pyruntime/cpu_kernels.h"
+#include "isa.h"
 #include "pyruntime/dispatch.h"
-#include "pyruntime/vec.h"
+#include "vec.h"
 #include "rope_internal.h"
 
-namespace pyruntime::cpu {
-
-const char* weight_format_name(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::Float32: return "float32";
-    case WeightFormat::BFloat16: return "bfloat16";
-    case WeightFormat::Int8: return "int8";
-  }
-  return "unknown";
-}
-
-const char* op_name(Op op) {
-  static const char* names[] = {"embed",     "attn_norm",  "qkv_proj", "rope_kv_cache",
-                                "attention", "o_proj",     "mlp_norm", "gate_up_silu",
-                                "down_proj", "final_norm", "lm_head"};
-  const int i = static_cast<int>(op);
-  return i >= 0 && i < static_cast<int>(Op::Count) ? names[i] : "unknown";
-}
+namespace pyruntime::cpu::PYRUNTIME_ISA {
 
 namespace {
 
-constexpr int W = VecF::W;
-// Calls with more tokens than this (prefill chunks) use the packed GEMM; decode batches the
-// row tiles, whose per-token sums do not depend on the batch.
-constexpr int64_t kTileMaxTokens = 16;
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -80,49 +60,7 @@ inline void matrix_row_to_f32(float* out, const Matrix& m, int64_t r) {
   }
 }
 
-void check_matrix(const Matrix& m, int64_t rows, int64_t cols, WeightFormat f, const std::string& name) {
-  PYRUNTIME_CHECK(m.data != nullptr, "engine: " + name + " is missing");
-  PYRUNTIME_CHECK(m.rows == rows && m.cols == cols,
-                  "engine: " + name + " must be [" + std::to_string(rows) + ", " +
-                      std::to_string(cols) + "], got [" + std::to_string(m.rows) + ", " +
-                      std::to_string(m.cols) + "]");
-  if (f == WeightFormat::Int8) {
-    PYRUNTIME_CHECK(m.scales != nullptr, "engine: " + name + " (int8) has no scales");
-    PYRUNTIME_CHECK(m.group >= 16 && (m.group & (m.group - 1)) == 0 && m.group % W == 0 &&
-                        cols % m.group == 0,
-                    "engine: " + name + " group size " + std::to_string(m.group) +
-                        " must be a power of two >= 16 dividing " + std::to_string(cols));
-    PYRUNTIME_CHECK((m.block_rows == 1 || m.block_rows == kInt8BlockRows) && rows % m.block_rows == 0,
-                    "engine: " + name + " block_rows " + std::to_string(m.block_rows) + " must be 1 or " +
-                        std::to_string(kInt8BlockRows) + " dividing " + std::to_string(rows) + " rows");
-  }
-}
-
 }  // namespace
-
-struct Engine::Impl {
-  EngineSpec spec;
-  int threads = 1;
-  int64_t qkv_dim = 0, q_dim = 0, kv_dim = 0, chunk = 0;
-  float scale = 1.0f;
-  // Activations, float32, for spec.max_tokens tokens.
-  std::vector<float> resid, xn, qkv, attn, act, tmp;  // tmp: per-thread gate and up slices
-  std::vector<float> xn_own;  // per-thread normed rows of decode calls [threads, kTileMaxTokens, H]
-  std::vector<float> pack;                            // per-thread packed weight panel (GEMM)
-  int64_t pack_floats = 0;
-  std::vector<int32_t> seq_lens;
-  std::vector<float> attn_ws;
-  std::vector<float> prefill_ws;  // causal prefill attention (max_tokens > kTileMaxTokens)
-  bool profiling = false;
-  int calls = 0;  // forward calls profiled since profiling was switched on
-  std::vector<ProfileEvent> events;
-
-  explicit Impl(EngineSpec s) : spec(std::move(s)) {}
-  virtual ~Impl() = default;
-  virtual void run(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
-                   void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
-                   int64_t first_logit) = 0;
-};
 
 namespace {
 
@@ -294,32 +232,18 @@ std::unique_ptr<Engine::Impl> make_impl(EngineSpec spec) {
 
 }  // namespace
 
-Engine::Engine(EngineSpec s) {
+std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
-  check_engine_shape(s, "engine");
-  PYRUNTIME_CHECK(s.kv_dtype == DType::Float32 || s.kv_dtype == DType::BFloat16,
-                  "engine: kv_dtype must be float32 or bfloat16");
-  PYRUNTIME_CHECK(s.cos_sin && s.final_norm, "engine: cos_sin and final_norm are required");
-  PYRUNTIME_CHECK(!s.layers.empty(), "engine: no layers");
   const int64_t q_dim = s.num_heads * D, kv_dim = s.num_kv_heads * D;
-  check_matrix(s.embed, s.vocab, H, s.format, "embed");
-  check_matrix(s.lm_head, s.vocab, H, s.format, "lm_head");
-  for (size_t l = 0; l < s.layers.size(); ++l) {
-    const EngineLayer& L = s.layers[l];
-    const std::string p = "layers." + std::to_string(l) + ".";
-    PYRUNTIME_CHECK(L.attn_norm && L.mlp_norm, "engine: " + p + "norm weights are missing");
-    check_matrix(L.qkv, q_dim + 2 * kv_dim, H, s.format, p + "qkv");
-    check_matrix(L.o, H, q_dim, s.format, p + "o");
-    check_matrix(L.gate_up, 2 * I, H, s.format, p + "gate_up");
-    check_matrix(L.down, H, I, s.format, p + "down");
-  }
+  std::unique_ptr<Engine::Impl> impl;
   switch (s.format) {
-    case WeightFormat::Float32: impl_ = make_impl<float>(std::move(s)); break;
-    case WeightFormat::BFloat16: impl_ = make_impl<bf16>(std::move(s)); break;
-    case WeightFormat::Int8: impl_ = make_impl<int8_t>(std::move(s)); break;
+    case WeightFormat::Float32: impl = make_impl<float>(std::move(s)); break;
+    case WeightFormat::BFloat16: impl = make_impl<bf16>(std::move(s)); break;
+    case WeightFormat::Int8: impl = make_impl<int8_t>(std::move(s)); break;
   }
-  Impl& m = *impl_;
+  Engine::Impl& m = *impl;
   const EngineSpec& sp = m.spec;
+  m.isa = Isa::PYRUNTIME_ISA_ID;
   m.threads = sp.threads > 0 ? sp.threads : omp_get_max_threads();
   m.q_dim = q_dim;
   m.kv_dim = kv_dim;
@@ -347,28 +271,7 @@ Engine::Engine(EngineSpec s) {
   plan.threads = std::max<int64_t>(plan.threads, m.threads);
   m.attn_ws.assign(gqa_decode_workspace_floats(plan, N, sp.num_heads, D), 0.0f);
   m.events.reserve(static_cast<size_t>(static_cast<int>(Op::Count)) * (sp.layers.size() + 1));
+  return impl;
 }
 
-Engine::~Engine() = default;
-
-void Engine::forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
-                     void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
-                     int64_t first_logit) {
-  const EngineSpec& s = impl_->spec;
-  PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n), "engine.forward: null cache or logits");
-  check_forward_args(s, tokens, positions, rows, n, cache_rows, first_logit, "engine");
-  impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit);
-}
-
-const EngineSpec& Engine::spec() const { return impl_->spec; }
-int Engine::threads() const { return impl_->threads; }
-void Engine::set_profiling(bool on) {
-  if (on && !impl_->profiling) {
-    impl_->events.clear();
-    impl_->calls = 0;
-  }
-  impl_->profiling = on;
-}
-const std::vector<ProfileEvent>& Engine::profile() const { return impl_->events; }
-
-}  // namespace pyruntime::cpu
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA

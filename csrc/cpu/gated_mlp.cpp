@@ -3,12 +3,11 @@
 #include <algorithm>
 
 #include "linear_internal.h"
-#include "pyruntime/cpu_kernels.h"
+#include "isa.h"
 
-namespace pyruntime::cpu {
+namespace pyruntime::cpu::PYRUNTIME_ISA {
 
 namespace {
-constexpr int W = VecF::W;
 
 int64_t chunk_for(int64_t inter, int64_t threads) {
   return ceil_div(ceil_div(inter, threads), W) * W;
@@ -107,4 +106,4 @@ PYRUNTIME_INSTANTIATE(float)
 PYRUNTIME_INSTANTIATE(bf16)
 #undef PYRUNTIME_INSTANTIATE
 
-}  // namespace pyruntime::cpu
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA

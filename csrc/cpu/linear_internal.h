@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "pyruntime/vec.h"
+#include "vec.h"
 #include "side_by_side_internal.h"
 
 #if defined(__linux__)
@@ -15,7 +15,7 @@
 #include <unistd.h>
 #endif
 
-namespace pyruntime::cpu::detail {
+namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 
 // Rows of a dense weight matrix [*, in] (float32 or bfloat16) with row stride `stride`. A tile
 // takes rows 0, 1, .. of the view, tile_stride elements apart (0: stride, consecutive rows; more:
@@ -661,4 +661,4 @@ inline void convert(D* dst, const S* src, int64_t n) {
   }
 }
 
-}  // namespace pyruntime::cpu::detail
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail

@@ -3,9 +3,9 @@
 
 #include <cmath>
 
-#include "pyruntime/vec.h"
+#include "vec.h"
 
-namespace pyruntime::cpu::detail {
+namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 
 inline int lanes(int64_t hidden, int64_t i) {
   return static_cast<int>(hidden - i < VecF::W ? hidden - i : VecF::W);
@@ -84,4 +84,4 @@ inline void rms_norm_row(T* out, const T* x, const T* weight, int64_t hidden, fl
   scale_row(out, x, weight, hidden, sum_squares(x, hidden), eps);
 }
 
-}  // namespace pyruntime::cpu::detail
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail

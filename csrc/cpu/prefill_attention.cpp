@@ -13,21 +13,19 @@
 
 #include "attention_internal.h"
 #include "linear_internal.h"
-#include "pyruntime/cpu_kernels.h"
+#include "isa.h"
 #include "pyruntime/dispatch.h"
-#include "pyruntime/vec.h"
+#include "vec.h"
 
-namespace pyruntime::cpu {
+namespace pyruntime::cpu::PYRUNTIME_ISA {
 
 namespace {
 
-constexpr int W = VecF::W;
 constexpr int64_t kQueryTokens = 32;  // query tokens per work item
 constexpr int kKeys = 64;             // keys per block (a multiple of every W)
 constexpr int kKeyVecs = kKeys / W;
-constexpr int kKeyTile = kKeyVecs < 4 ? kKeyVecs : 4;  // key vectors per register tile
+constexpr int kKeyVecTile = kKeyVecs < 4 ? kKeyVecs : 4;  // key vectors per register tile
 constexpr int kRowTile = W == 16 ? 4 : 2;             // query rows per register tile
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Per-thread scratch, in floats: Q [M, D], O [M, D], S [M, kKeys], K^T [D, kKeys],
 // V [kKeys, D], m [M], l [M], corrections [M], with M = kQueryTokens * group rows.
@@ -39,20 +37,20 @@ int64_t scratch_floats(int64_t group, int64_t head_dim) {
 // s[i, :] = q[i] . kt[:, j] for RT rows i and the kKeys keys of the block.
 template <int D, int RT>
 inline void score_rows(float* s, const float* q, const float* kt) {
-  for (int j0 = 0; j0 < kKeyVecs; j0 += kKeyTile) {
-    VecF acc[RT][kKeyTile];
+  for (int j0 = 0; j0 < kKeyVecs; j0 += kKeyVecTile) {
+    VecF acc[RT][kKeyVecTile];
     for (auto& row : acc)
       for (auto& a : row) a = VecF::zero();
     for (int d = 0; d < D; ++d) {
-      VecF k[kKeyTile];
-      for (int jj = 0; jj < kKeyTile; ++jj) k[jj] = VecF::load(kt + d * kKeys + (j0 + jj) * W);
+      VecF k[kKeyVecTile];
+      for (int jj = 0; jj < kKeyVecTile; ++jj) k[jj] = VecF::load(kt + d * kKeys + (j0 + jj) * W);
       for (int r = 0; r < RT; ++r) {
         const VecF qb = VecF::set1(q[r * D + d]);
-        for (int jj = 0; jj < kKeyTile; ++jj) acc[r][jj] = VecF::fma(qb, k[jj], acc[r][jj]);
+        for (int jj = 0; jj < kKeyVecTile; ++jj) acc[r][jj] = VecF::fma(qb, k[jj], acc[r][jj]);
       }
     }
     for (int r = 0; r < RT; ++r)
-      for (int jj = 0; jj < kKeyTile; ++jj) acc[r][jj].store(s + r * kKeys + (j0 + jj) * W);
+      for (int jj = 0; jj < kKeyVecTile; ++jj) acc[r][jj].store(s + r * kKeys + (j0 + jj) * W);
   }
 }
 
@@ -284,4 +282,4 @@ PYRUNTIME_INSTANTIATE_TEAM(bf16, bf16)
 PYRUNTIME_INSTANTIATE_TEAM(float, bf16)
 #undef PYRUNTIME_INSTANTIATE_TEAM
 
-}  // namespace pyruntime::cpu
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA

@@ -1,11 +1,10 @@
 #include "norm_internal.h"
-#include "pyruntime/cpu_kernels.h"
-#include "pyruntime/vec.h"
+#include "isa.h"
+#include "vec.h"
 #include "side_by_side_internal.h"
 
-namespace pyruntime::cpu {
+namespace pyruntime::cpu::PYRUNTIME_ISA {
 
-constexpr int W = VecF::W;
 using detail::lanes;
 using detail::scale_row;
 using detail::sum_squares;
@@ -67,4 +66,4 @@ PYRUNTIME_INSTANTIATE(float)
 PYRUNTIME_INSTANTIATE(bf16)
 #undef PYRUNTIME_INSTANTIATE
 
-}  // namespace pyruntime::cpu
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA

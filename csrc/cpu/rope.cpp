@@ -1,12 +1,12 @@
 #include <cstring>
 #include <type_traits>
 
-#include "pyruntime/cpu_kernels.h"
-#include "pyruntime/vec.h"
+#include "isa.h"
+#include "vec.h"
 #include "rope_internal.h"
 #include "side_by_side_internal.h"
 
-namespace pyruntime::cpu {
+namespace pyruntime::cpu::PYRUNTIME_ISA {
 
 namespace {
 
@@ -99,4 +99,4 @@ PYRUNTIME_INSTANTIATE(float)
 PYRUNTIME_INSTANTIATE(bf16)
 #undef PYRUNTIME_INSTANTIATE
 
-}  // namespace pyruntime::cpu
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA

@@ -1,9 +1,9 @@
 // Rotary embedding of one head, shared by the rope kernels and the engine.
 #pragma once
 
-#include "pyruntime/vec.h"
+#include "vec.h"
 
-namespace pyruntime::cpu::detail {
+namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 
 // Rotates the first rot_dim features of one head in place.
 // \param x   [head_dim]
@@ -29,4 +29,4 @@ inline void rotate_head(T* x, const float* cos, const float* sin, int64_t rot_di
   }
 }
 
-}  // namespace pyruntime::cpu::detail
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail

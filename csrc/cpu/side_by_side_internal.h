@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-namespace pyruntime::cpu::detail {
+namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 
 constexpr int kSideBySide = 4;
 
@@ -28,4 +28,4 @@ inline void for_side_by_side(int64_t begin, int64_t end, Group&& group, One&& on
   for (int64_t i = begin + kSideBySide * run; i < end; ++i) one(i);
 }
 
-}  // namespace pyruntime::cpu::detail
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail

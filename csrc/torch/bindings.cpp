@@ -3,11 +3,14 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <map>
+#include <string>
+#include <vector>
+
 #include "engine.h"
 #include "ops.h"
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/dispatch.h"
-#include "pyruntime/vec.h"
 
 TORCH_LIBRARY(pyruntime, m) {
   m.def("rms_norm(Tensor! out, Tensor x, Tensor weight, float eps) -> ()");
@@ -45,7 +48,34 @@ TORCH_LIBRARY_IMPL(pyruntime, CUDA, m) { PYRUNTIME_REGISTER_IMPLS(m) }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pyruntime compiled kernels (ops are under torch.ops.pyruntime)";
-  m.def("cpu_isa", &pyruntime::isa_name, "SIMD instruction set the CPU kernels were built for");
+  m.def("cpu_isa", [] { return std::string(pyruntime::cpu::isa_name(pyruntime::cpu::active_isa())); },
+        "instruction-set level of the CPU kernels that run now");
+  m.def("cpu_isa_levels", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < static_cast<int>(pyruntime::cpu::Isa::Count); ++i)
+      names.emplace_back(pyruntime::cpu::isa_name(static_cast<pyruntime::cpu::Isa>(i)));
+    return names;
+  }, "every instruction-set level compiled in, lowest first");
+  m.def("set_cpu_isa", [](const std::string& name) {
+    pyruntime::cpu::set_active_isa(pyruntime::cpu::parse_isa(name));
+  }, pybind11::arg("name"), "run later CPU kernels (and engines built later) at this level");
+  m.def("cpu_isa_missing_features", [](const std::string& name) {
+    return pyruntime::cpu::isa_missing_features(pyruntime::cpu::parse_isa(name));
+  }, pybind11::arg("name"), "the CPU features a level needs that this CPU lacks ('' when it runs here)");
+  m.def("best_cpu_isa", [] { return std::string(pyruntime::cpu::isa_name(pyruntime::cpu::best_isa())); },
+        "the highest level this CPU runs");
+  m.def("cpu_features", [] {
+    const pyruntime::cpu::CpuFeatures& f = pyruntime::cpu::cpu_features();
+    const pyruntime::cpu::KernelPaths p = pyruntime::cpu::kernel_paths();
+    return std::map<std::string, bool>{
+        {"avx2", f.avx2}, {"fma", f.fma}, {"f16c", f.f16c}, {"avx512f", f.avx512f}, {"avx512bw", f.avx512bw},
+        {"avx512vl", f.avx512vl}, {"avx512dq", f.avx512dq}, {"avx512_bf16", f.avx512bf16},
+        {"avx512_vnni", f.avx512vnni}, {"amx_tile", f.amx_tile}, {"amx_bf16", f.amx_bf16},
+        {"int8_vnni_path", p.int8_vnni}, {"bf16_amx_path", p.bf16_amx}};
+  }, "what cpuid reports, and the special product paths the active level takes");
+  m.def("measure_fma_gflops", &pyruntime::cpu::measure_fma_gflops,
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "float32 multiply-adds per second over all kernel threads, G/s");
   m.def("supported_head_dims", [] {
 #define PYRUNTIME_HEAD_DIM_ITEM(D) D,
     return std::vector<int>{PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_ITEM)};
@@ -77,6 +107,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_profiling", &pyruntime::EngineHandle::set_profiling)
       .def("profile", &pyruntime::EngineHandle::profile)
       .def_property_readonly("threads", &pyruntime::EngineHandle::threads)
+      .def_property_readonly("isa", &pyruntime::EngineHandle::isa)
       .def_property_readonly("max_tokens", &pyruntime::EngineHandle::max_tokens);
 #ifdef PYRUNTIME_WITH_CUDA
   py::class_<pyruntime::CudaEngineHandle>(m, "CudaEngine",

@@ -274,6 +274,7 @@ std::vector<EngineHandle::Event> EngineHandle::profile() {
 }
 
 int64_t EngineHandle::threads() const { return engine_->threads(); }
+std::string EngineHandle::isa() const { return cpu::isa_name(engine_->isa()); }
 int64_t EngineHandle::max_tokens() const { return engine_->spec().max_tokens; }
 
 #ifdef PYRUNTIME_WITH_CUDA

@@ -43,6 +43,8 @@ class EngineHandle {
   std::vector<Event> profile();
   int64_t threads() const;
   int64_t max_tokens() const;
+  // The instruction-set level of the CPU kernels this engine runs (cpu_isa.h).
+  std::string isa() const;
 
  private:
   const at::Tensor& tensor(const std::string& name);

@@ -11,6 +11,8 @@
 
 #include "pyruntime/engine.h"
 
+#include "isa_or_skip.h"
+
 using pyruntime::bf16;
 namespace cpu = pyruntime::cpu;
 
@@ -228,6 +230,12 @@ void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std:
     }
   s.cos_sin = cos_sin.data();
   cpu::Engine engine(s);
+  ++g_checks;
+  if (engine.isa() != cpu::active_isa()) {
+    ++g_failures;
+    std::printf("FAIL the engine runs the %s kernels, not the active %s\n", cpu::isa_name(engine.isa()),
+                cpu::isa_name(cpu::active_isa()));
+  }
 
   const int64_t prompt = 40, total = 46;
   std::vector<int64_t> tokens(total), positions(total), rows(total, 0);
@@ -300,6 +308,7 @@ void test_quantize(std::mt19937& rng) {
 }  // namespace
 
 int main() {
+  run_at_active_isa_or_skip("test_engine");
   std::mt19937 rng(99);
   test_quantize(rng);
   test_format(cpu::WeightFormat::Float32, pyruntime::DType::Float32, 1e-4, rng);

@@ -10,6 +10,8 @@
 
 #include "pyruntime/cpu_kernels.h"
 
+#include "isa_or_skip.h"
+
 using pyruntime::bf16;
 using pyruntime::from_float;
 using pyruntime::to_float;
@@ -237,6 +239,7 @@ void run_all(std::mt19937& rng) {
 }  // namespace
 
 int main() {
+  run_at_active_isa_or_skip("test_kernels");
   std::mt19937 rng(1234);
   // Twice: with ordinary stores at these sizes, then with the streaming stores the kernels
   // take for outputs beyond the last-level cache forced on for every size.

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "pyruntime/common.h"
+#include "pyruntime/cpu_isa.h"
 #include "pyruntime/engine_shape.h"
 
 namespace pyruntime::cpu {
@@ -106,6 +107,8 @@ class Engine {
 
   const EngineSpec& spec() const;
   int threads() const;
+  // The instruction-set level whose kernels this engine runs (the active one when it was built).
+  Isa isa() const;
   // Timers around every phase (on thread 0, after the phase's barrier); off by default.
   // Switching them on clears the events recorded so far.
   void set_profiling(bool on);

@@ -1,32 +1,23 @@
-// Small float32 vector type with one API over AVX-512, AVX2 and plain C++.
-// Kernels are written against VecF; the ISA is fixed at compile time by the
-// compiler flags that CMake/setup.py pass (PYRUNTIME_ISA), so one source serves all.
-// Loads and stores exist for float and bf16 storage; arithmetic is float32.
+// Small float32 vector type with one API over AVX-512, AVX2 and plain C++. Kernels are
+// written against VecF; each level's build (csrc/cpu/kernels_<isa>.cpp) says which one it is
+// by defining PYRUNTIME_VEC_AVX512 (and PYRUNTIME_VEC_BF16 for the AVX512-BF16 conversions)
+// or PYRUNTIME_VEC_AVX2 before its `#pragma GCC target`, so one source serves all, each in
+// its level's namespace. Loads and stores exist for float and bf16 storage; arithmetic is
+// float32.
 #pragma once
+
+#include <immintrin.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
-#include "pyruntime/common.h"
+#include "isa.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#include <immintrin.h>
-#define PYRUNTIME_VEC_AVX512 1
-#elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define PYRUNTIME_VEC_AVX2 1
-#endif
-
-namespace pyruntime {
+namespace pyruntime::cpu::PYRUNTIME_ISA {
 
 #if defined(PYRUNTIME_VEC_AVX512)
-
-#if defined(__AVX512BF16__)
-inline const char* isa_name() { return "avx512bf16"; }
-#else
-inline const char* isa_name() { return "avx512"; }
-#endif
 
 struct VecF {
   static constexpr int W = 16;
@@ -74,25 +65,17 @@ struct VecF {
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
     return _mm512_srli_epi32(r, 16);
   }
-#if defined(__AVX512BF16__)
+#if defined(PYRUNTIME_VEC_BF16)
   // One instruction (round to nearest even as bf16_bits, but subnormals flushed to zero).
   __m256i to_bf16() const { return (__m256i)_mm512_cvtneps_pbh(v); }
 #else
   __m256i to_bf16() const { return _mm512_cvtepi32_epi16(bf16_bits()); }
 #endif
-  friend VecF operator+(VecF a, VecF b) { return VecF(_mm512_add_ps(a.v, b.v)); }
-  friend VecF operator-(VecF a, VecF b) { return VecF(_mm512_sub_ps(a.v, b.v)); }
-  friend VecF operator*(VecF a, VecF b) { return VecF(_mm512_mul_ps(a.v, b.v)); }
-  friend VecF operator/(VecF a, VecF b) { return VecF(_mm512_div_ps(a.v, b.v)); }
   static VecF fma(VecF a, VecF b, VecF c) { return VecF(_mm512_fmadd_ps(a.v, b.v, c.v)); }
   static VecF max(VecF a, VecF b) { return VecF(_mm512_max_ps(a.v, b.v)); }
   float reduce_sum() const { return _mm512_reduce_add_ps(v); }
   float reduce_max() const { return _mm512_reduce_max_ps(v); }
   // 1/x to ~1 ulp: the 14-bit estimate refined by one Newton step (a division is far slower).
-  friend VecF reciprocal(VecF x) {
-    __m512 r = _mm512_rcp14_ps(x.v);
-    return VecF(_mm512_mul_ps(r, _mm512_fnmadd_ps(x.v, r, _mm512_set1_ps(2.0f))));
-  }
   // exp(x) with ~1 ulp-level relative error over the float range; -inf gives 0.
   VecF exp() const {
     const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
@@ -112,10 +95,18 @@ struct VecF {
     return VecF(_mm512_scalef_ps(p, n));
   }
 };
+// Free functions, not friends: GCC 12 leaves friends defined in a class out of the
+// `#pragma GCC target` of their level.
+inline VecF operator+(VecF a, VecF b) { return VecF(_mm512_add_ps(a.v, b.v)); }
+inline VecF operator-(VecF a, VecF b) { return VecF(_mm512_sub_ps(a.v, b.v)); }
+inline VecF operator*(VecF a, VecF b) { return VecF(_mm512_mul_ps(a.v, b.v)); }
+inline VecF operator/(VecF a, VecF b) { return VecF(_mm512_div_ps(a.v, b.v)); }
+inline VecF reciprocal(VecF x) {
+  __m512 r = _mm512_rcp14_ps(x.v);
+  return VecF(_mm512_mul_ps(r, _mm512_fnmadd_ps(x.v, r, _mm512_set1_ps(2.0f))));
+}
 
 #elif defined(PYRUNTIME_VEC_AVX2)
-
-inline const char* isa_name() { return "avx2"; }
 
 struct VecF {
   static constexpr int W = 8;
@@ -149,10 +140,6 @@ struct VecF {
     store(tmp);
     std::memcpy(p, tmp, sizeof(T) * n);
   }
-  friend VecF operator+(VecF a, VecF b) { return VecF(_mm256_add_ps(a.v, b.v)); }
-  friend VecF operator-(VecF a, VecF b) { return VecF(_mm256_sub_ps(a.v, b.v)); }
-  friend VecF operator*(VecF a, VecF b) { return VecF(_mm256_mul_ps(a.v, b.v)); }
-  friend VecF operator/(VecF a, VecF b) { return VecF(_mm256_div_ps(a.v, b.v)); }
   static VecF fma(VecF a, VecF b, VecF c) { return VecF(_mm256_fmadd_ps(a.v, b.v, c.v)); }
   static VecF max(VecF a, VecF b) { return VecF(_mm256_max_ps(a.v, b.v)); }
   float reduce_sum() const {
@@ -167,7 +154,6 @@ struct VecF {
     s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  friend VecF reciprocal(VecF x) { return VecF(_mm256_div_ps(_mm256_set1_ps(1.0f), x.v)); }
   VecF exp() const {
     const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
     __m256 x = _mm256_max_ps(v, _mm256_set1_ps(-87.3f));
@@ -189,10 +175,13 @@ struct VecF {
     return VecF(_mm256_and_ps(res, _mm256_cmp_ps(v, _mm256_set1_ps(-87.3f), _CMP_GE_OQ)));
   }
 };
+inline VecF operator+(VecF a, VecF b) { return VecF(_mm256_add_ps(a.v, b.v)); }
+inline VecF operator-(VecF a, VecF b) { return VecF(_mm256_sub_ps(a.v, b.v)); }
+inline VecF operator*(VecF a, VecF b) { return VecF(_mm256_mul_ps(a.v, b.v)); }
+inline VecF operator/(VecF a, VecF b) { return VecF(_mm256_div_ps(a.v, b.v)); }
+inline VecF reciprocal(VecF x) { return VecF(_mm256_div_ps(_mm256_set1_ps(1.0f), x.v)); }
 
 #else
-
-inline const char* isa_name() { return "scalar"; }
 
 struct VecF {
   static constexpr int W = 8;
@@ -224,16 +213,12 @@ struct VecF {
     for (int i = 0; i < W; ++i) r.v[i] = f(a.v[i], b.v[i]);
     return r;
   }
-  friend VecF operator+(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x + y; }); }
-  friend VecF operator-(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x - y; }); }
-  friend VecF operator*(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x * y; }); }
-  friend VecF operator/(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x / y; }); }
   static VecF fma(VecF a, VecF b, VecF c) {
     VecF r;
     for (int i = 0; i < W; ++i) r.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);
     return r;
   }
-  static VecF max(VecF a, VecF b) { return map2(a, b, [](float x, float y) { return x > y ? x : y; }); }
+  static VecF max(VecF a, VecF b) { return VecF::map2(a, b, [](float x, float y) { return x > y ? x : y; }); }
   float reduce_sum() const {
     float s = 0.0f;
     for (int i = 0; i < W; ++i) s += v[i];
@@ -244,15 +229,23 @@ struct VecF {
     for (int i = 1; i < W; ++i) s = v[i] > s ? v[i] : s;
     return s;
   }
-  friend VecF reciprocal(VecF x) { return map2(set1(1.0f), x, [](float a, float b) { return a / b; }); }
   VecF exp() const {
     VecF r;
     for (int i = 0; i < W; ++i) r.v[i] = std::exp(v[i]);
     return r;
   }
 };
+inline VecF operator+(VecF a, VecF b) { return VecF::map2(a, b, [](float x, float y) { return x + y; }); }
+inline VecF operator-(VecF a, VecF b) { return VecF::map2(a, b, [](float x, float y) { return x - y; }); }
+inline VecF operator*(VecF a, VecF b) { return VecF::map2(a, b, [](float x, float y) { return x * y; }); }
+inline VecF operator/(VecF a, VecF b) { return VecF::map2(a, b, [](float x, float y) { return x / y; }); }
+inline VecF reciprocal(VecF x) { return VecF::map2(VecF::set1(1.0f), x, [](float a, float b) { return a / b; }); }
 
 #endif
+
+// Floats per vector of this level, and minus infinity (the neutral element of a max).
+constexpr int W = VecF::W;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // out[j] = acc[j].reduce_sum() for j < 16: sixteen horizontal sums at once.
 __attribute__((always_inline)) inline void reduce_sum16(const VecF* acc, float* out) {
@@ -328,7 +321,7 @@ inline void load2(const bf16* p, VecF& a, VecF& b) {
 }
 // a and b rounded to bf16 and packed in load2's order.
 inline __m512i pack_bf16(const VecF& a, const VecF& b) {
-#if defined(__AVX512BF16__)
+#if defined(PYRUNTIME_VEC_BF16)
   // Converted as [a | b], then each 128-bit lane's words as unpack left them.
   alignas(64) static constexpr int16_t kIdx[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
                                                    8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
@@ -455,4 +448,4 @@ inline VecF silu(VecF x) {
   return x * reciprocal(one + (VecF::zero() - x).exp());
 }
 
-}  // namespace pyruntime
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA

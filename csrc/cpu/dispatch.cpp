@@ -1,0 +1,256 @@
+// The public CPU kernels (cpu_kernels.h): each call goes to the build of the active
+// instruction-set level (cpu_isa.h). This file is compiled for baseline x86-64.
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "pyruntime/cpu_isa.h"
+#include "pyruntime/cpu_kernels.h"
+
+namespace pyruntime::cpu {
+
+// Each level's kernels, as kernels_<isa>.cpp defines them.
+namespace scalar {
+#include "pyruntime/cpu_kernels.inc"
+}  // namespace scalar
+namespace avx2 {
+#include "pyruntime/cpu_kernels.inc"
+}  // namespace avx2
+namespace avx512 {
+#include "pyruntime/cpu_kernels.inc"
+}  // namespace avx512
+namespace avx512bf16 {
+#include "pyruntime/cpu_kernels.inc"
+}  // namespace avx512bf16
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = [] {
+    // libgcc's cpuid reading, which also checks that the OS saves the AVX and AVX-512 state.
+    __builtin_cpu_init();
+    CpuFeatures c;
+    c.avx2 = __builtin_cpu_supports("avx2");
+    c.fma = __builtin_cpu_supports("fma");
+    c.f16c = __builtin_cpu_supports("f16c");
+    c.avx512f = __builtin_cpu_supports("avx512f");
+    c.avx512bw = __builtin_cpu_supports("avx512bw");
+    c.avx512vl = __builtin_cpu_supports("avx512vl");
+    c.avx512dq = __builtin_cpu_supports("avx512dq");
+    c.avx512bf16 = __builtin_cpu_supports("avx512bf16");
+    c.avx512vnni = __builtin_cpu_supports("avx512vnni");
+    c.amx_tile = __builtin_cpu_supports("amx-tile");
+    c.amx_bf16 = __builtin_cpu_supports("amx-bf16");
+    return c;
+  }();
+  return f;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+#define PYRUNTIME_ISA_NAME_CASE(E, ns) \
+  case Isa::E: return #ns;
+    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_ISA_NAME_CASE)
+#undef PYRUNTIME_ISA_NAME_CASE
+    case Isa::Count: break;
+  }
+  return "unknown";
+}
+
+Isa parse_isa(const std::string& name) {
+  std::string names;
+  for (int i = 0; i < static_cast<int>(Isa::Count); ++i) {
+    const Isa isa = static_cast<Isa>(i);
+    if (name == isa_name(isa)) return isa;
+    names += std::string(names.empty() ? "" : ", ") + isa_name(isa);
+  }
+  throw InvalidArgument("unknown CPU instruction-set level '" + name + "' (expected one of: " + names + ")");
+}
+
+std::string isa_missing_features(Isa isa) {
+  const CpuFeatures& f = cpu_features();
+  std::string missing;
+  auto need = [&](bool have, const char* name) {
+    if (!have) missing += std::string(missing.empty() ? "" : ", ") + name;
+  };
+  if (isa >= Isa::Avx2) {
+    need(f.avx2, "avx2");
+    need(f.fma, "fma");
+    need(f.f16c, "f16c");
+  }
+  if (isa >= Isa::Avx512) {
+    need(f.avx512f, "avx512f");
+    need(f.avx512bw, "avx512bw");
+    need(f.avx512vl, "avx512vl");
+    need(f.avx512dq, "avx512dq");
+  }
+  if (isa >= Isa::Avx512Bf16) need(f.avx512bf16, "avx512_bf16");
+  return missing;
+}
+
+Isa best_isa() {
+  static const Isa best = [] {
+    Isa b = Isa::Scalar;
+    for (int i = 0; i < static_cast<int>(Isa::Count); ++i)
+      if (isa_missing_features(static_cast<Isa>(i)).empty()) b = static_cast<Isa>(i);
+    return b;
+  }();
+  return best;
+}
+
+namespace {
+
+constexpr int kUnset = -1;
+std::atomic<int> g_active{kUnset};
+std::mutex g_active_mutex;
+
+void check_runs_here(Isa isa, const std::string& origin) {
+  const std::string missing = isa_missing_features(isa);
+  PYRUNTIME_CHECK(missing.empty(), origin + ": this CPU cannot run the " + isa_name(isa) +
+                                       " kernels (it lacks " + missing + "); its best level is " +
+                                       isa_name(best_isa()));
+}
+
+}  // namespace
+
+Isa active_isa() {
+  const int a = g_active.load(std::memory_order_acquire);
+  if (a != kUnset) return static_cast<Isa>(a);
+  std::lock_guard<std::mutex> lock(g_active_mutex);
+  if (g_active.load(std::memory_order_relaxed) == kUnset) {
+    Isa isa = best_isa();
+    if (const char* env = std::getenv("PYRUNTIME_CPU_ISA"); env && *env) {
+      const std::string origin = std::string("PYRUNTIME_CPU_ISA=") + env;
+      try {
+        isa = parse_isa(env);
+      } catch (const InvalidArgument& e) {
+        throw InvalidArgument(origin + ": " + e.what());
+      }
+      check_runs_here(isa, origin);
+    }
+    g_active.store(static_cast<int>(isa), std::memory_order_release);
+  }
+  return static_cast<Isa>(g_active.load(std::memory_order_relaxed));
+}
+
+void set_active_isa(Isa isa) {
+  PYRUNTIME_CHECK(isa >= Isa::Scalar && isa < Isa::Count, "set_active_isa: not a level");
+  check_runs_here(isa, "set_active_isa");
+  std::lock_guard<std::mutex> lock(g_active_mutex);
+  g_active.store(static_cast<int>(isa), std::memory_order_release);
+}
+
+// `return <level>::call` for the active level.
+#define PYRUNTIME_DISPATCH(call)                     \
+  switch (active_isa()) {                            \
+    case Isa::Avx512Bf16: return avx512bf16::call;   \
+    case Isa::Avx512: return avx512::call;           \
+    case Isa::Avx2: return avx2::call;               \
+    case Isa::Scalar:                                \
+    case Isa::Count: break;                          \
+  }                                                  \
+  return scalar::call
+
+double measure_read_bandwidth_gbps(int64_t bytes) { PYRUNTIME_DISPATCH(measure_read_bandwidth_gbps(bytes)); }
+double measure_fma_gflops() { PYRUNTIME_DISPATCH(measure_fma_gflops()); }
+KernelPaths kernel_paths() { PYRUNTIME_DISPATCH(kernel_paths()); }
+
+template <typename T>
+void rms_norm(T* out, int64_t out_stride, const T* x, int64_t x_stride, const T* weight, int64_t rows,
+              int64_t hidden, float eps) {
+  PYRUNTIME_DISPATCH(rms_norm(out, out_stride, x, x_stride, weight, rows, hidden, eps));
+}
+
+template <typename T>
+void fused_add_rms_norm(T* x, int64_t x_stride, T* residual, int64_t residual_stride, const T* weight,
+                        int64_t rows, int64_t hidden, float eps) {
+  PYRUNTIME_DISPATCH(fused_add_rms_norm(x, x_stride, residual, residual_stride, weight, rows, hidden, eps));
+}
+
+template <typename T>
+void rotary_embedding(const int64_t* positions, T* q, HeadsView qv, T* k, HeadsView kv, int64_t num_tokens,
+                      int64_t head_dim, const float* cos_sin_cache, int64_t rot_dim, bool is_neox) {
+  PYRUNTIME_DISPATCH(rotary_embedding(positions, q, qv, k, kv, num_tokens, head_dim, cos_sin_cache, rot_dim, is_neox));
+}
+
+template <typename T>
+void rotary_embedding_and_cache(const int64_t* positions, T* q, HeadsView qv, T* k, const T* v, HeadsView kv,
+                                T* k_cache, T* v_cache, int64_t batch, int64_t tokens, int64_t max_seq,
+                                int64_t head_dim, const float* cos_sin_cache, int64_t rot_dim, bool is_neox) {
+  PYRUNTIME_DISPATCH(rotary_embedding_and_cache(positions, q, qv, k, v, kv, k_cache, v_cache, batch, tokens,
+                                                max_seq, head_dim, cos_sin_cache, rot_dim, is_neox));
+}
+
+template <typename T>
+void silu_and_mul(T* out, int64_t out_stride, const T* x, int64_t x_stride, int64_t rows, int64_t inter) {
+  PYRUNTIME_DISPATCH(silu_and_mul(out, out_stride, x, x_stride, rows, inter));
+}
+
+template <typename T>
+void linear(T* y, const T* x, const T* w, int64_t tokens, int64_t in_features, int64_t out_features,
+            float* workspace) {
+  PYRUNTIME_DISPATCH(linear(y, x, w, tokens, in_features, out_features, workspace));
+}
+
+int64_t linear_workspace_floats(int64_t tokens, int64_t in_features, int64_t out_features) {
+  PYRUNTIME_DISPATCH(linear_workspace_floats(tokens, in_features, out_features));
+}
+
+template <typename T>
+void gated_mlp(T* out, const T* x, const T* gate_up, const T* down, int64_t tokens, int64_t hidden,
+               int64_t inter, float* workspace) {
+  PYRUNTIME_DISPATCH(gated_mlp(out, x, gate_up, down, tokens, hidden, inter, workspace));
+}
+
+int64_t gated_mlp_workspace_floats(int64_t tokens, int64_t hidden, int64_t inter) {
+  PYRUNTIME_DISPATCH(gated_mlp_workspace_floats(tokens, hidden, inter));
+}
+
+DecodePlan plan_gqa_decode(const int32_t* seq_lens, int64_t batch, int64_t num_kv_heads) {
+  PYRUNTIME_DISPATCH(plan_gqa_decode(seq_lens, batch, num_kv_heads));
+}
+
+int64_t gqa_decode_workspace_floats(const DecodePlan& plan, int64_t batch, int64_t num_q_heads,
+                                    int64_t head_dim) {
+  PYRUNTIME_DISPATCH(gqa_decode_workspace_floats(plan, batch, num_q_heads, head_dim));
+}
+
+template <typename T>
+void gqa_decode_attention(T* out, const T* q, const T* k_cache, const T* v_cache, const int32_t* seq_lens,
+                          int64_t batch, int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
+                          int64_t head_dim, float scale, const DecodePlan& plan, float* workspace) {
+  PYRUNTIME_DISPATCH(gqa_decode_attention(out, q, k_cache, v_cache, seq_lens, batch, num_q_heads, num_kv_heads,
+                                          max_seq, head_dim, scale, plan, workspace));
+}
+
+template <typename T>
+void prefill_attention(T* out, const T* q, const T* k_cache, const T* v_cache, int64_t tokens, int64_t start_pos,
+                       int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq, int64_t head_dim, float scale,
+                       int64_t threads, float* workspace) {
+  PYRUNTIME_DISPATCH(prefill_attention(out, q, k_cache, v_cache, tokens, start_pos, num_q_heads, num_kv_heads,
+                                       max_seq, head_dim, scale, threads, workspace));
+}
+
+int64_t prefill_attention_workspace_floats(int64_t threads, int64_t num_q_heads, int64_t num_kv_heads,
+                                           int64_t head_dim) {
+  PYRUNTIME_DISPATCH(prefill_attention_workspace_floats(threads, num_q_heads, num_kv_heads, head_dim));
+}
+
+#define PYRUNTIME_INSTANTIATE(T)                                                                                \
+  template void rms_norm<T>(T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, float);                 \
+  template void fused_add_rms_norm<T>(T*, int64_t, T*, int64_t, const T*, int64_t, int64_t, float);             \
+  template void rotary_embedding<T>(const int64_t*, T*, HeadsView, T*, HeadsView, int64_t, int64_t,             \
+                                    const float*, int64_t, bool);                                               \
+  template void rotary_embedding_and_cache<T>(const int64_t*, T*, HeadsView, T*, const T*, HeadsView, T*, T*,  \
+                                              int64_t, int64_t, int64_t, int64_t, const float*, int64_t, bool); \
+  template void silu_and_mul<T>(T*, int64_t, const T*, int64_t, int64_t, int64_t);                              \
+  template void linear<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, float*);                          \
+  template void gated_mlp<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, float*);              \
+  template void gqa_decode_attention<T>(T*, const T*, const T*, const T*, const int32_t*, int64_t, int64_t,     \
+                                        int64_t, int64_t, int64_t, float, const DecodePlan&, float*);           \
+  template void prefill_attention<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,      \
+                                     int64_t, int64_t, float, int64_t, float*);
+PYRUNTIME_INSTANTIATE(float)
+PYRUNTIME_INSTANTIATE(bf16)
+#undef PYRUNTIME_INSTANTIATE
+
+}  // namespace pyruntime::cpu

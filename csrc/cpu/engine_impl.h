@@ -1,0 +1,53 @@
+// The state of a CPU engine that every instruction-set level's step shares (buffers,
+// profiling), and each level's factory. Engine (engine_spec.cpp) checks the spec and builds
+// the step of the active level; csrc/cpu/engine.cpp is that step, compiled once per level.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "pyruntime/cpu_isa.h"
+#include "pyruntime/engine.h"
+
+namespace pyruntime::cpu {
+
+// Calls with more tokens than this (prefill chunks) use the packed GEMM; decode batches the
+// row tiles, whose per-token sums do not depend on the batch.
+constexpr int64_t kTileMaxTokens = 16;
+
+struct Engine::Impl {
+  Isa isa = Isa::Scalar;  // the level whose step this is
+  EngineSpec spec;
+  int threads = 1;
+  int64_t qkv_dim = 0, q_dim = 0, kv_dim = 0, chunk = 0;
+  float scale = 1.0f;
+  // Activations, float32, for spec.max_tokens tokens.
+  std::vector<float> resid, xn, qkv, attn, act, tmp;  // tmp: per-thread gate and up slices
+  std::vector<float> xn_own;  // per-thread normed rows of decode calls [threads, kTileMaxTokens, H]
+  std::vector<float> pack;                            // per-thread packed weight panel (GEMM)
+  int64_t pack_floats = 0;
+  std::vector<int32_t> seq_lens;
+  std::vector<float> attn_ws;
+  std::vector<float> prefill_ws;  // causal prefill attention (max_tokens > kTileMaxTokens)
+  bool profiling = false;
+  int calls = 0;  // forward calls profiled since profiling was switched on
+  std::vector<ProfileEvent> events;
+
+  explicit Impl(EngineSpec s) : spec(std::move(s)) {}
+  virtual ~Impl() = default;
+  virtual void run(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
+                   void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
+                   int64_t first_logit) = 0;
+};
+
+
+// Each level's step for a checked spec, its buffers allocated.
+#define PYRUNTIME_DECLARE_ENGINE_FACTORY(E, ns) \
+  namespace ns {                                        \
+  std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec spec); \
+  }
+PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_DECLARE_ENGINE_FACTORY)
+#undef PYRUNTIME_DECLARE_ENGINE_FACTORY
+
+}  // namespace pyruntime::cpu

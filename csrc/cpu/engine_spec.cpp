@@ -1,0 +1,102 @@
+// The CPU engine's public face: the spec checked once, here, then the step of the active
+// instruction-set level (csrc/cpu/engine.cpp, compiled per level) built and called.
+#include <string>
+
+#include "engine_impl.h"
+#include "pyruntime/cpu_kernels.h"
+#include "pyruntime/engine.h"
+#include "pyruntime/engine_shape.h"
+
+namespace pyruntime::cpu {
+
+const char* weight_format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::Float32: return "float32";
+    case WeightFormat::BFloat16: return "bfloat16";
+    case WeightFormat::Int8: return "int8";
+  }
+  return "unknown";
+}
+
+const char* op_name(Op op) {
+  static const char* names[] = {"embed",     "attn_norm",  "qkv_proj", "rope_kv_cache",
+                                "attention", "o_proj",     "mlp_norm", "gate_up_silu",
+                                "down_proj", "final_norm", "lm_head"};
+  const int i = static_cast<int>(op);
+  return i >= 0 && i < static_cast<int>(Op::Count) ? names[i] : "unknown";
+}
+
+namespace {
+
+void check_matrix(const Matrix& m, int64_t rows, int64_t cols, WeightFormat f, const std::string& name) {
+  PYRUNTIME_CHECK(m.data != nullptr, "engine: " + name + " is missing");
+  PYRUNTIME_CHECK(m.rows == rows && m.cols == cols,
+                  "engine: " + name + " must be [" + std::to_string(rows) + ", " +
+                      std::to_string(cols) + "], got [" + std::to_string(m.rows) + ", " +
+                      std::to_string(m.cols) + "]");
+  if (f == WeightFormat::Int8) {
+    PYRUNTIME_CHECK(m.scales != nullptr, "engine: " + name + " (int8) has no scales");
+    PYRUNTIME_CHECK(m.group >= 16 && (m.group & (m.group - 1)) == 0 && cols % m.group == 0,
+                    "engine: " + name + " group size " + std::to_string(m.group) +
+                        " must be a power of two >= 16 dividing " + std::to_string(cols));
+    PYRUNTIME_CHECK((m.block_rows == 1 || m.block_rows == kInt8BlockRows) && rows % m.block_rows == 0,
+                    "engine: " + name + " block_rows " + std::to_string(m.block_rows) + " must be 1 or " +
+                        std::to_string(kInt8BlockRows) + " dividing " + std::to_string(rows) + " rows");
+  }
+}
+
+}  // namespace
+
+Engine::Engine(EngineSpec s) {
+  const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
+  check_engine_shape(s, "engine");
+  PYRUNTIME_CHECK(s.kv_dtype == DType::Float32 || s.kv_dtype == DType::BFloat16,
+                  "engine: kv_dtype must be float32 or bfloat16");
+  PYRUNTIME_CHECK(s.cos_sin && s.final_norm, "engine: cos_sin and final_norm are required");
+  PYRUNTIME_CHECK(!s.layers.empty(), "engine: no layers");
+  const int64_t q_dim = s.num_heads * D, kv_dim = s.num_kv_heads * D;
+  check_matrix(s.embed, s.vocab, H, s.format, "embed");
+  check_matrix(s.lm_head, s.vocab, H, s.format, "lm_head");
+  for (size_t l = 0; l < s.layers.size(); ++l) {
+    const EngineLayer& L = s.layers[l];
+    const std::string p = "layers." + std::to_string(l) + ".";
+    PYRUNTIME_CHECK(L.attn_norm && L.mlp_norm, "engine: " + p + "norm weights are missing");
+    check_matrix(L.qkv, q_dim + 2 * kv_dim, H, s.format, p + "qkv");
+    check_matrix(L.o, H, q_dim, s.format, p + "o");
+    check_matrix(L.gate_up, 2 * I, H, s.format, p + "gate_up");
+    check_matrix(L.down, H, I, s.format, p + "down");
+  }
+  switch (active_isa()) {
+#define PYRUNTIME_ENGINE_CASE(E, ns) \
+  case Isa::E: impl_ = ns::make_engine_impl(std::move(s)); break;
+    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_ENGINE_CASE)
+#undef PYRUNTIME_ENGINE_CASE
+    case Isa::Count: break;
+  }
+  PYRUNTIME_CHECK(impl_ != nullptr, "engine: no kernels for the active instruction set");
+}
+
+Engine::~Engine() = default;
+
+void Engine::forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
+                     void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
+                     int64_t first_logit) {
+  const EngineSpec& s = impl_->spec;
+  PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n), "engine.forward: null cache or logits");
+  check_forward_args(s, tokens, positions, rows, n, cache_rows, first_logit, "engine");
+  impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit);
+}
+
+const EngineSpec& Engine::spec() const { return impl_->spec; }
+int Engine::threads() const { return impl_->threads; }
+Isa Engine::isa() const { return impl_->isa; }
+void Engine::set_profiling(bool on) {
+  if (on && !impl_->profiling) {
+    impl_->events.clear();
+    impl_->calls = 0;
+  }
+  impl_->profiling = on;
+}
+const std::vector<ProfileEvent>& Engine::profile() const { return impl_->events; }
+
+}  // namespace pyruntime::cpu
