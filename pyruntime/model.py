@@ -17,7 +17,7 @@ from pyruntime.weights import ModelWeights
 
 # Decode steps run in groups of at most this many sequences: the row-wise kernels then
 # give every sequence exactly the result it would get alone.
-DECODE_GROUP = 16
+DECODE_GROUP = C.max_row_tile_tokens
 
 
 def check_supported(cfg: ModelConfig, source) -> None:

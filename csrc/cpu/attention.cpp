@@ -43,14 +43,11 @@ inline SplitRecord record_at(float* base, int64_t group, int64_t head_dim) {
           base + group * (head_dim + 2)};
 }
 
-// K and V stream in with prefetch_ahead as they are read (one request per line read). SmolLM2's
-// shape, bf16 key tiles, 30 layers x 4000 keys from DRAM on two threads: 9.3-9.6 ms with the
-// next block requested in a burst while its predecessor was scored, 7.3-8.0 ms so.
+// K and V stream in with prefetch_ahead as they are read (one request per line read), which
+// beats requesting the next block in a burst while its predecessor is scored.
 //
 // A block's keys come from kStreams places of the split read side by side: one stream per thread
-// leaves DRAM idle between the hardware prefetcher's requests (a plain read on the build machine:
-// 23 GB/s from one stream, 29 from four interleaved a few lines at a time). Llama-3-8B's shape,
-// S=8192, two threads: f32 3.7-4.1 ms -> 2.8-3.0 ms, bf16 2.1-2.3 -> 1.7-1.9 ms.
+// leaves DRAM idle between the hardware prefetcher's requests (side_by_side_internal.h).
 constexpr int kStreams = 4;
 
 // Where a block's keys (and their values) are: key j of the block is row

@@ -79,8 +79,8 @@ struct EngineImpl final : Engine::Impl {
     // K in key tiles where they fit evenly (see attention_internal.h); rows otherwise.
     const bool k_tiled = s.max_seq % detail::kTileKeys == 0;
     for (int64_t i = 0; i < n; ++i) seq_lens[i] = static_cast<int32_t>(positions[i] + 1);
-    // Over kTileMaxTokens consecutive positions of one cache row: the causal prefill kernel.
-    bool causal_chunk = n > kTileMaxTokens && !prefill_ws.empty();
+    // Over kMaxRowTileTokens consecutive positions of one cache row: the causal prefill kernel.
+    bool causal_chunk = n > kMaxRowTileTokens && !prefill_ws.empty();
     for (int64_t i = 1; causal_chunk && i < n; ++i)
       causal_chunk = rows[i] == rows[0] && positions[i] == positions[0] + i;
     DecodePlan plan = plan_gqa_decode(seq_lens.data(), n, Hkv);
@@ -106,7 +106,7 @@ struct EngineImpl final : Engine::Impl {
       auto product = [&](auto accumulate, float* y, int64_t y_stride, const float* x, int64_t x_stride,
                          const auto& w, int64_t tokens, int64_t in, int64_t r0, int64_t r1) {
         constexpr bool acc = decltype(accumulate)::value;
-        if (tokens > kTileMaxTokens)
+        if (tokens > kMaxRowTileTokens)
           detail::gemm_rows<acc>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed);
         else
           detail::linear_rows<acc>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
@@ -126,8 +126,8 @@ struct EngineImpl final : Engine::Impl {
       // x = rms_norm(resid rows [t0, n)) * w. Decode calls (few tokens): every thread normalises
       // every row into its own copy, with no barrier (the last phase ended in one); prompt
       // chunks share the rows out.
-      const bool own_rows = n <= kTileMaxTokens;
-      float* x = own_rows ? xn_own.data() + static_cast<int64_t>(tid) * kTileMaxTokens * H : xn.data();
+      const bool own_rows = n <= kMaxRowTileTokens;
+      float* x = own_rows ? xn_own.data() + static_cast<int64_t>(tid) * kMaxRowTileTokens * H : xn.data();
       auto norm = [&](const float* w, int64_t t0) {
         if (own_rows) {
           for (int64_t t = t0; t < n; ++t) detail::rms_norm_row(x + t * H, resid.data() + t * H, w, H, s.eps);
@@ -253,14 +253,14 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   const int64_t N = sp.max_tokens;
   m.resid.assign(N * H, 0.0f);
   m.xn.assign(N * H, 0.0f);
-  m.xn_own.assign(static_cast<int64_t>(m.threads) * kTileMaxTokens * H, 0.0f);
+  m.xn_own.assign(static_cast<int64_t>(m.threads) * kMaxRowTileTokens * H, 0.0f);
   m.qkv.assign(N * m.qkv_dim, 0.0f);
   m.attn.assign(N * q_dim, 0.0f);
   m.act.assign(N * I, 0.0f);
   m.tmp.assign(static_cast<int64_t>(m.threads) * 2 * N * m.chunk, 0.0f);
   m.seq_lens.assign(N, 0);
   m.pack_floats = detail::gemm_pack_floats(std::max({H, q_dim, I}));
-  if (N > kTileMaxTokens) {
+  if (N > kMaxRowTileTokens) {
     m.pack.assign(static_cast<int64_t>(m.threads) * m.pack_floats, 0.0f);
     m.prefill_ws.assign(prefill_attention_workspace_floats(m.threads, sp.num_heads, sp.num_kv_heads, D), 0.0f);
   }

@@ -8,13 +8,10 @@
 #include <vector>
 
 #include "pyruntime/cpu_isa.h"
+#include "pyruntime/cpu_kernels.h"
 #include "pyruntime/engine.h"
 
 namespace pyruntime::cpu {
-
-// Calls with more tokens than this (prefill chunks) use the packed GEMM; decode batches the
-// row tiles, whose per-token sums do not depend on the batch.
-constexpr int64_t kTileMaxTokens = 16;
 
 struct Engine::Impl {
   Isa isa = Isa::Scalar;  // the level whose step this is
@@ -24,12 +21,12 @@ struct Engine::Impl {
   float scale = 1.0f;
   // Activations, float32, for spec.max_tokens tokens.
   std::vector<float> resid, xn, qkv, attn, act, tmp;  // tmp: per-thread gate and up slices
-  std::vector<float> xn_own;  // per-thread normed rows of decode calls [threads, kTileMaxTokens, H]
+  std::vector<float> xn_own;  // per-thread normed rows of decode calls [threads, kMaxRowTileTokens, H]
   std::vector<float> pack;                            // per-thread packed weight panel (GEMM)
   int64_t pack_floats = 0;
   std::vector<int32_t> seq_lens;
   std::vector<float> attn_ws;
-  std::vector<float> prefill_ws;  // causal prefill attention (max_tokens > kTileMaxTokens)
+  std::vector<float> prefill_ws;  // causal prefill attention (max_tokens > kMaxRowTileTokens)
   bool profiling = false;
   int calls = 0;  // forward calls profiled since profiling was switched on
   std::vector<ProfileEvent> events;

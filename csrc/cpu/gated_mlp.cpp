@@ -64,7 +64,7 @@ int64_t gated_mlp_workspace_floats(int64_t tokens, int64_t hidden, int64_t inter
 // barrier, whole rows of down over the whole intermediate (a few KiB, read from the caches): a
 // thread's down rows are one contiguous block. (Down's columns split between the threads instead,
 // which needs no barrier but a sum of partial outputs, read every row in pieces of a page or
-// less: SmolLM2's down took 45 % of the call for a third of the bytes.)
+// less, and so slowly.)
 template <typename T>
 void gated_mlp(T* out, const T* x, const T* gate_up, const T* down, int64_t tokens,
                int64_t hidden, int64_t inter, float* workspace) {

@@ -14,10 +14,8 @@ int g_default_threads = 0;
 
 // 3/4 of the last-level cache this process can count on: the reported size, but at most
 // 4x the threads' own L2s. A big server's L3 is sliced and shared by every core of the chip
-// (and, in a cloud guest, by other guests): on a 2-vCPU guest reporting 480 MiB of L3, reads
-// ran at L3 speed only up to 64 MiB and at DRAM speed from 128 MiB, and rms_norm calls moving
-// 64-128 MiB (cold outputs) reached 54-67 % of the read bandwidth with ordinary stores, 88-96 %
-// streamed.
+// (and, in a cloud guest, by other guests), so a few-vCPU guest may report the whole chip's L3
+// and still read at DRAM speed well below that size (benchmarks/README.md has the figures).
 int64_t default_streaming_threshold() {
   const long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
   const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);

@@ -421,12 +421,11 @@ inline void load_pairs(const bf16* p, VecF& even, VecF& odd) {
 #endif
 }
 
-// Loads n <= W elements: a full vector when n == W, a masked one otherwise.
 // How far ahead of the bytes being read the streaming kernels request lines from memory: one
 // core keeps too few misses in flight on demand alone to reach the memory bandwidth, and the
 // requests go out a few lines at a time, as the lines they stand in for are read.
-// The requests ask for L1 (prefetcht0): against L2 only (prefetcht1) the int8 products of
-// SmolLM2 ran 9-12 % slower, bf16 2-5 %, the decode attention 6-7 % (harnesses, 2 threads).
+// The requests ask for L1 (prefetcht0): the products and the decode attention ran slower with
+// L2-only requests (prefetcht1).
 inline constexpr int64_t kPrefetchAheadBytes = 4096;
 
 // Requests the lines kPrefetchAheadBytes past the `bytes` bytes at p. Past the end of the
@@ -436,6 +435,7 @@ inline void prefetch_ahead(const void* p, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(reinterpret_cast<const void*>(line + b), 0, 3);
 }
 
+// Loads n <= W elements: a full vector when n == W, a masked one otherwise.
 template <typename T> inline VecF load_n(const T* p, int n) {
   return n == VecF::W ? VecF::load(p) : VecF::load_partial(p, n);
 }

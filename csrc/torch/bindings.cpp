@@ -81,6 +81,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return std::vector<int>{PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_ITEM)};
 #undef PYRUNTIME_HEAD_DIM_ITEM
   }, "head sizes the attention kernels are compiled for");
+  m.attr("max_row_tile_tokens") = pyruntime::cpu::kMaxRowTileTokens;
   m.def("cpu_num_threads", &pyruntime::cpu::num_threads);
   m.def("measure_read_bandwidth_gbps", &pyruntime::cpu::measure_read_bandwidth_gbps,
         pybind11::arg("bytes") = int64_t(1) << 30, pybind11::call_guard<pybind11::gil_scoped_release>(),

@@ -309,8 +309,7 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& x) {
   });
 }
 
-// Above this many tokens a projection is a matrix product: torch's GEMM wins.
-constexpr int64_t kLinearMaxFusedTokens = 16;
+// Above cpu::kMaxRowTileTokens tokens a projection is a matrix product: torch's GEMM wins.
 
 void linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight) {
   check_dtype(x, "x");
@@ -327,7 +326,7 @@ void linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight) {
   check_size(out, "out", 0, tokens, "tokens of x");
   check_size(out, "out", 1, out_f, "out_features of weight");
   if (tokens == 0 || out_f == 0) return;
-  if (tokens > kLinearMaxFusedTokens || x.is_cuda()) {
+  if (tokens > cpu::kMaxRowTileTokens || x.is_cuda()) {
     at::linear_out(out, x, weight);
     return;
   }
@@ -339,8 +338,7 @@ void linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight) {
   });
 }
 
-// Above this many tokens the MLP is a pair of matrix products: torch's GEMM wins.
-constexpr int64_t kGatedMlpMaxFusedTokens = 16;
+// Above cpu::kMaxRowTileTokens tokens the MLP is a pair of matrix products: torch's GEMM wins.
 
 void gated_mlp(at::Tensor& out, const at::Tensor& x, const at::Tensor& gate_up_weight,
                const at::Tensor& down_weight) {
@@ -366,7 +364,7 @@ void gated_mlp(at::Tensor& out, const at::Tensor& x, const at::Tensor& gate_up_w
                     ", got ", out.sizes());
   check_contiguous(out, "out");
   if (tokens == 0) return;
-  if (tokens > kGatedMlpMaxFusedTokens) {
+  if (tokens > cpu::kMaxRowTileTokens) {
     at::Tensor gu = at::linear(x, gate_up_weight);
     at::Tensor act = at::empty({tokens, inter}, x.options());
     silu_and_mul(act, gu);

@@ -27,6 +27,11 @@ int64_t streaming_store_threshold();
 void set_streaming_store_threshold(int64_t bytes);
 inline bool stream_output(int64_t call_bytes) { return call_bytes >= streaming_store_threshold(); }
 
+// The most tokens one product call runs on the row tiles (each weight row read once for all of
+// them, every token's sums in the same order whatever the batch): decode batches. Longer calls
+// (prefill chunks) take the packed GEMM, whose sums round differently.
+constexpr int64_t kMaxRowTileTokens = 16;
+
 // How gqa_decode_attention splits each sequence's keys across threads. A sequence's
 // split length depends on its own length only (never on the rest of the batch), so its
 // result is the same alone or batched.

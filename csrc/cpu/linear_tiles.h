@@ -1,0 +1,117 @@
+// The portable register tiles of the decode products: R weight rows times a few tokens, FMAs
+// over the level's vectors, any weight format of weight_rows.h.
+#pragma once
+
+#include <type_traits>
+#include <utility>
+
+#include "vec.h"
+#include "weight_rows.h"
+
+namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
+
+// y[t, r] (+)= the horizontal sum of acc[r * NT + t]: one reduction for every tile shape, so a
+// token's sum never depends on the tile it was in.
+// Row r's sums go to y[t * y_stride + r * y_row_step].
+template <int R, int NT, bool Accumulate>
+inline void store_tile(float* y, int64_t y_stride, const VecF* acc, int64_t y_row_step = 1) {
+  VecF all[16];
+  for (int k = 0; k < 16; ++k) all[k] = k < R * NT ? acc[k] : VecF::zero();
+  float sums[16];
+  reduce_sum16(all, sums);
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NT; ++t) {
+      float& out = y[t * y_stride + r * y_row_step];
+      out = Accumulate ? out + sums[r * NT + t] : sums[r * NT + t];
+    }
+}
+
+// A tile of R weight rows times NT tokens: every weight vector loaded serves NT tokens and
+// every x vector R rows (the loads, not the FMAs, bound this loop). With Accumulate the
+// sums are added to y instead of stored. With Prefetch rows further on (prefetch_rows_ahead) are
+// requested from memory as these are read: one core cannot keep enough misses in flight otherwise.
+// (The accumulators are named locals, not the reduction's array: GCC keeps an array whose
+// address escapes in memory and stores it on every iteration.)
+// \param ahead prefetch_rows_ahead<R, Rows>(in), computed once per product (it divides); rows
+//              of runs side by side: rows ahead in each run
+// \param y_row_step where row r's sums go: y[t * y_stride + r * y_row_step]
+template <int R, int NT, bool Accumulate, bool Prefetch, typename Rows>
+inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
+                        int64_t in, int64_t ahead, int64_t y_row_step = 1) {
+  constexpr int W = VecF::W;
+  static_assert(R * NT <= 16, "at most 16 accumulators");
+  VecF acc[R * NT];
+  for (auto& a : acc) a = VecF::zero();
+  if constexpr (IsGrouped<Rows>::value) {
+    // int8: per group, sum q * x, then add that times the group's scale. Each row's values,
+    // scales and prefetch target advance by a fixed step per group (no addressing per load).
+    const int64_t group = int64_t(1) << w.group_shift, gstep = w.group_step(), sstep = w.scale_step();
+    const int8_t* wr[R];
+    const int8_t* pr[R] = {};
+    const float* sr[R];
+    for (int r = 0; r < R; ++r) {
+      wr[r] = w.at(r, 0);
+      if constexpr (Prefetch) pr[r] = w.at(ahead + r, 0);
+      sr[r] = w.scale_at(r, 0);
+    }
+    for (int64_t g0 = 0, g = 0; g0 < in; g0 += group, ++g) {
+      VecF part[R * NT];
+      for (auto& a : part) a = VecF::zero();
+      if constexpr (Prefetch)  // once per group: a group is at least half a cache line
+        for (int r = 0; r < R; ++r) __builtin_prefetch(pr[r] + g * gstep, 0, 3);
+      for (int64_t k = 0; k < group; k += W) {
+        VecF xv[NT];
+        for (int t = 0; t < NT; ++t) xv[t] = VecF::load(x + t * x_stride + g0 + k);
+        for (int r = 0; r < R; ++r) {
+          const VecF wv = VecF::load(wr[r] + g * gstep + k);
+          for (int t = 0; t < NT; ++t) part[r * NT + t] = VecF::fma(wv, xv[t], part[r * NT + t]);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const VecF sv = VecF::set1(sr[r][g * sstep]);
+        for (int t = 0; t < NT; ++t) acc[r * NT + t] = VecF::fma(part[r * NT + t], sv, acc[r * NT + t]);
+      }
+    }
+  } else {
+    auto step = [&](VecF* sums, int64_t i, int n) {
+      VecF xv[NT];
+      for (int t = 0; t < NT; ++t) xv[t] = load_n(x + t * x_stride + i, n);
+      for (int r = 0; r < R; ++r) {
+        if constexpr (Prefetch) w.prefetch_ahead(r, i, ahead);
+        const VecF wv = w.load(r, i, n);
+        for (int t = 0; t < NT; ++t) sums[r * NT + t] = VecF::fma(wv, xv[t], sums[r * NT + t]);
+      }
+    };
+    int64_t i = 0;
+    for (; i + W <= in; i += W) step(acc, i, W);
+    if (i < in) step(acc, i, static_cast<int>(in - i));
+  }
+  store_tile<R, NT, Accumulate>(y, y_stride, acc, y_row_step);
+}
+
+// R rows [r, r + R) times every token, four (int8: two) tokens at a time: the rows stay in L1 while
+// the tokens stream past (a prefill chunk reads each weight once). The first group of
+// tokens prefetches the rows ahead (prefetch_rows_ahead).
+template <int R, bool Accumulate, typename Rows>
+inline void linear_row_block(float* y, int64_t y_stride, const float* x, int64_t x_stride,
+                             const Rows& w, int64_t tokens, int64_t in, int64_t ahead, int64_t y_row_step = 1) {
+  // int8 tiles hold a partial sum per accumulator too: fewer tokens per tile keep both in registers.
+  constexpr int kTokens = IsGrouped<Rows>::value ? 2 : 4;
+  auto tile = [&](auto nt, auto prefetch, int64_t t0) {
+    linear_tile<R, decltype(nt)::value, Accumulate, decltype(prefetch)::value>(
+        y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in, ahead, y_row_step);
+  };
+  auto group = [&](auto prefetch, int64_t t0) {
+    switch (tokens - t0 < kTokens ? tokens - t0 : kTokens) {
+      case 4: if constexpr (kTokens >= 4) tile(std::integral_constant<int, 4>{}, prefetch, t0); break;
+      case 3: if constexpr (kTokens >= 3) tile(std::integral_constant<int, 3>{}, prefetch, t0); break;
+      case 2: tile(std::integral_constant<int, 2>{}, prefetch, t0); break;
+      case 1: tile(std::integral_constant<int, 1>{}, prefetch, t0); break;
+      default: break;
+    }
+  };
+  group(std::true_type{}, 0);
+  for (int64_t t0 = kTokens; t0 < tokens; t0 += kTokens) group(std::false_type{}, t0);
+}
+
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail
