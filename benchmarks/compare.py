@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import time
@@ -32,6 +31,7 @@ import torch
 import pyruntime
 from pyruntime import models
 from pyruntime._ext import C
+from pyruntime.cpu import cpu_features, cpu_model
 from pyruntime.bench import CpuContention, contention_warning
 
 MODEL = "smollm2-135m-instruct"
@@ -170,9 +170,9 @@ def main():
     ap.add_argument("--context-reps", type=int, default=3, help="repetitions of the decode-against-context sweep")
     ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--skip", default="", help="comma-separated runtimes to leave out (llama.cpp, transformers)")
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/<this CPU's best kernel level>")
     a = ap.parse_args()
-    out = Path(a.out)
+    out = Path(a.out or f"benchmarks/results/{C.best_cpu_isa()}")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(a.threads)
     contexts = [int(c) for c in a.contexts.split(",") if c]
@@ -267,7 +267,7 @@ def main():
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = "unknown"
-    report = {"machine": platform.processor() or platform.machine(), "isa": C.cpu_isa(), "threads": a.threads,
+    report = {"machine": cpu_model(), "isa": C.cpu_isa(), "cpu_features": cpu_features(), "threads": a.threads,
               "commit": commit, "read_bandwidth_gbps": bw, "bandwidth_samples": bandwidth, "reps": a.reps,
               "context_reps": a.context_reps,
               "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "prefill_tokens": a.prefill_tokens,

@@ -7,6 +7,8 @@ import importlib.util
 import os
 import sys
 
+import torch  # noqa: F401  (loads libtorch, which the extension links against)
+
 _override = os.environ.get("PYRUNTIME_EXTENSION")
 try:
     if _override:

@@ -31,6 +31,20 @@ def set_cpu_isa(name: str) -> None:
     C.set_cpu_isa(name)
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (platform.machine() where it is absent)."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def describe() -> str:
     """One line for reports: the active level, the best one, and the special paths taken."""
     f = cpu_features()
