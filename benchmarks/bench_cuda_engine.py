@@ -3,10 +3,10 @@ the same shape, in one process on one GPU:
 
     python benchmarks/bench_cuda_engine.py
 
-Prints decode step time, tokens/s and MBU (weights + KV cache read per step over the bandwidth
-of a 1 GB device copy measured in the same run) at several contexts, with and without CUDA
-graphs; prefill of 512 tokens; and transformers' decode and prefill on the same shape. Needs a
-GPU with ~40 GB free and a CUDA build of pyruntime.
+Prints decode step time, tokens/s and MBU (weights + KV cache read per step, of the embedding
+only the token's row, over the bandwidth of a 1 GB device copy measured in the same run) at
+several contexts, with and without CUDA graphs; prefill of 512 tokens; and transformers' decode
+and prefill on the same shape. Needs a GPU with ~40 GB free and a CUDA build of pyruntime.
 """
 import gc
 import statistics
@@ -15,6 +15,7 @@ import time
 import torch
 
 from pyruntime._ext import C
+from pyruntime.bench import weight_bytes_read
 
 # Llama-3-8B: layers, hidden, intermediate, query heads, KV heads, head size, vocabulary; cache length
 L, H, I, HQ, HKV, D, V, MAX_SEQ = 32, 4096, 14336, 32, 8, 128, 128256, 4096
@@ -61,14 +62,14 @@ def random_weights(gen):
 def bench_engine(bw):
     gen = torch.Generator(device=DEV).manual_seed(0)
     tensors, rnd = random_weights(gen)
-    weight_bytes = sum(x.numel() * x.element_size() for k, x in tensors.items() if k != "cos_sin")
+    weight_bytes = weight_bytes_read(tensors, V)  # the embedding's one row per token, not its table
     config = dict(hidden=H, inter=I, num_heads=HQ, num_kv_heads=HKV, head_dim=D, vocab=V, num_layers=L,
                   max_seq=MAX_SEQ, rot_dim=D, is_neox=1.0, eps=1e-5, scale=D**-0.5, max_tokens=512)
     engine = C.CudaEngine(config, BF16, tensors)
     k, v = rnd(L, 1, HKV, MAX_SEQ, D), rnd(L, 1, HKV, MAX_SEQ, D)
     logits = torch.empty(1, V, device=DEV)
     stream = torch.cuda.current_stream().cuda_stream
-    print(f"weights {weight_bytes / 1e9:.2f} GB")
+    print(f"weights read per token {weight_bytes / 1e9:.2f} GB")
     for graphs in (True, False):
         engine.set_cuda_graphs(graphs)
         for ctx in (128, 1024, 4000):

@@ -43,8 +43,9 @@ def _load(ns):
 def cmd_generate(ns) -> int:
     llm = _load(ns)
     prompt = ns.prompt
-    if not ns.raw:
-        prompt = llm.render_chat([{"role": "user", "content": prompt}]) if llm.tokenizer.chat_template else prompt
+    if not ns.raw and llm.tokenizer.chat_template:
+        # Token ids, as transformers encodes a rendered chat: the template writes BOS itself.
+        prompt = llm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True)
     for piece in llm.stream(prompt, **_sampling(ns)):
         print(piece, end="", flush=True)
     print()
@@ -67,7 +68,7 @@ def cmd_chat(ns) -> int:
         # The rendered history starts with the previous turns' tokens, so their KV cache
         # entries are reused and only the new turn is prefilled.
         reply = ""
-        for piece in llm.stream(llm.render_chat(messages), **_sampling(ns)):
+        for piece in llm.stream(llm.tokenizer.apply_chat_template(messages, tokenize=True), **_sampling(ns)):
             reply += piece
             print(piece, end="", flush=True)
         print()

@@ -1,5 +1,5 @@
 """GGUF -> Hugging Face style folder: config.json, model.safetensors (dequantised to
-float32), tokenizer.json and tokenizer_config.json (with the chat template) rebuilt from
+float32), tokenizer.json and tokenizer_config.json (with the chat templates) rebuilt from
 the GGUF metadata, generation_config.json. The `gguf` package reads the file."""
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class _Meta:
     def __init__(self, reader, path):
         self._fields = reader.fields
         self._path = path
+
+    def keys(self):
+        return self._fields.keys()
 
     def get(self, key, default=None, required=False):
         f = self._fields.get(key)
@@ -197,10 +200,23 @@ def _tokenizer_config(meta: _Meta, tokens, add_bos: bool) -> dict:
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(meta.get("llama.context_length", 2048)),
     }
-    template = meta.get("tokenizer.chat_template")
-    if template:
-        tok_cfg["chat_template"] = template
+    templates = _chat_templates(meta)
+    if list(templates) == ["default"]:
+        tok_cfg["chat_template"] = templates["default"]
+    elif templates:  # named variants (tool_use, rag, ...): transformers' list form
+        tok_cfg["chat_template"] = [{"name": k, "template": v} for k, v in templates.items()]
     return {k: v for k, v in tok_cfg.items() if v is not None}
+
+
+def _chat_templates(meta: _Meta) -> dict[str, str]:
+    """name -> template: tokenizer.chat_template is the default, tokenizer.chat_template.<name>
+    the named ones (gguf's writer lists their names in tokenizer.chat_templates)."""
+    prefix = "tokenizer.chat_template."
+    templates = {"default": meta.get("tokenizer.chat_template")}
+    for key in sorted(meta.keys()):
+        if key.startswith(prefix):
+            templates[key[len(prefix):]] = meta.get(key)
+    return {k: v for k, v in templates.items() if isinstance(v, str) and v}
 
 
 def _read_gguf(gguf_path: Path, progress: bool):

@@ -1,6 +1,6 @@
 """`LLM`: load a model, then generate, stream, chat, score. Prefill of the whole prompt in one
 pass, then one decode step per token against a preallocated KV cache; a prompt that
-starts with the previous call's tokens reuses their cached K/V."""
+starts with the tokens the previous call left in the cache reuses their K/V."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import torch
 from pyruntime import _ext, models
 from pyruntime.config import ModelConfig
 from pyruntime.detokenize import TextStream
-from pyruntime.engine import PRECISIONS
+from pyruntime.engine import PRECISIONS, Engine, check_supported, make_engine
 from pyruntime.errors import ModelLoadError
 from pyruntime.kv_cache import KVCache
-from pyruntime.model import Transformer, check_supported
 from pyruntime.sampling import Sampler, SamplingParams
 from pyruntime.tokenizer import Tokenizer
 from pyruntime.weights import load_weights
@@ -66,6 +65,23 @@ class _Sequence:
     pending: str = ""  # text handed out by the latest step
 
 
+@dataclass
+class _Run:
+    """One call in progress: its sequences, advanced a step at a time by LLM._step."""
+    seqs: list[_Sequence]
+    stats: list[Stats]
+    max_new_tokens: int
+    logprobs: int | None
+    eos: tuple[int, ...]
+    t_start: float
+    t_first: float = 0.0
+    started: bool = False  # prefilled: from then on it needs to own the cache
+
+    @property
+    def done(self) -> bool:
+        return all(s.finish_reason for s in self.seqs)
+
+
 def _physical_cores() -> int:
     try:
         cores = set()
@@ -84,6 +100,22 @@ def _physical_cores() -> int:
 
 
 class LLM:
+    """One model and one KV cache, shared by every call on this object, from any thread.
+
+    Who may touch the cache: the call that last started using it (generate; logits; a stream
+    from its first next()) owns it. `_lock` is held while a step computes and never across a
+    stream's yield, so a suspended stream blocks nobody: a later call takes the cache, and the
+    stream's next step raises RuntimeError ("superseded") instead of running on K/V it no
+    longer owns. Which K/V may be reused: `_cached_ids` lists exactly the tokens whose K/V in
+    row 0 are completely written; a step cuts it below the first position it writes before
+    writing and extends it only once the write has returned, so a call cancelled or
+    interrupted anywhere leaves only valid K/V to reuse. A scheduler serving many requests
+    keeps both rules per cache row: one owner at a time, cut before write, extend after.
+
+    llm.engine is the engine the model runs on (pyruntime.engine: CpuEngine, CudaEngine, or the
+    Python-sequenced TorchReference): it owns the KV cache, and llm.engine.kv(layer) returns a
+    layer's K and V as [B, Hkv, S, D] tensors."""
+
     def __init__(self, model: str | Path, dtype: str = "float32", max_seq_len: int | None = None,
                  threads: int | None = None, device: str = "cpu", progress: bool = True):
         if dtype not in PRECISIONS:
@@ -122,11 +154,11 @@ class LLM:
         weights = load_weights(self.path, self.config, PRECISIONS[dtype].load, progress=progress)
         if device == "cuda":
             weights = _to_device(weights, device)
-        self.model = Transformer(self.config, weights, self.max_seq_len, dtype, self.threads)
+        self.engine: Engine = make_engine(self.config, weights, dtype, self.max_seq_len, self.threads)
         del weights  # int8: the float32 copy goes; the engine keeps the quantised one
-        self._lock = threading.Lock()
-        self._cache = self._new_cache(1)
-        self._cached_ids: list[int] = []  # tokens whose K/V are in row 0 of the cache
+        self._lock = threading.Lock()  # held during a step's compute only
+        self._cached_ids: list[int] = []  # tokens whose K/V are completely written in row 0 of the cache
+        self._owner: _Run | None = None  # the run that last took the cache; None after logits()
 
     # ----------------------------------------------------------------- public API
     @property
@@ -138,7 +170,7 @@ class LLM:
     @property
     def weight_bytes(self) -> int:
         """Bytes of weights the model reads per token (int8: values and scales)."""
-        return self.model.weight_bytes
+        return self.engine.weight_bytes
 
     @property
     def kv_dtype(self) -> torch.dtype:
@@ -154,37 +186,50 @@ class LLM:
         prompts = [self._prompt_ids(p) for p in (prompt if batch else [prompt])]
         args = self._check_args(prompts, max_new_tokens, stop, logprobs,
                                 SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed), ignore_eos)
-        with self._lock:
-            seqs, stats = None, None
-            for seqs, stats in self._run(prompts, *args):
-                pass
-        out = [self._completion(s, st) for s, st in zip(seqs, stats)]
+        run = self._new_run(prompts, *args)
+        with self._lock:  # the whole call: no other call can supersede it halfway
+            while not run.done:
+                self._step(run)
+        out = [self._completion(s, st) for s, st in zip(run.seqs, run.stats)]
         return out if batch else out[0]
 
     def stream(self, prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,
                stop: str | list[str] | None = None, ignore_eos: bool = False) -> Iterator[str]:
-        """Yields text pieces as tokens are produced; they join to generate(...).text."""
+        """Yields text pieces as tokens are produced; they join to generate(...).text.
+
+        The stream takes the LLM at its first next() and holds no lock between pieces. A call
+        on this LLM started before the stream ends (from any thread, including a second stream's
+        first next()) cancels it: its next next() raises RuntimeError."""
         if _is_batch(prompt):
             raise ValueError("stream() takes one prompt (a string or a list of token ids)")
         prompts = [self._prompt_ids(prompt)]
         args = self._check_args(prompts, max_new_tokens, stop, None,
                                 SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed), ignore_eos)
-        return self._stream(prompts, args)
+        return self._stream(self._new_run(prompts, *args))
 
-    def _stream(self, prompts, args):
-        with self._lock:
-            for seqs, _ in self._run(prompts, *args):
-                piece = seqs[0].pending
-                if piece:
-                    yield piece
+    def _stream(self, run: _Run):
+        while not run.done:
+            with self._lock:
+                self._step(run)
+            piece = run.seqs[0].pending
+            if piece:
+                yield piece
 
-    def chat(self, messages: list[dict], **kwargs) -> Completion:
-        """Renders the chat template (add_generation_prompt=True) and generates."""
-        return self.generate(self.render_chat(messages), **kwargs)
+    def chat(self, messages: list[dict], *, chat_template: str | None = None, tools: list[dict] | None = None,
+             documents: list[dict] | None = None, chat_template_kwargs: dict | None = None, **kwargs) -> Completion:
+        """Renders the chat template (add_generation_prompt=True) and generates from its token ids,
+        encoded as transformers' apply_chat_template does (no special tokens added: the template
+        writes BOS itself). chat_template: a template name (e.g. "tool_use") or a template string;
+        chat_template_kwargs: more variables for the template (e.g. {"enable_thinking": False},
+        or {"continue_final_message": True}); other keyword arguments go to generate()."""
+        ids = self.tokenizer.apply_chat_template(messages, chat_template=chat_template, tools=tools,
+                                                 documents=documents, tokenize=True, **(chat_template_kwargs or {}))
+        return self.generate(ids, **kwargs)
 
-    def render_chat(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    def render_chat(self, messages: list[dict], **template_kwargs) -> str:
+        """The rendered conversation as text; template_kwargs as Tokenizer.apply_chat_template's."""
+        return self.tokenizer.apply_chat_template(messages, **template_kwargs)
 
     def logits(self, token_ids) -> torch.Tensor:
         """float32 [len(token_ids), vocab] from one forward pass over the tokens."""
@@ -192,8 +237,9 @@ class LLM:
         if len(ids) > self.max_seq_len:
             raise ValueError(f"{len(ids)} tokens exceed max_seq_len {self.max_seq_len}")
         with self._lock:
+            self._owner = None
             self._cached_ids = []
-            out = self.model.prefill(torch.tensor(ids), self._cache, 0, 0, all_logits=True)
+            out = self.engine.prefill(torch.tensor(ids), 0, 0, all_logits=True)
             self._cached_ids = list(ids)
         return out
 
@@ -211,10 +257,6 @@ class LLM:
         if tok_eos is not None:
             ids.add(tok_eos)
         return tuple(sorted(ids))
-
-    def _new_cache(self, rows: int) -> KVCache:
-        c = self.config
-        return KVCache(c.num_layers, rows, c.num_kv_heads, self.max_seq_len, c.head_dim, self.kv_dtype, self.device)
 
     def _prompt_ids(self, prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -249,76 +291,90 @@ class LLM:
         eos = () if ignore_eos else self.eos_token_ids
         return max_new_tokens, stops, logprobs, params, eos
 
-    def _run(self, prompts, max_new_tokens, stops, logprobs, params, eos):
-        """Generates for every prompt; yields (sequences, stats) after each step."""
-        t_start = time.perf_counter()
-        b = len(prompts)
+    def _new_run(self, prompts, max_new_tokens, stops, logprobs, params, eos) -> _Run:
         seqs = [_Sequence(p, Sampler(params, p), TextStream(self.tokenizer, stops),
                           logprobs=[] if logprobs is not None else None) for p in prompts]
-        stats = [Stats(prompt_tokens=len(p)) for p in prompts]
-        if max_new_tokens == 0:
+        run = _Run(seqs, [Stats(prompt_tokens=len(p)) for p in prompts], max_new_tokens, logprobs, eos,
+                   time.perf_counter())
+        if max_new_tokens == 0:  # done without touching the model or the cache
             for s in seqs:
                 s.finish_reason = "length"
-            yield seqs, stats
-            return
+        return run
+
+    def _step(self, run: _Run):
+        """Advances an unfinished run by one step, under self._lock: its prefill first (taking
+        the cache from whichever call had it), then one decode step per call."""
+        if not run.started:
+            self._owner = run
+            self._prefill(run)
+        elif self._owner is not run:
+            raise RuntimeError("this stream was superseded by a later call on the same LLM, which took over "
+                               "its KV cache; the stream is cancelled (finish or close a stream before "
+                               "starting another call to keep its output)")
+        else:
+            self._decode(run)
+        if run.done:
+            t_end = time.perf_counter()
+            for s, st in zip(run.seqs, run.stats):
+                st.completion_tokens = len(s.ids)
+                st.total_s = t_end - run.t_start
+                decode_s = t_end - run.t_first
+                st.decode_tokens_per_s = (len(s.ids) - 1) / decode_s if len(s.ids) > 1 and decode_s > 0 else 0.0
+
+    def _prefill(self, run: _Run):
+        prompts = [s.prompt for s in run.seqs]
+        b = len(prompts)
         reuse = 0
         if b == 1:
-            reuse = _common_prefix(self._cached_ids, prompts[0])
-            reuse = min(reuse, len(prompts[0]) - 1)
-        if self._cache.batch < b:
-            self._cache = self._new_cache(b)
-        self._cached_ids = []  # the cache is being rewritten; valid again only on success
-        try:
-            logits = []
-            for row, p in enumerate(prompts):
-                start = reuse if row == 0 else 0
-                logits.append(self.model.prefill(torch.tensor(p[start:]), self._cache, row, start))
-            stats[0].cached_prompt_tokens = reuse
-            t_first = time.perf_counter()
-            self._accept(seqs, torch.stack(logits), max_new_tokens, logprobs, eos)
-            for st in stats:
-                st.ttft_s = t_first - t_start
-            yield seqs, stats
-            while not all(s.finish_reason for s in seqs):
-                tokens = torch.tensor([s.ids[-1] for s in seqs])
-                # A finished sequence re-feeds its last token at the same slot; nobody reads it.
-                positions = torch.tensor([len(s.prompt) + len(s.ids) - 1 for s in seqs])
-                t_step = time.perf_counter()
-                self._accept(seqs, self.model.decode(tokens, positions, self._cache), max_new_tokens, logprobs, eos)
-                step_s = time.perf_counter() - t_step
-                for st in stats:
-                    st.decode_step_s.append(step_s)
-                yield seqs, stats
-            t_end = time.perf_counter()
-            for s, st in zip(seqs, stats):
-                st.completion_tokens = len(s.ids)
-                st.total_s = t_end - t_start
-                decode_s = t_end - t_first
-                st.decode_tokens_per_s = (len(s.ids) - 1) / decode_s if len(s.ids) > 1 and decode_s > 0 else 0.0
-            if b == 1:
-                s = seqs[0]
-                self._cached_ids = s.prompt + s.ids[:-1]
-        except BaseException:
-            self._cached_ids = []
-            raise
+            reuse = min(_common_prefix(self._cached_ids, prompts[0]), len(prompts[0]) - 1)
+        # Row 0 is rewritten from `reuse` on (a batch rewrites it all and leaves nothing reusable).
+        self._cached_ids = prompts[0][:reuse]
+        run.started = True
+        self.engine.ensure_rows(b)
+        logits = []
+        for row, p in enumerate(prompts):
+            start = reuse if row == 0 else 0
+            logits.append(self.engine.prefill(torch.tensor(p[start:]), row, start))
+        if b == 1:
+            self._cached_ids = list(prompts[0])
+        run.stats[0].cached_prompt_tokens = reuse
+        run.t_first = time.perf_counter()
+        self._accept(run, torch.stack(logits))
+        for st in run.stats:
+            st.ttft_s = run.t_first - run.t_start
 
-    def _accept(self, seqs, logits, max_new_tokens, logprobs, eos):
+    def _decode(self, run: _Run):
+        seqs = run.seqs
+        tokens = torch.tensor([s.ids[-1] for s in seqs])
+        # A finished sequence re-feeds its last token at the same slot; nobody reads it.
+        # For one sequence the slot is len(self._cached_ids): nothing valid is overwritten.
+        positions = torch.tensor([len(s.prompt) + len(s.ids) - 1 for s in seqs])
+        t_step = time.perf_counter()
+        logits = self.engine.decode(tokens, positions)
+        if len(seqs) == 1:
+            self._cached_ids = seqs[0].prompt + seqs[0].ids
+        self._accept(run, logits)
+        step_s = time.perf_counter() - t_step
+        for st in run.stats:
+            st.decode_step_s.append(step_s)
+
+    def _accept(self, run: _Run, logits):
         """Samples the next token of every unfinished sequence from its logits row."""
-        for s, row in zip(seqs, logits):
+        for s, row in zip(run.seqs, logits):
             s.pending = ""
             if s.finish_reason:
                 continue
             token = s.sampler(row)
             s.ids.append(token)
-            if logprobs is not None:
-                s.logprobs.append(self._logprob(row, token, logprobs))
-            if token in eos:
+            if run.logprobs is not None:
+                s.logprobs.append(self._logprob(row, token, run.logprobs))
+            if token in run.eos:
                 s.finish_reason = "stop"
             else:
                 s.pending = s.text.push(token)
                 if s.text.stopped:
                     s.finish_reason = "stop"
-                elif len(s.ids) >= max_new_tokens:
+                elif len(s.ids) >= run.max_new_tokens:
                     s.finish_reason = "length"
             if s.finish_reason:
                 s.pending += s.text.finish()

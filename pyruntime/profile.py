@@ -18,7 +18,7 @@ from pyruntime.engine import CpuEngine
 
 def _calls(llm, prompt_tokens: int, new_tokens: int):
     """One greedy generation with the engine's timers on: [(kind, events)] per engine call."""
-    eng = llm.model.engine.engine
+    eng = llm.engine
     text_ids = llm.tokenizer.encode("The history of every river is a story of water, stone and time. ")
     ids = (text_ids * (prompt_tokens // len(text_ids) + 1))[:prompt_tokens]
     eng.set_profiling(True)
@@ -36,7 +36,7 @@ def _calls(llm, prompt_tokens: int, new_tokens: int):
 
 
 def run_profile(llm, prompt_tokens: int = 128, new_tokens: int = 32, trace: str | None = None) -> dict:
-    if not isinstance(llm.model.engine, CpuEngine):
+    if not isinstance(llm.engine, CpuEngine):
         raise ValueError("profile needs the CPU engine (device='cpu')")
     if prompt_tokens < 1 or new_tokens < 1 or prompt_tokens + new_tokens + 1 > llm.max_seq_len:
         raise ValueError(f"need prompt_tokens >= 1, new_tokens >= 1 and their sum < max_seq_len {llm.max_seq_len}")
@@ -57,7 +57,7 @@ def run_profile(llm, prompt_tokens: int = 128, new_tokens: int = 32, trace: str 
         write_trace(calls, trace)
     prefill = [e for _, events in calls[:prefill_calls] for e in events]
     return {
-        "dtype": llm.dtype, "threads": llm.model.engine.engine.threads, "prompt_tokens": prompt_tokens,
+        "dtype": llm.dtype, "threads": llm.engine.threads, "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens, "prefill_ms": sum(e - b for _, _, b, e in prefill) / 1e6,
         "decode_step_ms": step / 1e6,
         "ops": [{"op": op, "ms": ns / 1e6, "share": ns / step} for op, ns in rows],

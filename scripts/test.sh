@@ -21,10 +21,10 @@ grep -E "pyruntime: (CPU|CUDA)" "$log" || true
 (cd build && ctest --output-on-failure)
 if grep -q "pyruntime: CUDA kernels ON" "$log"; then
   # The torch here has no CUDA, so the extension builds without it: at least compile the
-  # bindings' CUDA parts (the CUDA engine's handle needs none of torch's CUDA headers).
+  # bindings' CUDA parts (torch's c10/cuda headers through csrc/torch/cuda_guard.h).
   step "Torch bindings with PYRUNTIME_WITH_CUDA (syntax only)"
   incs=$($PY -c "import sysconfig, torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths() + [sysconfig.get_paths()['include']]))")
-  for f in csrc/torch/engine.cpp csrc/torch/bindings.cpp; do
+  for f in csrc/torch/engine.cpp csrc/torch/bindings.cpp csrc/torch/ops.cpp; do
     g++ -std=c++17 -fsyntax-only -DPYRUNTIME_WITH_CUDA=1 -Icsrc/include -I/usr/local/cuda/include $incs "$f" >> "$log" 2>&1 || fail
   done
 fi

@@ -40,7 +40,8 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_llama_gguf(path):
+def write_tiny_llama_gguf(path, chat_template=None):
+    """chat_template: a string, or a list of {"name", "template"} (named variants)."""
     import gguf
 
     pieces, scores, types = train_sentencepiece()
@@ -63,6 +64,8 @@ def write_tiny_llama_gguf(path):
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     rng = np.random.default_rng(0)
 
     def rnd(*shape, scale=0.1):

@@ -2,10 +2,9 @@
 // decode steps replayed from CUDA graphs. Compiled in CI (no GPU there); its tests ran on an H100.
 #include <algorithm>
 #include <cmath>
-#include <map>
 #include <string>
-#include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "common.cuh"
 #include "gemm.cuh"
@@ -19,10 +18,40 @@ namespace pyruntime::cuda {
 namespace {
 
 constexpr int64_t kGraphMaxTokens = 16;
+// Decode graphs kept at once (each one instantiates every kernel of a step): a bound, so that
+// callers varying the token count or the cache see no unbounded growth; the least recently
+// replayed one is destroyed first.
+constexpr size_t kMaxGraphs = 32;
 
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("cuda engine: ") + what + ": " + cudaGetErrorString(err));
 }
+
+// Makes `device` current for one entry point and gives the caller's device back at the end:
+// the engine may live on another device than the one the calling thread has current (a model
+// on cuda:1 while cuda:0 is current), and that choice is the caller's. The torch layer guards
+// the device too (c10::cuda::CUDAGuard); this keeps the engine right without it.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    error_ = cudaGetDevice(&previous_);
+    if (error_ == cudaSuccess && previous_ != device) {
+      error_ = cudaSetDevice(device);
+      restore_ = error_ == cudaSuccess;
+    }
+  }
+  ~DeviceScope() {
+    if (restore_) cudaSetDevice(previous_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+  cudaError_t error() const { return error_; }
+
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+  cudaError_t error_ = cudaSuccess;
+};
 
 // resid[t, :] = embed[tokens[t], :]; one block per token.
 template <typename T>
@@ -82,6 +111,31 @@ struct DeviceBuffer {
   template <typename T> T* as() const { return static_cast<T*>(ptr); }
 };
 
+// What a captured decode graph depends on beyond the engine's own buffers and the weights
+// (both fixed for the engine's lifetime): the shapes of the step, and the KV cache's addresses.
+// The cache is the caller's and far too large to stage, but one LLM keeps one cache, so its
+// addresses rarely change; a graph replayed for an equal key runs exactly the kernels a direct
+// launch would (even where a freed cache's address came back to a new one of the same rows).
+// The logits are not in the key: they go through an engine-owned staging buffer, since callers
+// allocate a new logits tensor for every call.
+struct GraphKey {
+  int64_t n = 0;            // tokens of the call
+  int64_t first_logit = 0;  // rows [first_logit, n) get logits
+  int64_t cache_rows = 0;   // dim 1 of the caches: the stride between layers
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  bool operator==(const GraphKey& o) const {
+    return n == o.n && first_logit == o.first_logit && cache_rows == o.cache_rows && k_cache == o.k_cache &&
+           v_cache == o.v_cache;
+  }
+};
+
+struct CachedGraph {
+  GraphKey key;
+  cudaGraphExec_t exec = nullptr;
+  uint64_t last_use = 0;
+};
+
 }  // namespace
 
 struct Engine::Impl {
@@ -89,8 +143,9 @@ struct Engine::Impl {
   int64_t q_dim = 0, kv_dim = 0, qkv_dim = 0;
   float scale = 1.0f;
   size_t elem = 2;  // bytes per element of the dtype
-  // Activations [max_tokens, *] in the dtype; attention workspace in float32.
-  DeviceBuffer resid, xn, qkv, attn, act, attn_ws;
+  // Activations [max_tokens, *] in the dtype; attention workspace in float32; the graphs'
+  // logits float32 [min(max_tokens, kGraphMaxTokens), vocab], copied to the caller's after a replay.
+  DeviceBuffer resid, xn, qkv, attn, act, attn_ws, graph_logits;
   // Per-call inputs: tokens, positions, rows (int64) and seq_lens (int32), on the device and
   // staged in pinned host memory.
   DeviceBuffer d_inputs;
@@ -100,12 +155,13 @@ struct Engine::Impl {
   cudaStream_t own = nullptr;
   cudaEvent_t inputs_copied = nullptr, caller_ready = nullptr, done = nullptr;
   bool graphs_on = true;
-  // Decode graphs by (tokens, first_logit, k_cache, v_cache, logits, cache_rows).
-  std::map<std::tuple<int64_t, int64_t, void*, void*, float*, int64_t>, cudaGraphExec_t> graphs;
+  // At most kMaxGraphs decode graphs, looked up by key (a linear scan of a few entries).
+  std::vector<CachedGraph> graphs;
+  uint64_t graph_clock = 0;
 
   explicit Impl(EngineSpec s) : spec(std::move(s)) {}
   ~Impl() {
-    for (auto& kv : graphs) cudaGraphExecDestroy(kv.second);
+    for (CachedGraph& g : graphs) cudaGraphExecDestroy(g.exec);
     for (cudaEvent_t e : {inputs_copied, caller_ready, done})
       if (e) cudaEventDestroy(e);
     if (own) cudaStreamDestroy(own);
@@ -165,6 +221,40 @@ struct Engine::Impl {
       if constexpr (!std::is_same_v<T, float>) step<T>(n, k_cache, v_cache, cache_rows, logits, first_logit, stream);
     });
   }
+
+  // The graph of `key` (its logits into graph_logits), captured on `own` the first time and
+  // counted as used now; at kMaxGraphs, the least recently used one is destroyed first
+  // (a replay still in flight finishes: the driver frees an executing graph on completion).
+  cudaGraphExec_t graph(const GraphKey& key) {
+    for (CachedGraph& g : graphs) {
+      if (g.key == key) {
+        g.last_use = ++graph_clock;
+        return g.exec;
+      }
+    }
+    if (graphs.size() >= kMaxGraphs) {
+      auto lru = std::min_element(graphs.begin(), graphs.end(),
+                                  [](const CachedGraph& a, const CachedGraph& b) { return a.last_use < b.last_use; });
+      cudaGraphExecDestroy(lru->exec);
+      graphs.erase(lru);
+    }
+    cudaGraph_t g = nullptr;
+    check_cuda(cudaStreamBeginCapture(own, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      run(key.n, key.k_cache, key.v_cache, key.cache_rows, graph_logits.as<float>(), key.first_logit, own);
+    } catch (...) {
+      cudaStreamEndCapture(own, &g);
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    check_cuda(cudaStreamEndCapture(own, &g), "cudaStreamEndCapture");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    check_cuda(err, "cudaGraphInstantiate");
+    graphs.push_back({key, exec, ++graph_clock});
+    return exec;
+  }
 };
 
 Engine::Engine(EngineSpec s) {
@@ -180,9 +270,11 @@ Engine::Engine(EngineSpec s) {
     PYRUNTIME_CHECK(L.attn_norm && L.qkv && L.o && L.mlp_norm && L.gate_up && L.down,
                     "cuda engine: layers." + std::to_string(l) + " is missing a weight");
   }
-  check_cuda(cudaSetDevice(s.device), "cudaSetDevice");
-  impl_ = std::make_unique<Impl>(std::move(s));
-  Impl& m = *impl_;
+  const DeviceScope on_device(s.device);
+  check_cuda(on_device.error(), "cudaSetDevice");
+  // Built in a local so that a failure frees what was allocated while the device is still current.
+  auto impl = std::make_unique<Impl>(std::move(s));
+  Impl& m = *impl;
   const EngineSpec& sp = m.spec;
   m.q_dim = sp.num_heads * D;
   m.kv_dim = sp.num_kv_heads * D;
@@ -196,14 +288,19 @@ Engine::Engine(EngineSpec s) {
   m.act.allocate(N * I * e);
   m.attn_ws.allocate(sizeof(float) *
                      attention_workspace_floats(sp.max_tokens, sp.num_kv_heads, sp.num_heads, D, sp.max_seq));
+  m.graph_logits.allocate(sizeof(float) * std::min(sp.max_tokens, kGraphMaxTokens) * sp.vocab);
   m.d_inputs.allocate(m.input_bytes());
   check_cuda(cudaMallocHost(&m.h_inputs, m.input_bytes()), "cudaMallocHost");
   for (cudaEvent_t* e : {&m.inputs_copied, &m.caller_ready, &m.done})
     check_cuda(cudaEventCreateWithFlags(e, cudaEventDisableTiming), "cudaEventCreate");
   check_cuda(cudaStreamCreateWithFlags(&m.own, cudaStreamNonBlocking), "cudaStreamCreate");
+  impl_ = std::move(impl);
 }
 
-Engine::~Engine() = default;
+Engine::~Engine() {
+  const DeviceScope on_device(impl_->spec.device);  // frees the buffers, graphs and stream
+  impl_.reset();
+}
 
 void Engine::forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                      void* k_cache, void* v_cache, int64_t cache_rows, float* logits, int64_t first_logit,
@@ -212,6 +309,8 @@ void Engine::forward(const int64_t* tokens, const int64_t* positions, const int6
   const EngineSpec& s = m.spec;
   PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n), "cuda engine.forward: null cache or logits");
   check_forward_args(s, tokens, positions, rows, n, cache_rows, first_logit, "cuda engine");
+  const DeviceScope on_device(s.device);
+  check_cuda(on_device.error(), "cudaSetDevice");
   // The staging buffer is reused: wait until the previous call's copy has left it.
   check_cuda(cudaEventSynchronize(m.inputs_copied), "cudaEventSynchronize");
   int64_t* h = static_cast<int64_t*>(m.h_inputs);
@@ -230,26 +329,12 @@ void Engine::forward(const int64_t* tokens, const int64_t* positions, const int6
   if (!m.graphs_on || n > kGraphMaxTokens) {
     m.run(n, k_cache, v_cache, cache_rows, logits, first_logit, m.own);
   } else {
-    const auto key = std::make_tuple(n, first_logit, k_cache, v_cache, logits, cache_rows);
-    auto it = m.graphs.find(key);
-    if (it == m.graphs.end()) {
-      cudaGraph_t graph = nullptr;
-      check_cuda(cudaStreamBeginCapture(m.own, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-      try {
-        m.run(n, k_cache, v_cache, cache_rows, logits, first_logit, m.own);
-      } catch (...) {
-        cudaStreamEndCapture(m.own, &graph);
-        if (graph) cudaGraphDestroy(graph);
-        throw;
-      }
-      check_cuda(cudaStreamEndCapture(m.own, &graph), "cudaStreamEndCapture");
-      cudaGraphExec_t exec = nullptr;
-      const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
-      cudaGraphDestroy(graph);
-      check_cuda(err, "cudaGraphInstantiate");
-      it = m.graphs.emplace(key, exec).first;
-    }
-    check_cuda(cudaGraphLaunch(it->second, m.own), "cudaGraphLaunch");
+    check_cuda(cudaGraphLaunch(m.graph({n, first_logit, cache_rows, k_cache, v_cache}), m.own), "cudaGraphLaunch");
+    const int64_t n_logits = n - first_logit;
+    if (n_logits > 0)
+      check_cuda(cudaMemcpyAsync(logits, m.graph_logits.ptr, sizeof(float) * n_logits * s.vocab,
+                                 cudaMemcpyDeviceToDevice, m.own),
+                 "cudaMemcpyAsync");
   }
   check_cuda(cudaEventRecord(m.done, m.own), "cudaEventRecord");
   check_cuda(cudaStreamWaitEvent(stream, m.done, 0), "cudaStreamWaitEvent");

@@ -6,6 +6,10 @@
 
 #include <string>
 
+#ifdef PYRUNTIME_WITH_CUDA
+#include "cuda_guard.h"
+#endif
+
 namespace pyruntime {
 
 namespace {
@@ -325,6 +329,9 @@ CudaEngineHandle::CudaEngineHandle(const std::map<std::string, double>& config, 
     L.down = weight(p + "down", {H, I});
     s.layers.push_back(L);
   }
+  // The weights' device current while the engine allocates (it sets it itself as well; the
+  // guard keeps torch's view of the current device right around the call).
+  const c10::cuda::CUDAGuard device_guard(device_);
   try {
     engine_ = std::make_unique<cuda::Engine>(std::move(s));
   } catch (const InvalidArgument& e) {
@@ -338,6 +345,7 @@ void CudaEngineHandle::forward(const at::Tensor& tokens, const at::Tensor& posit
   const cuda::EngineSpec& s = engine_->spec();
   const int64_t n = check_inputs(tokens, positions, rows, s.max_tokens, first_logit, "CudaEngine");
   check_outputs(k_cache, v_cache, logits, s, num_layers_, dtype_, device_, n, first_logit, "CudaEngine");
+  const c10::cuda::CUDAGuard device_guard(device_);
   std::lock_guard<std::mutex> guard(mutex_);
   try {
     engine_->forward(tokens.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), n,
@@ -352,7 +360,10 @@ void CudaEngineHandle::set_cuda_graphs(bool on) {
   std::lock_guard<std::mutex> guard(mutex_);
   engine_->set_cuda_graphs(on);
 }
-int64_t CudaEngineHandle::graphs() const { return engine_->graphs(); }
+int64_t CudaEngineHandle::graphs() const {
+  std::lock_guard<std::mutex> guard(mutex_);
+  return engine_->graphs();
+}
 int64_t CudaEngineHandle::max_tokens() const { return engine_->spec().max_tokens; }
 #endif
 

@@ -62,7 +62,8 @@ class EngineHandle {
 // The CUDA engine's Python face (csrc/include/pyruntime/cuda_engine.h). Same config keys and
 // tensor names as EngineHandle (minus threads and int8); every tensor on one CUDA device in
 // the engine's dtype (bfloat16 or float16), the norms included. The stream comes from Python
-// as torch.cuda.current_stream().cuda_stream, so this file needs none of torch's CUDA headers.
+// as torch.cuda.current_stream(device).cuda_stream; the constructor and forward make the
+// tensors' device current (c10::cuda::CUDAGuard) and give the caller's back.
 class CudaEngineHandle {
  public:
   CudaEngineHandle(const std::map<std::string, double>& config, at::ScalarType dtype,
@@ -82,7 +83,7 @@ class CudaEngineHandle {
   at::Device device_{at::kCPU};
   int64_t num_layers_ = 0;
   std::unique_ptr<cuda::Engine> engine_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
 };
 #endif
 

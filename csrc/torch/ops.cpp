@@ -13,9 +13,7 @@
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/dispatch.h"
 #ifdef PYRUNTIME_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
+#include "cuda_guard.h"
 #include "pyruntime/cuda_kernels.h"
 #endif
 

@@ -99,7 +99,7 @@ def test_engine_greedy_matches_best_level(level, dtype, request):
     other: both are checked against transformers by the runtime tests), and the same greedy
     tokens."""
     llm = pyruntime.LLM("smollm2-135m-instruct", dtype=dtype, max_seq_len=256, progress=False)
-    assert llm.model.engine.engine.isa == level
+    assert llm.engine.isa == level
     ids = llm.tokenizer.encode("The capital of France is")
     got = llm.logits(ids)
     tokens = llm.generate(ids, max_new_tokens=8).token_ids

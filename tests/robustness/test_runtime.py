@@ -38,7 +38,7 @@ def test_two_threads_each_get_their_own_correct_result(llm):
 def test_keyboard_interrupt_leaves_llm_usable(llm, monkeypatch):
     prompt = chat(llm, "Tell me about the moon.")
     want = llm.generate(prompt, max_new_tokens=12).token_ids
-    real = llm.model.decode
+    real = llm.engine.decode
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -47,10 +47,10 @@ def test_keyboard_interrupt_leaves_llm_usable(llm, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(llm.model, "decode", interrupted)
+    monkeypatch.setattr(llm.engine, "decode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         llm.generate(prompt, max_new_tokens=12)
-    monkeypatch.setattr(llm.model, "decode", real)
+    monkeypatch.setattr(llm.engine, "decode", real)
     again = llm.generate(prompt, max_new_tokens=12)
     assert again.token_ids == want
     # The interrupted call left nothing half-written to be reused as a cached prefix.

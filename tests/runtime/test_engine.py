@@ -125,7 +125,7 @@ def test_int8_batch_rows_equal_alone(llm_int8):
 
 
 def test_profile_events(llm):
-    eng = llm.model.engine.engine
+    eng = llm.engine
     eng.set_profiling(True)
     try:
         llm.generate("Hello", max_new_tokens=3, ignore_eos=True)  # a prefill call, two decode calls
@@ -150,7 +150,7 @@ def test_profile_events(llm):
 
 def _call(llm, **over):
     # A cache of its own with one row (llm's own grows when other tests generate batches).
-    eng, cache = llm.model.engine.engine, llm._new_cache(1)
+    eng, cache = llm.engine.handle, llm.engine._new_cache(1)
     args = dict(tokens=torch.tensor([1, 2]), positions=torch.tensor([0, 1]), rows=torch.tensor([0, 0]),
                 k_cache=cache.k, v_cache=cache.v, logits=torch.empty(1, llm.config.vocab_size), first_logit=1)
     args.update(over)
@@ -258,7 +258,7 @@ def llm_cuda():
 def test_cuda_engine_agrees_with_float32(llm, llm_cuda):
     # Teacher-forced top-1 agreement with the float32 CPU engine (checked against transformers
     # in test_smollm2): a prompt longer than a graph call (prefill) and a short one (graph).
-    assert isinstance(llm_cuda.model.engine, engine_mod.CudaEngine)
+    assert isinstance(llm_cuda.engine, engine_mod.CudaEngine)
     text = ("The history of the Roman Empire spans many centuries. It began when Augustus became the first "
             "emperor in 27 BC and, in the West, ended in 476 AD. Python is a programming language.")
     ids = llm.tokenizer.encode(text)
@@ -270,7 +270,7 @@ def test_cuda_engine_agrees_with_float32(llm, llm_cuda):
 
 @needs_cuda_engine
 def test_cuda_engine_graph_replay_matches_direct_launches(llm_cuda):
-    eng = llm_cuda.model.engine.engine
+    eng = llm_cuda.engine.handle
     prompts = ["The capital of France is", "def add(a, b):"]
     with_graphs = [c.token_ids for c in llm_cuda.generate(prompts, max_new_tokens=12, ignore_eos=True)]
     assert eng.graphs > 0
@@ -286,7 +286,7 @@ def test_cuda_engine_graph_replay_matches_direct_launches(llm_cuda):
 
 @needs_cuda_engine
 def test_cuda_engine_bad_calls(llm_cuda):
-    eng, cache = llm_cuda.model.engine.engine, llm_cuda._cache
+    eng, cache = llm_cuda.engine.handle, llm_cuda.engine.cache
     logits = torch.empty(1, llm_cuda.config.vocab_size, device="cuda")
     stream = torch.cuda.current_stream().cuda_stream
     with pytest.raises(ValueError, match="tokens\\[0\\]"):
@@ -294,3 +294,82 @@ def test_cuda_engine_bad_calls(llm_cuda):
     with pytest.raises(ValueError, match="logits"):
         eng.forward(torch.tensor([1]), torch.tensor([0]), torch.tensor([0]), cache.k, cache.v, logits.cpu(), 0,
                     stream)
+
+
+def _greedy_logits(eng, tokens, device, vocab, cache_shape, steps=3):
+    """Logits of a prompt (one call) and of `steps` greedy decode steps after it, on a fresh
+    cache of one row on `device`; the calls go on that device's current stream."""
+    k = torch.zeros(cache_shape, dtype=torch.bfloat16, device=device)
+    v = torch.zeros_like(k)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    n, out = tokens.shape[0], []
+    logits = torch.empty(1, vocab, device=device)
+    eng.forward(tokens, torch.arange(n), torch.zeros(n, dtype=torch.long), k, v, logits, n - 1, stream)
+    out.append(logits.cpu())
+    for i in range(steps):
+        logits = torch.empty(1, vocab, device=device)  # a new tensor every call, as CudaEngine does
+        eng.forward(out[-1].argmax(-1), torch.tensor([n + i]), torch.tensor([0]), k, v, logits, 0, stream)
+        out.append(logits.cpu())
+    return torch.cat(out)
+
+
+@needs_cuda_engine
+def test_cuda_engine_on_the_last_device_with_another_current(llm_cuda):
+    # The model on the last GPU while the first is current (with one GPU, both are cuda:0):
+    # construction and every call run on the weights' device and give the caller's back.
+    dev = torch.device("cuda", torch.cuda.device_count() - 1)
+    ref = llm_cuda.engine
+    cfg = llm_cuda.config
+    shape = (cfg.num_layers, 1, cfg.num_kv_heads, llm_cuda.max_seq_len, cfg.head_dim)
+    tokens = torch.tensor(llm_cuda.tokenizer.encode("The capital of France is"))
+    want = _greedy_logits(ref.handle, tokens, ref.device, cfg.vocab_size, shape)
+    tensors = {name: t.to(dev) for name, t in ref.tensors.items()}
+    with torch.cuda.device(0):
+        eng = pyruntime._ext.C.CudaEngine(engine_mod._engine_config(cfg, llm_cuda.max_seq_len), torch.bfloat16,
+                                          tensors)
+        assert torch.cuda.current_device() == 0
+        got = _greedy_logits(eng, tokens, dev, cfg.vocab_size, shape)
+        assert torch.cuda.current_device() == 0
+        assert eng.graphs > 0
+        del eng
+        assert torch.cuda.current_device() == 0
+    assert torch.isfinite(got).all()
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    if torch.cuda.get_device_name(dev) == torch.cuda.get_device_name(ref.device):
+        assert torch.equal(got, want)  # the same kernels on the same kind of GPU
+
+
+@needs_cuda_engine
+def test_cuda_engine_graphs_bounded_and_logits_follow_the_tensor(llm_cuda):
+    # More (n, first_logit) shapes than the engine keeps graphs for, each call with a new
+    # logits tensor: the cache stays at its bound, and a replay writes the tensor it was given.
+    eng, cfg = llm_cuda.engine.handle, llm_cuda.config
+    cache = llm_cuda.engine._new_cache(1)  # not the LLM's own cache: its cached prefix stays valid
+    k, v = cache.k, cache.v
+    stream = torch.cuda.current_stream().cuda_stream
+    for n in range(1, 17):
+        for first in sorted({0, n - 1, n}):
+            logits = torch.empty(n - first, cfg.vocab_size, device="cuda")
+            eng.forward(torch.arange(1, n + 1), torch.arange(n), torch.zeros(n, dtype=torch.long), k, v, logits,
+                        first, stream)
+            assert eng.graphs <= 32
+    assert eng.graphs == 32
+    args = (torch.tensor([5]), torch.tensor([20]), torch.tensor([0]), k, v)
+    a, b, c = (torch.full((1, cfg.vocab_size), float("nan"), device="cuda") for _ in range(3))
+    eng.forward(*args, a, 0, stream)
+    eng.forward(*args, b, 0, stream)  # the same graph replayed into another tensor
+    eng.set_cuda_graphs(False)
+    try:
+        eng.forward(*args, c, 0, stream)
+    finally:
+        eng.set_cuda_graphs(True)
+    assert torch.isfinite(a).all() and torch.equal(a, b) and torch.equal(a, c)
+
+
+@needs_cuda_engine
+def test_cuda_engine_rejects_zero_tokens(llm_cuda):
+    eng, cache = llm_cuda.engine.handle, llm_cuda.engine.cache
+    empty = torch.zeros(0, dtype=torch.long)
+    logits = torch.empty(0, llm_cuda.config.vocab_size, device="cuda")
+    with pytest.raises(ValueError, match="tokens must hold 1 to"):
+        eng.forward(empty, empty, empty, cache.k, cache.v, logits, 0, torch.cuda.current_stream().cuda_stream)

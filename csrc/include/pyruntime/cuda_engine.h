@@ -40,6 +40,8 @@ struct EngineSpec : EngineShape {
   const void* lm_head = nullptr;     // [vocab, H]
 };
 
+// Every entry point (construction, forward, destruction) makes spec.device current for its
+// duration and restores the caller's current device afterwards.
 class Engine {
  public:
   // Checks the sizes (InvalidArgument naming the field) and allocates the device buffers.
@@ -52,14 +54,16 @@ class Engine {
   // arrays (checked, then copied to the device); k_cache and v_cache are device tensors
   // [num_layers, cache_rows, Hkv, max_seq, D] of the engine's dtype; logits a device float32
   // [n - first_logit, vocab]. Calls of at most 16 tokens are captured into a CUDA graph the
-  // first time they are seen (per token count and buffers) and replayed afterwards.
+  // first time they are seen (per n, first_logit, cache_rows and cache addresses) and replayed
+  // afterwards; at most 32 graphs are kept, the least recently used destroyed first. Their
+  // logits pass through an engine-owned buffer, so `logits` may be a new tensor every call.
   void forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                void* k_cache, void* v_cache, int64_t cache_rows, float* logits, int64_t first_logit,
                cudaStream_t stream);
 
   const EngineSpec& spec() const;
   void set_cuda_graphs(bool on);  // on by default
-  int64_t graphs() const;         // graphs captured so far
+  int64_t graphs() const;         // graphs held now (at most 32)
 
   struct Impl;
 

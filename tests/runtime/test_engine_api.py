@@ -1,0 +1,68 @@
+"""llm.engine: one interface over the engines, the KV cache it owns read back in the public
+layout, and the Python-sequenced reference forward agreeing with the compiled engine."""
+
+import pytest
+import torch
+
+import pyruntime
+from pyruntime.engine import CpuEngine
+from pyruntime.reference import TorchReference
+from pyruntime.weights import load_weights
+
+MODEL = "smollm2-135m-instruct"
+TEXT = "The history of every river is a story of water, stone and time, and of the people who lived by it."
+
+
+def _reference(llm, dtype):
+    weights = load_weights(llm.path, llm.config, dtype, progress=False)
+    return TorchReference(llm.config, weights, llm.max_seq_len, dtype)
+
+
+@pytest.mark.parametrize("dtype,max_seq_len,tol", [
+    ("float32", 256, 2e-4),   # key tiles (256 is a multiple of 16)
+    ("float32", 250, 2e-4),   # key rows
+    ("bfloat16", 256, 3e-2),  # bf16 key tiles: pairs of features side by side
+])
+def test_kv_accessor_public_layout(dtype, max_seq_len, tol):
+    llm = pyruntime.LLM(MODEL, dtype=dtype, max_seq_len=max_seq_len, progress=False)
+    assert isinstance(llm.engine, CpuEngine)
+    ids = llm.tokenizer.encode(TEXT)
+    llm.logits(ids)
+    ref = _reference(llm, llm.kv_dtype)
+    ref.prefill(torch.tensor(ids), 0, 0, all_logits=True)
+    n = len(ids)
+    # bfloat16: the first layer only (the reference rounds activations to bfloat16 between ops,
+    # the engine keeps them in float32, so deeper layers drift apart by more than the layout).
+    for layer in (0,) if dtype == "bfloat16" else (0, llm.config.num_layers - 1):
+        k, v = llm.engine.kv(layer)
+        rk, rv = ref.kv(layer)
+        assert k.shape == rk.shape == (1, llm.config.num_kv_heads, max_seq_len, llm.config.head_dim)
+        scale = rk[:, :, :n].abs().max().item()
+        torch.testing.assert_close(k[:, :, :n].float(), rk[:, :, :n].float(), atol=tol * scale, rtol=0)
+        torch.testing.assert_close(v[:, :, :n].float(), rv[:, :, :n].float(), atol=tol * rv.abs().max().item(), rtol=0)
+    with pytest.raises(ValueError, match="layer must be an int"):
+        llm.engine.kv(llm.config.num_layers)
+
+
+def test_reference_forward_agrees_with_the_engine(llm):
+    ids = llm.tokenizer.encode(TEXT)
+    ref = _reference(llm, torch.float32)
+    ref.ensure_rows(2)
+    want = ref.prefill(torch.tensor(ids), 0, 0, all_logits=True)
+    got = llm.logits(ids)
+    torch.testing.assert_close(got, want, atol=2e-3 * want.abs().max().item(), rtol=0)
+    # Decode steps too: two sequences at their own positions.
+    ref.prefill(torch.tensor(ids[:5]), 1, 0)
+    step = ref.decode(torch.tensor([ids[-1], ids[5]]), torch.tensor([len(ids), 5]))
+    llm.engine.ensure_rows(2)
+    llm.engine.prefill(torch.tensor(ids), 0, 0)
+    llm.engine.prefill(torch.tensor(ids[:5]), 1, 0)
+    got_step = llm.engine.decode(torch.tensor([ids[-1], ids[5]]), torch.tensor([len(ids), 5]))
+    torch.testing.assert_close(got_step, step, atol=2e-3 * step.abs().max().item(), rtol=0)
+
+
+def test_engine_facts(llm):
+    eng = llm.engine
+    assert eng.threads == llm.threads
+    assert eng.isa == pyruntime.cpu_features()["isa"]
+    assert llm.weight_bytes == eng.weight_bytes > 0
