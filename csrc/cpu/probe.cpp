@@ -10,9 +10,8 @@ namespace pyruntime::cpu::PYRUNTIME_ISA {
 namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return seconds_since(t0);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
-
 
 // GB/s of one read (median pass) of buf[0..n) by all threads, each thread's share read as
 // `streams` contiguous sections interleaved four vectors at a time (what does not fill whole
@@ -59,7 +58,6 @@ double measure_read_bandwidth_gbps(int64_t bytes) {
   for (int64_t i = 0; i < n; ++i) buf[i] = 1.0f;
   return std::max(read_gbps(buf.get(), n, 1), read_gbps(buf.get(), n, 8));
 }
-
 
 double measure_fma_gflops() {
   constexpr int kChains = 12;  // independent accumulators: enough to cover the FMA latency

@@ -116,6 +116,16 @@ def test_engine_greedy_matches_best_level(level, dtype, request):
     assert tokens == want_tokens
 
 
+def test_machine_probes(level):
+    """The read-bandwidth and FMA probes the benchmarks divide by, at every level: finite and
+    positive, and bounded by what any machine of today could do (a memory read slower than 0.1
+    GB/s or faster than 10 TB/s is a broken probe)."""
+    bw = C.measure_read_bandwidth_gbps(1 << 24)
+    assert 0.1 < bw < 10_000
+    fma = C.measure_fma_gflops()
+    assert 0.1 < fma < 100_000
+
+
 def test_detection_matches_proc_cpuinfo():
     flags = _cpuinfo_flags()
     f = pyruntime.cpu_features()
