@@ -276,7 +276,7 @@ def prefill_attention(
 
 
 def cpu_isa() -> str:
-    """The SIMD instruction set the CPU kernels were compiled for."""
+    """The instruction-set level the CPU kernels run at now (pyruntime.cpu_features())."""
     return C.cpu_isa()
 
 

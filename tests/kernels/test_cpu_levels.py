@@ -95,20 +95,20 @@ def test_attention(level, dtype, head_dim):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 def test_engine_greedy_matches_best_level(level, dtype, request):
-    """The whole engine at this level gives the logits of the best level (each against the
-    other: both are checked against transformers by the runtime tests), and the same greedy
-    tokens."""
+    """The whole engine at this level gives the logits of another level (the scalar one, or the
+    best one for scalar itself; the runtime tests check the best level against transformers),
+    and the same greedy tokens."""
     llm = pyruntime.LLM("smollm2-135m-instruct", dtype=dtype, max_seq_len=256, progress=False)
     assert llm.engine.isa == level
     ids = llm.tokenizer.encode("The capital of France is")
     got = llm.logits(ids)
     tokens = llm.generate(ids, max_new_tokens=8).token_ids
-    best = C.best_cpu_isa()
-    pyruntime.set_cpu_isa(best)
+    other = C.best_cpu_isa() if level == "scalar" else "scalar"
+    pyruntime.set_cpu_isa(other)
     try:
-        llm_best = pyruntime.LLM("smollm2-135m-instruct", dtype=dtype, max_seq_len=256, progress=False)
-        want = llm_best.logits(ids)
-        want_tokens = llm_best.generate(ids, max_new_tokens=8).token_ids
+        llm_other = pyruntime.LLM("smollm2-135m-instruct", dtype=dtype, max_seq_len=256, progress=False)
+        want = llm_other.logits(ids)
+        want_tokens = llm_other.generate(ids, max_new_tokens=8).token_ids
     finally:
         pyruntime.set_cpu_isa(level)
     tol = {"float32": 1e-3, "bfloat16": 5e-2, "int8": 2e-2}[dtype]
@@ -157,7 +157,6 @@ def test_a_level_the_cpu_lacks_is_refused_by_name():
     for lv in lacking:
         with pytest.raises(ValueError, match=f"cannot run the {lv} kernels .*lacks"):
             pyruntime.set_cpu_isa(lv)
-    assert C.cpu_isa() == C.best_cpu_isa() or os.environ.get("PYRUNTIME_CPU_ISA")
 
 
 @pytest.mark.parametrize("value,message", [
