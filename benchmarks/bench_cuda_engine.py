@@ -41,31 +41,33 @@ def copy_bandwidth():
     return 2 * src.numel() / (median_ms(lambda: dst.copy_(src), 10) / 1e3)
 
 
-def random_weights(gen):
+def random_spec(gen):
+    """A C.ModelSpec of Llama-3-8B's shape with random bfloat16 weights on the GPU."""
     def rnd(*shape):
         return (torch.randn(*shape, generator=gen, device=DEV) * 0.02).to(BF16)
+
+    def mat(*shape):
+        return C.WeightMatrix(C.WeightFormat.bfloat16, rnd(*shape))
 
     def ones():
         return torch.ones(H, dtype=BF16, device=DEV)
 
     inv = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device=DEV, dtype=torch.float32) / D))
     ang = torch.arange(MAX_SEQ, device=DEV, dtype=torch.float32)[:, None] * inv[None]
-    t = {"cos_sin": torch.cat([ang.cos(), ang.sin()], 1).contiguous(), "embed": rnd(V, H), "lm_head": rnd(V, H),
-         "final_norm": ones()}
-    for layer in range(L):
-        p = f"layers.{layer}."
-        t.update({p + "attn_norm": ones(), p + "mlp_norm": ones(), p + "qkv": rnd((HQ + 2 * HKV) * D, H),
-                  p + "o": rnd(H, HQ * D), p + "gate_up": rnd(2 * I, H), p + "down": rnd(H, I)})
-    return t, rnd
+    layers = [C.LayerSpec(attn_norm=ones(), qkv=mat((HQ + 2 * HKV) * D, H), o=mat(H, HQ * D), mlp_norm=ones(),
+                          gate_up=mat(2 * I, H), down=mat(H, I)) for _ in range(L)]
+    spec = C.ModelSpec(architecture="LlamaForCausalLM", hidden=H, inter=I, num_heads=HQ, num_kv_heads=HKV,
+                       head_dim=D, vocab=V, norm_eps=1e-5, attn_scale=D**-0.5,
+                       rope_cos_sin=torch.cat([ang.cos(), ang.sin()], 1).contiguous(), rotary_dim=D, rope_neox=True,
+                       embed=mat(V, H), layers=layers, final_norm=ones(), lm_head=mat(V, H))
+    return spec, rnd
 
 
 def bench_engine(bw):
     gen = torch.Generator(device=DEV).manual_seed(0)
-    tensors, rnd = random_weights(gen)
-    weight_bytes = weight_bytes_read(tensors, V)  # the embedding's one row per token, not its table
-    config = dict(hidden=H, inter=I, num_heads=HQ, num_kv_heads=HKV, head_dim=D, vocab=V, num_layers=L,
-                  max_seq=MAX_SEQ, rot_dim=D, is_neox=1.0, eps=1e-5, scale=D**-0.5, max_tokens=512)
-    engine = C.CudaEngine(config, BF16, tensors)
+    spec, rnd = random_spec(gen)
+    weight_bytes = weight_bytes_read(spec)  # the embedding's one row per token, not its table
+    engine = C.CudaEngine(spec, MAX_SEQ, 512)
     k, v = rnd(L, 1, HKV, MAX_SEQ, D), rnd(L, 1, HKV, MAX_SEQ, D)
     logits = torch.empty(1, V, device=DEV)
     stream = torch.cuda.current_stream().cuda_stream

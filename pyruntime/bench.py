@@ -92,30 +92,24 @@ def measure_cuda_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
     return 2 * src.numel() * 4 / statistics.median(times) / 1e9
 
 
-def weight_bytes_read(tensors: dict[str, torch.Tensor], vocab: int) -> int:
-    """Bytes of weights one decode token reads, from an engine's tensors (pyruntime.engine's
-    names: "embed", "lm_head", "layers.{i}.qkv", int8 "<name>.scales"; "cos_sin" left out).
-    Every distinct tensor once, except the embedding table: a token gathers only its own row
-    (1/vocab of "embed" and of its scales). A tied LM head is that same table, which the LM
-    head reads whole: counted once as the LM head, plus the gathered row."""
-    embed = [n for n in tensors if n == "embed" or n.startswith("embed.")]
-    seen, total = set(), 0
-    for name, t in tensors.items():
-        if name == "cos_sin" or name in embed or t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
-    return total + sum(tensors[n].numel() * tensors[n].element_size() // vocab for n in embed)
+def weight_bytes_read(spec) -> int:
+    """Bytes of weights one decode token reads, from an engine's model description (C.ModelSpec):
+    every distinct tensor once, except the embedding table, of which a token gathers only its own
+    row (1/vocab of its values and scales). A tied LM head is that same table, which the LM head
+    reads whole: counted once as the LM head, plus the gathered row."""
+    embed = spec.embed.nbytes
+    tied = spec.embed.data.data_ptr() == spec.lm_head.data.data_ptr()
+    return spec.nbytes - (0 if tied else embed) + embed // spec.vocab
 
 
 def decode_bytes_per_token(llm, context: float) -> float:
     """Bytes one decode step of one sequence reads with `context` positions in its KV cache: the
-    weights (weight_bytes_read of the engine's tensors: the embedding's one row, not its table)
+    weights (weight_bytes_read of the engine's spec: the embedding's one row, not its table)
     and every position's K and V in every layer."""
     cfg = llm.config
     elem = torch.finfo(llm.kv_dtype).bits // 8
     kv_per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * elem
-    return weight_bytes_read(llm.engine.tensors, cfg.vocab_size) + kv_per_pos * context
+    return weight_bytes_read(llm.engine.spec) + kv_per_pos * context
 
 
 def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 3) -> dict:

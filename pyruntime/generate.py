@@ -16,7 +16,8 @@ import torch
 from pyruntime import _ext, models
 from pyruntime.config import ModelConfig
 from pyruntime.detokenize import TextStream
-from pyruntime.engine import PRECISIONS, Engine, check_supported, make_engine
+from pyruntime.engine import Engine, check_supported, make_engine
+from pyruntime.formats import PRECISIONS
 from pyruntime.errors import ModelLoadError
 from pyruntime.kv_cache import KVCache
 from pyruntime.sampling import Sampler, SamplingParams

@@ -7,50 +7,65 @@ from __future__ import annotations
 import torch
 
 from pyruntime import ops
-from pyruntime.config import ModelConfig, cos_sin_cache
+from pyruntime._ext import C
 from pyruntime.engine import Engine
-from pyruntime.weights import ModelWeights
+from pyruntime.formats import dequantize
 
 
 class TorchReference(Engine):
+    """From the same model description as the compiled engines: float32 and bfloat16 matrices
+    used as they are (the ops then run in their dtype), quantized ones dequantized once to
+    float32."""
+
     max_tokens = 1 << 30  # no chunking: each prefill is one pass
 
-    def __init__(self, cfg: ModelConfig, weights: ModelWeights, max_seq_len: int, kv_dtype: torch.dtype):
-        super().__init__(cfg, max_seq_len, kv_dtype, weights.embed.device)
-        self.w = weights
-        self.tensors = {"embed": weights.embed, "lm_head": weights.lm_head, "final_norm": weights.final_norm}
-        for i, layer in enumerate(weights.layers):
-            self.tensors.update({f"layers.{i}.{k}": v for k, v in vars(layer).items() if v is not None})
-        self.cos_sin = cos_sin_cache(cfg.rope, cfg.rotary_dim, max_seq_len).to(self.device)
-        self.scale = cfg.head_dim**-0.5
+    def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype):
+        super().__init__(spec, max_seq_len, kv_dtype, spec.embed.data.device)
+        floats: dict[int, torch.Tensor] = {}
+
+        def matrix(m):  # a tied LM head stays the embedding itself
+            key = m.data.data_ptr()
+            if key not in floats:
+                floats[key] = m.data if m.data.is_floating_point() else dequantize(m)
+            return floats[key]
+
+        self.embed, self.lm_head, self.final_norm = matrix(spec.embed), matrix(spec.lm_head), spec.final_norm
+        self.layers = [
+            dict(attn_norm=l.attn_norm, mlp_norm=l.mlp_norm, qkv=matrix(l.qkv), qkv_bias=l.qkv_bias, o=matrix(l.o),
+                 o_bias=l.o_bias, gate_up=matrix(l.gate_up), down=matrix(l.down))
+            for l in spec.layers
+        ]
+        self.cos_sin = spec.rope_cos_sin
+        self.scale = spec.attn_scale
+        self.q_size, self.kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
 
     def _attention_inputs(self, layer, x):
         """x [T, H] -> q [T, Hq, D], k, v [T, Hkv, D] views of one fused projection."""
-        cfg = self.cfg
-        qkv = ops.linear(x, layer.qkv)
-        if layer.qkv_bias is not None:
-            qkv += layer.qkv_bias
+        s, q_size, kv_size = self.spec, self.q_size, self.kv_size
+        qkv = ops.linear(x, layer["qkv"])
+        if layer["qkv_bias"] is not None:
+            qkv += layer["qkv_bias"]
         t = x.shape[0]
-        q = qkv[:, : cfg.q_size].view(t, cfg.num_heads, cfg.head_dim)
-        k = qkv[:, cfg.q_size : cfg.q_size + cfg.kv_size].view(t, cfg.num_kv_heads, cfg.head_dim)
-        v = qkv[:, cfg.q_size + cfg.kv_size :].view(t, cfg.num_kv_heads, cfg.head_dim)
+        q = qkv[:, :q_size].view(t, s.num_heads, s.head_dim)
+        k = qkv[:, q_size : q_size + kv_size].view(t, s.num_kv_heads, s.head_dim)
+        v = qkv[:, q_size + kv_size :].view(t, s.num_kv_heads, s.head_dim)
         return q, k, v
 
     def _run_layers(self, tokens: torch.Tensor, attend) -> torch.Tensor:
         """The residual stream through every layer; attend(i, q, k, v) -> [T, Hq*D]. Returns the
         final-normed hidden states [T, H]."""
-        cfg, w = self.cfg, self.w
-        residual = w.embed[tokens.to(self.device)]  # [T, H]
-        x = ops.rms_norm(residual, w.layers[0].attn_norm, cfg.rms_norm_eps)
-        for i, layer in enumerate(w.layers):
+        eps, layers = self.spec.norm_eps, self.layers
+        residual = self.embed[tokens.to(self.device)]  # [T, H]
+        x = ops.rms_norm(residual, layers[0]["attn_norm"], eps)
+        for i, layer in enumerate(layers):
             q, k, v = self._attention_inputs(layer, x)
-            x = ops.linear(attend(i, q, k, v), layer.o)
-            if layer.o_bias is not None:
-                x += layer.o_bias
-            ops.fused_add_rms_norm(x, residual, layer.mlp_norm, cfg.rms_norm_eps)
-            x = ops.gated_mlp(x, layer.gate_up, layer.down)
-            next_norm = w.layers[i + 1].attn_norm if i + 1 < len(w.layers) else w.final_norm
-            ops.fused_add_rms_norm(x, residual, next_norm, cfg.rms_norm_eps)
+            x = ops.linear(attend(i, q, k, v), layer["o"])
+            if layer["o_bias"] is not None:
+                x += layer["o_bias"]
+            ops.fused_add_rms_norm(x, residual, layer["mlp_norm"], eps)
+            x = ops.gated_mlp(x, layer["gate_up"], layer["down"])
+            next_norm = layers[i + 1]["attn_norm"] if i + 1 < len(layers) else self.final_norm
+            ops.fused_add_rms_norm(x, residual, next_norm, eps)
         return x
 
     @torch.inference_mode()
@@ -65,12 +80,12 @@ class TorchReference(Engine):
             return ops.prefill_attention(q.contiguous(), kc[0], vc[0], start_pos, self.scale).reshape(t, -1)
 
         x = self._run_layers(tokens, attend)
-        logits = ops.linear(x if all_logits else x[-1:], self.w.lm_head).float()
+        logits = ops.linear(x if all_logits else x[-1:], self.lm_head).float()
         return logits if all_logits else logits[0]
 
     def _forward(self, tokens, positions, rows, first_logit):
         """One decode group: token i at positions[i] of cache row rows[i] (rows consecutive)."""
-        n, cache, cfg = tokens.shape[0], self.cache, self.cfg
+        n, cache = tokens.shape[0], self.cache
         r0, r1 = int(rows[0]), int(rows[-1]) + 1
         pos = positions.to(self.device).view(n, 1)
         seq_lens = (positions + 1).to(device=self.device, dtype=torch.int32)
@@ -78,7 +93,7 @@ class TorchReference(Engine):
         def attend(i, q, k, v):
             kc, vc = cache.k[i, r0:r1], cache.v[i, r0:r1]
             ops.rotary_embedding_and_cache(pos, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), kc, vc, self.cos_sin)
-            return ops.gqa_decode_attention(q.contiguous(), kc, vc, seq_lens, self.scale).view(n, cfg.q_size)
+            return ops.gqa_decode_attention(q.contiguous(), kc, vc, seq_lens, self.scale).view(n, self.q_size)
 
         x = self._run_layers(tokens, attend)
-        return ops.linear(x[first_logit:], self.w.lm_head).float()
+        return ops.linear(x[first_logit:], self.lm_head).float()

@@ -24,7 +24,7 @@ if grep -q "pyruntime: CUDA kernels ON" "$log"; then
   # bindings' CUDA parts (torch's c10/cuda headers through csrc/torch/cuda_guard.h).
   step "Torch bindings with PYRUNTIME_WITH_CUDA (syntax only)"
   incs=$($PY -c "import sysconfig, torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths() + [sysconfig.get_paths()['include']]))")
-  for f in csrc/torch/engine.cpp csrc/torch/bindings.cpp csrc/torch/ops.cpp; do
+  for f in csrc/torch/model_spec.cpp csrc/torch/engine.cpp csrc/torch/bindings.cpp csrc/torch/ops.cpp; do
     g++ -std=c++17 -fsyntax-only -DPYRUNTIME_WITH_CUDA=1 -Icsrc/include -I/usr/local/cuda/include $incs "$f" >> "$log" 2>&1 || fail
   done
 fi

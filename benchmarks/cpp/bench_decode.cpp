@@ -118,6 +118,7 @@ struct Store {
   pyruntime::cpu::Matrix matrix(std::vector<float> w, int64_t rows, int64_t cols) {
     using pyruntime::cpu::WeightFormat;
     pyruntime::cpu::Matrix m;
+    m.format = format;
     m.rows = rows;
     m.cols = cols;
     if (format == WeightFormat::Int8) {
@@ -215,7 +216,6 @@ int run(int argc, char** argv) {
   pyruntime::cpu::EngineSpec s;
   s.hidden = H; s.inter = I; s.num_heads = Hq; s.num_kv_heads = Hkv; s.head_dim = D; s.vocab = V;
   s.max_seq = max_seq; s.rot_dim = D; s.eps = cfg.value("rms_norm_eps", 1e-6);
-  s.format = store.format;
   s.kv_dtype = bf16_cache ? pyruntime::DType::BFloat16 : pyruntime::DType::Float32;
   s.max_tokens = 256;
   s.embed = store.matrix(st.get("model.embed_tokens.weight", {V, H}), V, H);

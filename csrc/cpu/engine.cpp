@@ -34,37 +34,41 @@ inline void thread_range(int64_t total, int64_t align, int tid, int nt, int64_t&
   end = std::min(total, begin + per);
 }
 
-template <typename TW>
-struct RowsOf {
-  static detail::DenseRows<TW> of(const Matrix& m) { return {static_cast<const TW*>(m.data), m.cols}; }
-};
-template <>
-struct RowsOf<int8_t> {
-  static detail::Q8Rows of(const Matrix& m) {
-    const auto log2 = [](int64_t v) {
-      int shift = 0;
-      while ((int64_t(1) << shift) < v) ++shift;
-      return shift;
-    };
-    return {static_cast<const int8_t*>(m.data), m.scales, m.cols, 0, log2(m.group), log2(m.block_rows)};
+detail::Q8Rows q8_rows(const Matrix& m) {
+  const auto log2 = [](int64_t v) {
+    int shift = 0;
+    while ((int64_t(1) << shift) < v) ++shift;
+    return shift;
+  };
+  return {static_cast<const int8_t*>(m.data), m.scales, m.cols, 0, log2(m.group), log2(m.block_rows)};
+}
+
+// f(rows) with m's rows as its format's reader (weight_rows.h): the one place a matrix's
+// format picks its kernels.
+template <typename F>
+inline void with_rows(const Matrix& m, F&& f) {
+  switch (m.format) {
+    case WeightFormat::Float32: f(detail::DenseRows<float>{static_cast<const float*>(m.data), m.cols}); return;
+    case WeightFormat::BFloat16: f(detail::DenseRows<bf16>{static_cast<const bf16*>(m.data), m.cols}); return;
+    case WeightFormat::Int8: f(q8_rows(m)); return;
   }
-};
+}
 
 // out[i] = row r of m as float32.
-template <typename TW>
 inline void matrix_row_to_f32(float* out, const Matrix& m, int64_t r) {
-  const auto rows = RowsOf<TW>::of(m);
-  for (int64_t i = 0; i < m.cols; i += W) {
-    const int n = static_cast<int>(std::min<int64_t>(W, m.cols - i));
-    store_n(rows.load(r, i, n), out + i, n);
-  }
+  with_rows(m, [&](const auto& rows) {
+    for (int64_t i = 0; i < m.cols; i += W) {
+      const int n = static_cast<int>(std::min<int64_t>(W, m.cols - i));
+      store_n(rows.load(r, i, n), out + i, n);
+    }
+  });
 }
 
 }  // namespace
 
 namespace {
 
-template <typename TW, typename TC>
+template <typename TC>
 struct EngineImpl final : Engine::Impl {
   using Engine::Impl::Impl;
 
@@ -117,7 +121,7 @@ struct EngineImpl final : Engine::Impl {
                          int64_t tokens) {
         int64_t r0, r1;
         thread_range(m.rows, 4, tid, nt, r0, r1);
-        product(accumulate, y, m.rows, x, m.cols, RowsOf<TW>::of(m), tokens, m.cols, r0, r1);
+        with_rows(m, [&](const auto& w) { product(accumulate, y, m.rows, x, m.cols, w, tokens, m.cols, r0, r1); });
         if (bias)
           for (int64_t t = 0; t < tokens; ++t)
             for (int64_t r = r0; r < r1; ++r) y[t * m.rows + r] += bias[r];
@@ -140,7 +144,7 @@ struct EngineImpl final : Engine::Impl {
       float* up = gate + s.max_tokens * chunk;
 
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < n; ++t) matrix_row_to_f32<TW>(resid.data() + t * H, s.embed, tokens[t]);
+      for (int64_t t = 0; t < n; ++t) matrix_row_to_f32(resid.data() + t * H, s.embed, tokens[t]);
       mark(-1, Op::Embed);
 
       for (int l = 0; l < static_cast<int>(s.layers.size()); ++l) {
@@ -196,9 +200,10 @@ struct EngineImpl final : Engine::Impl {
         int64_t i0, i1;
         thread_range(I, W, tid, nt, i0, i1);
         if (i1 > i0) {
-          const auto gu = RowsOf<TW>::of(L.gate_up);
-          product(std::false_type{}, gate, chunk, x, H, gu.from(i0), n, H, 0, i1 - i0);
-          product(std::false_type{}, up, chunk, x, H, gu.from(I + i0), n, H, 0, i1 - i0);
+          with_rows(L.gate_up, [&](const auto& gu) {
+            product(std::false_type{}, gate, chunk, x, H, gu.from(i0), n, H, 0, i1 - i0);
+            product(std::false_type{}, up, chunk, x, H, gu.from(I + i0), n, H, 0, i1 - i0);
+          });
           for (int64_t t = 0; t < n; ++t)
             for (int64_t i = 0; i < i1 - i0; i += W) {
               const int m = static_cast<int>(std::min<int64_t>(W, i1 - i0 - i));
@@ -224,23 +229,16 @@ struct EngineImpl final : Engine::Impl {
   }
 };
 
-template <typename TW>
-std::unique_ptr<Engine::Impl> make_impl(EngineSpec spec) {
-  if (spec.kv_dtype == DType::BFloat16) return std::make_unique<EngineImpl<TW, bf16>>(std::move(spec));
-  return std::make_unique<EngineImpl<TW, float>>(std::move(spec));
-}
-
 }  // namespace
 
 std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
   const int64_t q_dim = s.num_heads * D, kv_dim = s.num_kv_heads * D;
   std::unique_ptr<Engine::Impl> impl;
-  switch (s.format) {
-    case WeightFormat::Float32: impl = make_impl<float>(std::move(s)); break;
-    case WeightFormat::BFloat16: impl = make_impl<bf16>(std::move(s)); break;
-    case WeightFormat::Int8: impl = make_impl<int8_t>(std::move(s)); break;
-  }
+  if (s.kv_dtype == DType::BFloat16)
+    impl = std::make_unique<EngineImpl<bf16>>(std::move(s));
+  else
+    impl = std::make_unique<EngineImpl<float>>(std::move(s));
   Engine::Impl& m = *impl;
   const EngineSpec& sp = m.spec;
   m.isa = Isa::PYRUNTIME_ISA_ID;

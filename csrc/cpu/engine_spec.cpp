@@ -28,13 +28,13 @@ const char* op_name(Op op) {
 
 namespace {
 
-void check_matrix(const Matrix& m, int64_t rows, int64_t cols, WeightFormat f, const std::string& name) {
+void check_matrix(const Matrix& m, int64_t rows, int64_t cols, const std::string& name) {
   PYRUNTIME_CHECK(m.data != nullptr, "engine: " + name + " is missing");
   PYRUNTIME_CHECK(m.rows == rows && m.cols == cols,
                   "engine: " + name + " must be [" + std::to_string(rows) + ", " +
                       std::to_string(cols) + "], got [" + std::to_string(m.rows) + ", " +
                       std::to_string(m.cols) + "]");
-  if (f == WeightFormat::Int8) {
+  if (m.format == WeightFormat::Int8) {
     PYRUNTIME_CHECK(m.scales != nullptr, "engine: " + name + " (int8) has no scales");
     PYRUNTIME_CHECK(m.group >= 16 && (m.group & (m.group - 1)) == 0 && cols % m.group == 0,
                     "engine: " + name + " group size " + std::to_string(m.group) +
@@ -55,16 +55,19 @@ Engine::Engine(EngineSpec s) {
   PYRUNTIME_CHECK(s.cos_sin && s.final_norm, "engine: cos_sin and final_norm are required");
   PYRUNTIME_CHECK(!s.layers.empty(), "engine: no layers");
   const int64_t q_dim = s.num_heads * D, kv_dim = s.num_kv_heads * D;
-  check_matrix(s.embed, s.vocab, H, s.format, "embed");
-  check_matrix(s.lm_head, s.vocab, H, s.format, "lm_head");
+  check_matrix(s.embed, s.vocab, H, "embed");
+  check_matrix(s.lm_head, s.vocab, H, "lm_head");
   for (size_t l = 0; l < s.layers.size(); ++l) {
     const EngineLayer& L = s.layers[l];
     const std::string p = "layers." + std::to_string(l) + ".";
     PYRUNTIME_CHECK(L.attn_norm && L.mlp_norm, "engine: " + p + "norm weights are missing");
-    check_matrix(L.qkv, q_dim + 2 * kv_dim, H, s.format, p + "qkv");
-    check_matrix(L.o, H, q_dim, s.format, p + "o");
-    check_matrix(L.gate_up, 2 * I, H, s.format, p + "gate_up");
-    check_matrix(L.down, H, I, s.format, p + "down");
+    check_matrix(L.qkv, q_dim + 2 * kv_dim, H, p + "qkv");
+    check_matrix(L.o, H, q_dim, p + "o");
+    check_matrix(L.gate_up, 2 * I, H, p + "gate_up");
+    check_matrix(L.down, H, I, p + "down");
+    PYRUNTIME_CHECK(L.sliding_window == 0,
+                    "engine: " + p + "sliding_window " + std::to_string(L.sliding_window) +
+                        ": sliding-window attention is not implemented (0: the whole sequence)");
   }
   switch (active_isa()) {
 #define PYRUNTIME_ENGINE_CASE(E, ns) \

@@ -4,10 +4,12 @@
 #include <torch/library.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "engine.h"
+#include "model_spec.h"
 #include "ops.h"
 #include "pyruntime/cpu_kernels.h"
 #include "pyruntime/dispatch.h"
@@ -97,28 +99,117 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_group_size", &pyruntime::int8_group_size, py::arg("cols"));
   m.def("pack_int8_rows", &pyruntime::pack_int8_rows, py::arg("q"), py::arg("scales"),
         "quantize_int8's rows interleaved in blocks of 4: (q [rows / 4, groups, 4, group], scales [rows / 4, groups, 4])");
-  py::class_<pyruntime::EngineHandle>(m, "Engine",
-                                      "whole forward steps on the CPU with resident weights")
-      .def(py::init<const std::map<std::string, double>&, const std::string&, at::ScalarType,
-                    std::map<std::string, at::Tensor>>(),
-           py::arg("config"), py::arg("format"), py::arg("kv_dtype"), py::arg("tensors"))
+  using pyruntime::LayerSpec;
+  using pyruntime::ModelSpec;
+  using pyruntime::WeightMatrix;
+  using OptTensor = std::optional<at::Tensor>;
+  py::enum_<pyruntime::cpu::WeightFormat>(m, "WeightFormat", "how a weight matrix is stored")
+      .value("float32", pyruntime::cpu::WeightFormat::Float32)
+      .value("bfloat16", pyruntime::cpu::WeightFormat::BFloat16)
+      .value("int8", pyruntime::cpu::WeightFormat::Int8);
+  py::class_<WeightMatrix>(m, "WeightMatrix", "one weight matrix [rows, cols]: format, tensors, layout")
+      .def(py::init<pyruntime::cpu::WeightFormat, at::Tensor, OptTensor>(), py::arg("format"), py::arg("data"),
+           py::arg("scales") = py::none())
+      .def_readonly("format", &WeightMatrix::format)
+      .def_readonly("data", &WeightMatrix::data)
+      .def_readonly("scales", &WeightMatrix::scales)
+      .def_property_readonly("shape", [](const WeightMatrix& w) { return std::make_tuple(w.rows, w.cols); })
+      .def_readonly("group", &WeightMatrix::group)
+      .def_readonly("block_rows", &WeightMatrix::block_rows)
+      .def_property_readonly("nbytes", &WeightMatrix::nbytes)
+      .def("__repr__", &WeightMatrix::repr);
+  py::class_<LayerSpec>(m, "LayerSpec", "one decoder block of a ModelSpec")
+      .def(py::init([](at::Tensor attn_norm, WeightMatrix qkv, WeightMatrix o, at::Tensor mlp_norm,
+                       WeightMatrix gate_up, WeightMatrix down, OptTensor qkv_bias, OptTensor o_bias,
+                       int64_t sliding_window) {
+             return LayerSpec{std::move(attn_norm), std::move(qkv), std::move(qkv_bias), std::move(o),
+                              std::move(o_bias), std::move(mlp_norm), std::move(gate_up), std::move(down),
+                              sliding_window};
+           }),
+           py::kw_only(), py::arg("attn_norm"), py::arg("qkv"), py::arg("o"), py::arg("mlp_norm"),
+           py::arg("gate_up"), py::arg("down"), py::arg("qkv_bias") = py::none(), py::arg("o_bias") = py::none(),
+           py::arg("sliding_window") = 0)
+      .def_readonly("attn_norm", &LayerSpec::attn_norm)
+      .def_readonly("qkv", &LayerSpec::qkv)
+      .def_readonly("qkv_bias", &LayerSpec::qkv_bias)
+      .def_readonly("o", &LayerSpec::o)
+      .def_readonly("o_bias", &LayerSpec::o_bias)
+      .def_readonly("mlp_norm", &LayerSpec::mlp_norm)
+      .def_readonly("gate_up", &LayerSpec::gate_up)
+      .def_readonly("down", &LayerSpec::down)
+      .def_readonly("sliding_window", &LayerSpec::sliding_window);
+  py::class_<ModelSpec>(m, "ModelSpec", "the typed model description every engine is built from")
+      .def(py::init([](std::string architecture, int64_t hidden, int64_t inter, int64_t num_heads,
+                       int64_t num_kv_heads, int64_t head_dim, int64_t vocab, double norm_eps, double attn_scale,
+                       at::Tensor rope_cos_sin, int64_t rotary_dim, bool rope_neox, WeightMatrix embed,
+                       std::vector<LayerSpec> layers, at::Tensor final_norm, WeightMatrix lm_head) {
+             ModelSpec s;
+             s.architecture = std::move(architecture);
+             s.hidden = hidden;
+             s.inter = inter;
+             s.num_heads = num_heads;
+             s.num_kv_heads = num_kv_heads;
+             s.head_dim = head_dim;
+             s.vocab = vocab;
+             s.norm_eps = norm_eps;
+             s.attn_scale = attn_scale;
+             s.rope_cos_sin = std::move(rope_cos_sin);
+             s.rotary_dim = rotary_dim;
+             s.rope_neox = rope_neox;
+             s.embed = std::move(embed);
+             s.layers = std::move(layers);
+             s.final_norm = std::move(final_norm);
+             s.lm_head = std::move(lm_head);
+             return s;
+           }),
+           py::kw_only(), py::arg("architecture"), py::arg("hidden"), py::arg("inter"), py::arg("num_heads"),
+           py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("vocab"), py::arg("norm_eps"),
+           py::arg("attn_scale"), py::arg("rope_cos_sin"), py::arg("rotary_dim"), py::arg("rope_neox"),
+           py::arg("embed"), py::arg("layers"), py::arg("final_norm"), py::arg("lm_head"))
+      .def_readonly("architecture", &ModelSpec::architecture)
+      .def_readonly("hidden", &ModelSpec::hidden)
+      .def_readonly("inter", &ModelSpec::inter)
+      .def_readonly("num_heads", &ModelSpec::num_heads)
+      .def_readonly("num_kv_heads", &ModelSpec::num_kv_heads)
+      .def_readonly("head_dim", &ModelSpec::head_dim)
+      .def_readonly("vocab", &ModelSpec::vocab)
+      .def_readonly("norm_eps", &ModelSpec::norm_eps)
+      .def_readonly("attn_scale", &ModelSpec::attn_scale)
+      .def_readonly("rope_cos_sin", &ModelSpec::rope_cos_sin)
+      .def_readonly("rotary_dim", &ModelSpec::rotary_dim)
+      .def_readonly("rope_neox", &ModelSpec::rope_neox)
+      .def_readonly("embed", &ModelSpec::embed)
+      .def_readonly("layers", &ModelSpec::layers)
+      .def_readonly("final_norm", &ModelSpec::final_norm)
+      .def_readonly("lm_head", &ModelSpec::lm_head)
+      .def_property_readonly("num_layers", &ModelSpec::num_layers)
+      .def_property_readonly("nbytes", &ModelSpec::nbytes, "bytes of the distinct weight tensors")
+      .def("check", [](const ModelSpec& s) {
+             s.check("ModelSpec", s.final_norm.defined() ? s.final_norm.scalar_type() : at::kFloat,
+                     {pyruntime::cpu::WeightFormat::Float32, pyruntime::cpu::WeightFormat::BFloat16,
+                      pyruntime::cpu::WeightFormat::Int8});
+           }, "ValueError naming the first field whose size, device or dtype does not fit");
+  py::class_<pyruntime::EngineHandle>(m, "Engine", "whole forward steps on the CPU with resident weights")
+      .def(py::init<ModelSpec, int64_t, at::ScalarType, int64_t, int64_t>(), py::arg("spec"), py::arg("max_seq"),
+           py::arg("kv_dtype"), py::arg("threads"), py::arg("max_tokens"))
       .def("forward", &pyruntime::EngineHandle::forward, py::arg("tokens"), py::arg("positions"),
            py::arg("rows"), py::arg("k_cache"), py::arg("v_cache"), py::arg("logits"),
            py::arg("first_logit"), py::call_guard<py::gil_scoped_release>())
       .def("set_profiling", &pyruntime::EngineHandle::set_profiling)
       .def("profile", &pyruntime::EngineHandle::profile)
+      .def_property_readonly("spec", &pyruntime::EngineHandle::spec)
       .def_property_readonly("threads", &pyruntime::EngineHandle::threads)
       .def_property_readonly("isa", &pyruntime::EngineHandle::isa)
       .def_property_readonly("max_tokens", &pyruntime::EngineHandle::max_tokens);
 #ifdef PYRUNTIME_WITH_CUDA
   py::class_<pyruntime::CudaEngineHandle>(m, "CudaEngine",
                                           "whole forward steps on a CUDA device, decode steps as CUDA graphs")
-      .def(py::init<const std::map<std::string, double>&, at::ScalarType, std::map<std::string, at::Tensor>>(),
-           py::arg("config"), py::arg("dtype"), py::arg("tensors"))
+      .def(py::init<ModelSpec, int64_t, int64_t>(), py::arg("spec"), py::arg("max_seq"), py::arg("max_tokens"))
       .def("forward", &pyruntime::CudaEngineHandle::forward, py::arg("tokens"), py::arg("positions"),
            py::arg("rows"), py::arg("k_cache"), py::arg("v_cache"), py::arg("logits"), py::arg("first_logit"),
            py::arg("stream"), py::call_guard<py::gil_scoped_release>())
       .def("set_cuda_graphs", &pyruntime::CudaEngineHandle::set_cuda_graphs)
+      .def_property_readonly("spec", &pyruntime::CudaEngineHandle::spec)
       .def_property_readonly("graphs", &pyruntime::CudaEngineHandle::graphs)
       .def_property_readonly("max_tokens", &pyruntime::CudaEngineHandle::max_tokens);
   m.attr("with_cuda") = true;

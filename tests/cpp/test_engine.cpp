@@ -57,6 +57,7 @@ struct Stored {
   cpu::Matrix matrix(const Mat& w, int64_t rows, int64_t cols, cpu::WeightFormat f, int64_t block_rows = 1) {
     ref.resize(w.size());
     cpu::Matrix m;
+    m.format = f;
     m.rows = rows;
     m.cols = cols;
     if (f == cpu::WeightFormat::Int8) {
@@ -196,7 +197,7 @@ void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std:
   std::vector<Stored> st(2 + 4 * L);
   cpu::EngineSpec s;
   s.hidden = H; s.inter = I; s.num_heads = HQ; s.num_kv_heads = HKV; s.head_dim = D; s.vocab = V;
-  s.max_seq = S; s.rot_dim = ROT; s.eps = static_cast<float>(kEps); s.format = format; s.kv_dtype = kv;
+  s.max_seq = S; s.rot_dim = ROT; s.eps = static_cast<float>(kEps); s.kv_dtype = kv;
   s.max_tokens = 48;
   s.embed = st[0].matrix(m.embed, V, H, format, block_rows);
   s.lm_head = st[1].matrix(m.lm_head, V, H, format, block_rows);

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pyruntime
-from pyruntime import engine as engine_mod
+from pyruntime import formats
 from pyruntime.bench import decode_bytes_per_token, weight_bytes_read
 
 transformers = pytest.importorskip("transformers")
@@ -25,7 +25,7 @@ def expected_weight_bytes(cfg, *, tied: bool, bias: bool, int8: bool = False) ->
     def matrix(rows, cols):
         if not int8:
             return rows * cols * 4
-        return rows * cols + rows * (cols // engine_mod.int8_group_size(cols)) * 4
+        return rows * cols + rows * (cols // formats.int8_group_size(cols)) * 4
 
     layer = (matrix((Hq + 2 * Hkv) * D, H) + matrix(H, Hq * D) + matrix(2 * I, H) + matrix(H, I)
              + 2 * H * 4 + (((Hq + 2 * Hkv) * D + H) * 4 if bias else 0))
@@ -40,10 +40,10 @@ def kv_bytes(cfg, elem: int, context: float) -> float:
 
 
 def test_tied_smollm2(llm):
-    cfg, tensors = llm.config, llm.engine.tensors
-    assert tensors["lm_head"] is tensors["embed"]  # SmolLM2 ties its LM head to the embedding
+    cfg, spec = llm.config, llm.engine.spec
+    assert spec.lm_head.data.data_ptr() == spec.embed.data.data_ptr()  # SmolLM2 ties its LM head to the embedding
     want = expected_weight_bytes(cfg, tied=True, bias=False)
-    assert weight_bytes_read(tensors, cfg.vocab_size) == want
+    assert weight_bytes_read(spec) == want
     # The table once (as the LM head), plus the gathered row.
     assert want == llm.weight_bytes + cfg.hidden_size * 4
     assert decode_bytes_per_token(llm, CONTEXT) == want + kv_bytes(cfg, 4, CONTEXT)
@@ -65,12 +65,12 @@ def untied_folder(tmp_path_factory, llm):
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_untied_tiny_llama(untied_folder, dtype):
     tiny = pyruntime.LLM(untied_folder, dtype=dtype, progress=False)
-    cfg, tensors = tiny.config, tiny.engine.tensors
-    assert tensors["lm_head"] is not tensors["embed"] and "layers.0.qkv_bias" in tensors
+    cfg, spec = tiny.config, tiny.engine.spec
+    assert spec.lm_head.data.data_ptr() != spec.embed.data.data_ptr() and spec.layers[0].qkv_bias is not None
     want = expected_weight_bytes(cfg, tied=False, bias=True, int8=dtype == "int8")
-    assert weight_bytes_read(tensors, cfg.vocab_size) == want
+    assert weight_bytes_read(spec) == want
     # The resident weights hold the whole embedding table; a token reads one row of it.
-    embed = sum(t.numel() * t.element_size() for n, t in tensors.items() if n.startswith("embed"))
+    embed = sum(t.numel() * t.element_size() for t in (spec.embed.data, spec.embed.scales) if t is not None)
     assert want == tiny.weight_bytes - embed + embed // cfg.vocab_size
     elem = 4 if dtype == "float32" else 2  # int8 keeps its KV cache in bfloat16
     assert decode_bytes_per_token(tiny, CONTEXT) == want + kv_bytes(cfg, elem, CONTEXT)

@@ -9,6 +9,8 @@ import torch
 
 import pyruntime
 from pyruntime import engine as engine_mod
+from pyruntime import formats
+from pyruntime._ext import C
 
 transformers = pytest.importorskip("transformers")
 
@@ -32,11 +34,11 @@ def test_quantize_int8_matches_reference(shape, group):
     torch.manual_seed(0)
     w = torch.randn(shape) * torch.rand(shape[0], 1) * 3
     w[0] = 0.0  # an all-zero group gets scale 0, not NaN
-    q, s = engine_mod.quantize_int8(w, group)
+    q, s = formats.quantize_int8(w, group)
     want_q, want_s = reference_quantize(w, group)
     torch.testing.assert_close(s, want_s, rtol=1e-6, atol=0)
     assert (q.int() - want_q.int()).abs().max().item() <= 1  # round-half cases of float vs double
-    err = (engine_mod.dequantize_int8(q, s) - w).abs()
+    err = (formats.dequantize_int8(q, s) - w).abs()
     assert (err <= s.repeat_interleave(group, dim=1) * 0.5 + 1e-6).all()
 
 
@@ -177,67 +179,155 @@ def test_engine_rejects_bad_calls(llm, over, match):
         _call(llm, **over)
 
 
-def test_engine_rejects_bad_weights(llm):
-    cfg = {"hidden": 8, "inter": 16, "num_heads": 2, "num_kv_heads": 1, "head_dim": 64, "vocab": 10,
-           "num_layers": 1, "max_seq": 4, "rot_dim": 64, "is_neox": 1, "eps": 1e-6, "scale": 0.125,
-           "max_tokens": 4, "threads": 1}
-    t = {"embed": torch.zeros(10, 8), "lm_head": torch.zeros(10, 8), "final_norm": torch.ones(8),
-         "cos_sin": torch.zeros(4, 64), "layers.0.attn_norm": torch.ones(8), "layers.0.mlp_norm": torch.ones(8),
-         "layers.0.qkv": torch.zeros(256, 8), "layers.0.o": torch.zeros(8, 128), "layers.0.gate_up": torch.zeros(32, 8),
-         "layers.0.down": torch.zeros(8, 16)}
-    from pyruntime._ext import C
-    C.Engine(cfg, "float32", torch.float32, t)  # the good one builds
-    with pytest.raises(ValueError, match="layers.0.o must be \\[8, 128\\]"):
-        C.Engine(cfg, "float32", torch.float32, {**t, "layers.0.o": torch.zeros(8, 64)})
-    with pytest.raises(ValueError, match="layers.0.down' is missing"):
-        C.Engine(cfg, "float32", torch.float32, {k: v for k, v in t.items() if k != "layers.0.down"})
-    with pytest.raises(ValueError, match="embed must be BFloat16"):
-        C.Engine(cfg, "bfloat16", torch.bfloat16, t)
-    with pytest.raises(ValueError, match="embed.scales"):
-        C.Engine(cfg, "int8", torch.bfloat16, {**t, "embed": torch.zeros(10, 8, dtype=torch.int8)})
-    with pytest.raises(ValueError, match="num_kv_heads"):
-        C.Engine({**cfg, "num_kv_heads": 3}, "float32", torch.float32, t)
-    with pytest.raises(ValueError, match="format"):
-        C.Engine(cfg, "int4", torch.float32, t)
-    with pytest.raises(ValueError, match="cos_sin"):
-        C.Engine(cfg, "float32", torch.float32, {**t, "cos_sin": torch.zeros(2, 64)})
+def _f32(*shape):
+    return C.WeightMatrix(C.WeightFormat.float32, torch.zeros(*shape))
 
+
+def _int8(*shape, blocks=True):
+    q, s = formats.quantize_int8(torch.randn(*shape), 16)
+    if blocks and shape[0] % 4 == 0:
+        q, s = formats.pack_int8_rows(q, s)
+    return C.WeightMatrix(C.WeightFormat.int8, q, s)
+
+
+def _spec(matrix=_f32, layer=None, H=8, **over):
+    """A one-layer C.ModelSpec: hidden H, I 16, vocab 10, 2 query heads / 1 KV head of 64 features,
+    RoPE for 4 positions; matrix(rows, cols) makes each weight; layer and over replace fields."""
+    I, V = 16, 10
+    fields = dict(attn_norm=torch.ones(H), qkv=matrix(256, H), o=matrix(H, 128), mlp_norm=torch.ones(H),
+                  gate_up=matrix(2 * I, H), down=matrix(H, I))
+    fields.update(layer or {})
+    spec = dict(architecture="LlamaForCausalLM", hidden=H, inter=I, num_heads=2, num_kv_heads=1, head_dim=64,
+                vocab=V, norm_eps=1e-6, attn_scale=0.125, rope_cos_sin=torch.zeros(4, 64), rotary_dim=64,
+                rope_neox=True, embed=matrix(V, H), layers=[C.LayerSpec(**fields)], final_norm=torch.ones(H),
+                lm_head=matrix(V, H))
+    spec.update(over)
+    return C.ModelSpec(**spec)
+
+
+def _engine(spec, max_seq=4, kv_dtype=torch.float32):
+    return C.Engine(spec, max_seq, kv_dtype, 1, 4)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: _spec(layer=dict(o=_f32(8, 64))), "layers\\[0\\].o must be \\[8, 128\\]"),
+    (lambda: _spec(num_kv_heads=3), "num_kv_heads"),
+    (lambda: _spec(layer=dict(attn_norm=torch.ones(8, dtype=torch.bfloat16))), "layers\\[0\\].attn_norm must be"),
+    (lambda: _spec(final_norm=torch.ones(9)), "final_norm must be"),
+    (lambda: _spec(layer=dict(qkv_bias=torch.zeros(255))), "qkv_bias must be"),
+    (lambda: _spec(layer=dict(sliding_window=3)), "sliding-window attention is not implemented"),
+    (lambda: _spec(rope_cos_sin=torch.zeros(4, 32)), "rope_cos_sin"),
+    (lambda: _spec(layer=dict(down=C.WeightMatrix(C.WeightFormat.float32, torch.zeros(8, 16, device="meta")))),
+     "layers\\[0\\].down is on meta"),
+    (lambda: _spec(layers=[]), "no layers"),
+])
+def test_engine_rejects_bad_specs(make, match):
+    _engine(_spec())  # the good one builds
+    with pytest.raises(ValueError, match=match):
+        _engine(make())
+
+
+def test_engine_rejects_bad_options():
+    with pytest.raises(ValueError, match="max_seq must be in \\[1, 4\\]"):
+        _engine(_spec(), max_seq=8)  # more positions than the RoPE table holds
+    with pytest.raises(ValueError, match="kv_dtype"):
+        _engine(_spec(), kv_dtype=torch.float16)
+    with pytest.raises(ValueError, match="threads"):
+        C.Engine(_spec(), 4, torch.float32, -1, 4)
+
+
+def test_weight_matrix_checks_its_format():
+    C.WeightMatrix(C.WeightFormat.bfloat16, torch.zeros(4, 8, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="bfloat16 data must be a contiguous BFloat16"):
+        C.WeightMatrix(C.WeightFormat.bfloat16, torch.zeros(4, 8))
+    with pytest.raises(ValueError, match="float32 data must be a contiguous Float"):
+        C.WeightMatrix(C.WeightFormat.float32, torch.zeros(8, 4).t())
+    with pytest.raises(ValueError, match="takes no scales"):
+        C.WeightMatrix(C.WeightFormat.float32, torch.zeros(4, 8), torch.ones(4, 1))
+    with pytest.raises(ValueError, match="int8 data needs its scales"):
+        C.WeightMatrix(C.WeightFormat.int8, torch.zeros(4, 32, dtype=torch.int8))
+    with pytest.raises(ValueError, match="must be \\[rows, cols\\]"):
+        C.WeightMatrix(C.WeightFormat.float32, torch.zeros(8))
+    m = _int8(12, 64)
+    assert (m.shape, m.group, m.block_rows, m.nbytes) == ((12, 64), 16, 4, 12 * 64 + 12 * 4 * 4)
+    assert "int8 [12, 64]" in repr(m)
 
 
 def test_engine_int8_row_blocks_checked():
     """int8 matrices come as plain rows or in row blocks (pack_int8_rows); a block layout whose
-    shapes do not agree is refused, naming the tensor."""
-    cfg = {"hidden": 32, "inter": 16, "num_heads": 2, "num_kv_heads": 1, "head_dim": 64, "vocab": 10,
-           "num_layers": 1, "max_seq": 4, "rot_dim": 64, "is_neox": 1, "eps": 1e-6, "scale": 0.125,
-           "max_tokens": 4, "threads": 1}
-    shapes = {"embed": (10, 32), "lm_head": (10, 32), "layers.0.qkv": (256, 32), "layers.0.o": (32, 128),
-              "layers.0.gate_up": (32, 32), "layers.0.down": (32, 16)}
-    t = {"final_norm": torch.ones(32), "cos_sin": torch.zeros(4, 64), "layers.0.attn_norm": torch.ones(32),
-         "layers.0.mlp_norm": torch.ones(32)}
-    for name, shape in shapes.items():
-        q, s = engine_mod.quantize_int8(torch.randn(shape), 16)
-        if shape[0] % 4 == 0:
-            q, s = engine_mod.pack_int8_rows(q, s)
-        t[name], t[name + ".scales"] = q, s
-    from pyruntime._ext import C
-    C.Engine(cfg, "int8", torch.bfloat16, t)  # the good one builds (vocab 10: plain rows)
-    q, s = t["layers.0.qkv"], t["layers.0.qkv.scales"]
-    with pytest.raises(ValueError, match="layers.0.qkv in row blocks"):
-        C.Engine(cfg, "int8", torch.bfloat16, {**t, "layers.0.qkv.scales": s.reshape(64, 4, 2)})
-    with pytest.raises(ValueError, match="layers.0.qkv in row blocks"):
-        C.Engine(cfg, "int8", torch.bfloat16, {**t, "layers.0.qkv": q.reshape(128, 2, 2, 16)})
+    shapes do not agree is refused."""
+    spec = _spec(matrix=_int8, H=32)
+    assert spec.embed.block_rows == 1 and spec.layers[0].qkv.block_rows == 4  # vocab 10: plain rows
+    _engine(spec)  # both layouts in one model
+    with pytest.raises(ValueError, match="layers\\[0\\].qkv must be \\[256, 8\\]"):
+        _engine(_spec(layer=dict(qkv=spec.layers[0].qkv)))  # hidden 32 in a model of hidden 8
+    q, s = formats.pack_int8_rows(*formats.quantize_int8(torch.randn(256, 32), 16))
+    with pytest.raises(ValueError, match="int8 rows in blocks must be"):
+        C.WeightMatrix(C.WeightFormat.int8, q, s.reshape(64, 4, 2))
+    with pytest.raises(ValueError, match="int8 rows in blocks must be"):
+        C.WeightMatrix(C.WeightFormat.int8, q.reshape(128, 2, 2, 16), s)
     with pytest.raises(ValueError, match="rows \\(10\\) must be a multiple of 4"):
-        engine_mod.pack_int8_rows(*engine_mod.quantize_int8(torch.randn(10, 32), 16))
+        formats.pack_int8_rows(*formats.quantize_int8(torch.randn(10, 32), 16))
     with pytest.raises(ValueError, match="scales must be a contiguous float32"):
-        engine_mod.pack_int8_rows(q.reshape(-1, 32)[:8], torch.ones(8, 3))
+        formats.pack_int8_rows(q.reshape(-1, 32)[:8], torch.ones(8, 3))
+
+
+def test_mixed_formats_match_reference(tiny_llama):
+    """Each matrix in its own format in one model: the engine against transformers with every
+    matrix replaced by its stored values (bfloat16 rounding, or the plain-torch int8 round trip)."""
+    from pyruntime.config import ModelConfig
+    from pyruntime.spec import build_spec
+    from pyruntime.weights import load_weights
+
+    model, folder = tiny_llama
+    cfg = ModelConfig.from_file(folder / "config.json")
+    weights = load_weights(folder, cfg, torch.float32, progress=False)
+    plan = {"embed": "float32", 0: dict(qkv="int8", o="bfloat16", gate_up="float32", down="int8"),
+            1: dict(qkv="bfloat16", o="int8", gate_up="int8", down="bfloat16")}
+    spec = build_spec(cfg, weights, formats.FORMATS["float32"], 512)
+    layers = []
+    for i, l in enumerate(spec.layers):
+        packed = {k: formats.FORMATS[f].pack(getattr(weights.layers[i], k)) for k, f in plan[i].items()}
+        layers.append(C.LayerSpec(attn_norm=l.attn_norm, mlp_norm=l.mlp_norm, **packed))
+    kw = {k: getattr(spec, k) for k in ("architecture", "hidden", "inter", "num_heads", "num_kv_heads", "head_dim",
+                                        "vocab", "norm_eps", "attn_scale", "rope_cos_sin", "rotary_dim", "rope_neox",
+                                        "embed", "final_norm", "lm_head")}
+    eng = engine_mod.CpuEngine(C.ModelSpec(**kw, layers=layers), 512, torch.float32, 1)
+
+    def stored(p, fmt):
+        if fmt == "bfloat16":
+            return p.bfloat16().float()
+        if fmt == "int8":
+            group = formats.int8_group_size(p.shape[1])
+            q, s = reference_quantize(p, group)
+            return (q.float().reshape(p.shape[0], -1, group) * s[:, :, None]).reshape(p.shape)
+        return p
+
+    ours = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up",
+            "up_proj": "gate_up", "down_proj": "down"}
+    state = {}
+    for name, p in model.state_dict().items():
+        parts = name.split(".")
+        if len(parts) > 4 and parts[1] == "layers" and parts[4] in ours:
+            p = stored(p, plan[int(parts[2])][ours[parts[4]]])
+        state[name] = p
+    ref = transformers.AutoModelForCausalLM.from_config(model.config).eval()
+    ref.load_state_dict(state)
+    ids = [5, 900, 17, 4000, 33, 12, 7, 4100, 1, 2, 3, 250] * 3
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0]
+    got = eng.prefill(torch.tensor(ids), 0, 0, all_logits=True)
+    # int8 products quantise the activations too (VNNI): a small error beside float32's.
+    assert (got - want).abs().max().item() < 5e-3 * want.abs().max().item()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.95
 
 
 @pytest.mark.parametrize("rows,cols,group", [(4, 32, 32), (12, 128, 64), (8, 96, 32)])
 def test_pack_int8_rows_layout(rows, cols, group):
     """pack_int8_rows puts group g of row 4b + r at [b, g, r]: checked against a torch
     reshape and permute of the plain rows."""
-    q, s = engine_mod.quantize_int8(torch.randn(rows, cols), group)
-    qb, sb = engine_mod.pack_int8_rows(q, s)
+    q, s = formats.quantize_int8(torch.randn(rows, cols), group)
+    qb, sb = formats.pack_int8_rows(q, s)
     groups = cols // group
     assert qb.shape == (rows // 4, groups, 4, group) and sb.shape == (rows // 4, groups, 4)
     assert torch.equal(qb, q.reshape(rows // 4, 4, groups, group).permute(0, 2, 1, 3))
@@ -313,6 +403,22 @@ def _greedy_logits(eng, tokens, device, vocab, cache_shape, steps=3):
     return torch.cat(out)
 
 
+def _spec_to(spec, device):
+    """spec with every tensor copied to `device`."""
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    mat = lambda m: C.WeightMatrix(m.format, to(m.data), to(m.scales))  # noqa: E731
+    layers = [C.LayerSpec(attn_norm=to(l.attn_norm), qkv=mat(l.qkv), qkv_bias=to(l.qkv_bias), o=mat(l.o),
+                          o_bias=to(l.o_bias), mlp_norm=to(l.mlp_norm), gate_up=mat(l.gate_up), down=mat(l.down),
+                          sliding_window=l.sliding_window) for l in spec.layers]
+    embed = mat(spec.embed)
+    tied = spec.lm_head.data.data_ptr() == spec.embed.data.data_ptr()
+    return C.ModelSpec(architecture=spec.architecture, hidden=spec.hidden, inter=spec.inter, num_heads=spec.num_heads,
+                       num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim, vocab=spec.vocab,
+                       norm_eps=spec.norm_eps, attn_scale=spec.attn_scale, rope_cos_sin=to(spec.rope_cos_sin),
+                       rotary_dim=spec.rotary_dim, rope_neox=spec.rope_neox, embed=embed, layers=layers,
+                       final_norm=to(spec.final_norm), lm_head=embed if tied else mat(spec.lm_head))
+
+
 @needs_cuda_engine
 def test_cuda_engine_on_the_last_device_with_another_current(llm_cuda):
     # The model on the last GPU while the first is current (with one GPU, both are cuda:0):
@@ -323,10 +429,8 @@ def test_cuda_engine_on_the_last_device_with_another_current(llm_cuda):
     shape = (cfg.num_layers, 1, cfg.num_kv_heads, llm_cuda.max_seq_len, cfg.head_dim)
     tokens = torch.tensor(llm_cuda.tokenizer.encode("The capital of France is"))
     want = _greedy_logits(ref.handle, tokens, ref.device, cfg.vocab_size, shape)
-    tensors = {name: t.to(dev) for name, t in ref.tensors.items()}
     with torch.cuda.device(0):
-        eng = pyruntime._ext.C.CudaEngine(engine_mod._engine_config(cfg, llm_cuda.max_seq_len), torch.bfloat16,
-                                          tensors)
+        eng = pyruntime._ext.C.CudaEngine(_spec_to(ref.spec, dev), llm_cuda.max_seq_len, engine_mod.MAX_TOKENS)
         assert torch.cuda.current_device() == 0
         got = _greedy_logits(eng, tokens, dev, cfg.vocab_size, shape)
         assert torch.cuda.current_device() == 0

@@ -6,7 +6,9 @@ import torch
 
 import pyruntime
 from pyruntime.engine import CpuEngine
+from pyruntime.formats import FORMATS
 from pyruntime.reference import TorchReference
+from pyruntime.spec import build_spec
 from pyruntime.weights import load_weights
 
 MODEL = "smollm2-135m-instruct"
@@ -15,7 +17,8 @@ TEXT = "The history of every river is a story of water, stone and time, and of t
 
 def _reference(llm, dtype):
     weights = load_weights(llm.path, llm.config, dtype, progress=False)
-    return TorchReference(llm.config, weights, llm.max_seq_len, dtype)
+    fmt = FORMATS[str(dtype).removeprefix("torch.")]
+    return TorchReference(build_spec(llm.config, weights, fmt, llm.max_seq_len, dtype), llm.max_seq_len, dtype)
 
 
 @pytest.mark.parametrize("dtype,max_seq_len,tol", [

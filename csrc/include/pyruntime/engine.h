@@ -13,17 +13,20 @@
 
 namespace pyruntime::cpu {
 
+// How a weight matrix is stored; each Matrix names its own, and the products dispatch on it
+// (and on the instruction-set level) at run time.
 enum class WeightFormat { Float32, BFloat16, Int8 };
 
 const char* weight_format_name(WeightFormat f);
 
-// A weight matrix [rows, cols] as stored: float32, bfloat16, or int8 with one float32
+// A weight matrix [rows, cols] as stored (`format`): float32, bfloat16, or int8 with one float32
 // scale per group of `group` columns (weight = q * scale; group a power of two and a
 // multiple of 16 that divides cols). int8 rows are either plain (block_rows 1: q [rows, cols],
 // scales [rows, cols / group]) or interleaved in blocks of block_rows (4) rows as
 // pack_int8_rows writes them (q [rows / 4, cols / group, 4, group], scales
 // [rows / 4, cols / group, 4]): a product then reads one ascending stream per block.
 struct Matrix {
+  WeightFormat format = WeightFormat::Float32;
   const void* data = nullptr;
   const float* scales = nullptr;  // int8 only
   int64_t rows = 0;
@@ -44,10 +47,12 @@ struct EngineLayer {
   const float* mlp_norm = nullptr;   // [H]
   Matrix gate_up;                    // [2 I, H]: gate rows, then up rows
   Matrix down;                       // [H, I]
+  // Attention limited to the last sliding_window positions; 0: the whole sequence. The engine
+  // refuses other values for now (InvalidArgument), so no model runs with a window ignored.
+  int64_t sliding_window = 0;
 };
 
 struct EngineSpec : EngineShape {
-  WeightFormat format = WeightFormat::Float32;  // of every Matrix
   DType kv_dtype = DType::Float32;              // float32 or bfloat16
   int threads = 0;          // 0: the OpenMP default
   const float* cos_sin = nullptr;  // [max_seq, rot_dim]: cos half, then sin half

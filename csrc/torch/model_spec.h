@@ -1,0 +1,99 @@
+// The model description every engine is built from: typed, built once in Python from the
+// checkpoint (pyruntime/spec.py), checked here once, bound as C.ModelSpec, C.LayerSpec and
+// C.WeightMatrix. Adding an architecture's attribute or a weight format means adding it here
+// (and to the kernels that read it), nowhere else.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "pyruntime/engine.h"
+
+namespace pyruntime {
+
+using cpu::WeightFormat;
+
+// The tensor element type a format's data is stored as.
+at::ScalarType storage_type(WeightFormat f);
+
+// One weight matrix [rows, cols] as an engine holds it: its format, its tensors, its layout.
+// - float32, bfloat16: data [rows, cols] of that dtype, no scales.
+// - int8: one float32 scale per group of `group` columns (weight = q * scale), rows plain
+//   (data int8 [rows, cols], scales [rows, cols / group]) or interleaved in blocks of
+//   block_rows = cpu::kInt8BlockRows rows (data [rows / 4, groups, 4, group], scales
+//   [rows / 4, groups, 4]; see cpu::pack_int8_rows).
+struct WeightMatrix {
+  WeightFormat format = WeightFormat::Float32;
+  at::Tensor data;
+  std::optional<at::Tensor> scales;
+  int64_t rows = 0, cols = 0;
+  int64_t group = 0;       // int8 only
+  int64_t block_rows = 1;  // int8 only: 1 or kInt8BlockRows
+
+  WeightMatrix() = default;
+  // Checks that data and scales fit the format (ValueError naming what does not) and takes
+  // rows, cols, group and block_rows from their shapes.
+  WeightMatrix(WeightFormat format, at::Tensor data, std::optional<at::Tensor> scales);
+
+  at::Device device() const { return data.device(); }
+  int64_t nbytes() const;  // data and scales
+  // The engines' view (pointers into data and scales, which must stay alive).
+  cpu::Matrix view() const;
+  std::string repr() const;
+};
+
+// One decoder block: [norm -> attention (fused q, k, v rows) -> o -> residual add -> norm ->
+// gated MLP (fused gate, up rows) -> down -> residual add].
+struct LayerSpec {
+  at::Tensor attn_norm;                 // [H]
+  WeightMatrix qkv;                     // [(Hq + 2 Hkv) D, H]: q rows, k rows, v rows
+  std::optional<at::Tensor> qkv_bias;   // [(Hq + 2 Hkv) D]
+  WeightMatrix o;                       // [H, Hq D]
+  std::optional<at::Tensor> o_bias;     // [H]
+  at::Tensor mlp_norm;                  // [H]
+  WeightMatrix gate_up;                 // [2 I, H]: gate rows, then up rows
+  WeightMatrix down;                    // [H, I]
+  int64_t sliding_window = 0;           // attend to the last W positions; 0: all of them
+};
+
+struct ModelSpec {
+  std::string architecture;  // the checkpoint's (Hugging Face) architecture name
+  int64_t hidden = 0, inter = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, vocab = 0;
+  double norm_eps = 1e-6;    // RMSNorm epsilon of every norm
+  double attn_scale = 0.0;   // softmax scale of q.k; 0: 1/sqrt(head_dim)
+  // RoPE, computed once at load for every position the engine may see (the scaling of the
+  // checkpoint's rope_scaling already applied): float32 [positions, rotary_dim], cos half then
+  // sin half; rotary_dim <= head_dim features per head rotate, as pairs (i, i + rotary_dim/2)
+  // when rope_neox, else (2i, 2i + 1).
+  at::Tensor rope_cos_sin;
+  int64_t rotary_dim = 0;
+  bool rope_neox = true;
+  WeightMatrix embed;              // [vocab, H]
+  std::vector<LayerSpec> layers;
+  at::Tensor final_norm;           // [H]
+  WeightMatrix lm_head;            // [vocab, H] (the embedding's own tensors when tied)
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers.size()); }
+  int64_t q_dim() const { return num_heads * head_dim; }
+  int64_t kv_dim() const { return num_kv_heads * head_dim; }
+  // Every size consistent, every tensor of the right shape and on one device, biases and norms
+  // of `vector_dtype`, each matrix's format in `formats` (ValueError naming the field).
+  void check(const std::string& owner, at::ScalarType vector_dtype,
+             const std::vector<WeightFormat>& formats) const;
+  // Bytes of the distinct tensors (a tied LM head counted once; the RoPE table left out).
+  int64_t nbytes() const;
+};
+
+// cpu::quantize_int8 of a float32 [rows, cols] cpu tensor: (q int8 [rows, cols], scales
+// float32 [rows, cols / group]).
+std::tuple<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& w, int64_t group);
+int64_t int8_group_size(int64_t cols);
+// cpu::pack_int8_rows of quantize_int8's (q, scales): (q [rows / 4, groups, 4, group], scales
+// [rows / 4, groups, 4]), the engine's int8 row blocks.
+std::tuple<at::Tensor, at::Tensor> pack_int8_rows(const at::Tensor& q, const at::Tensor& scales);
+
+}  // namespace pyruntime

@@ -1,0 +1,109 @@
+"""Weight formats, in one place: how a float weight matrix is stored for the engines
+(`pack` -> C.WeightMatrix, csrc/torch/model_spec.h) and the float values it stands for
+(`dequantize`, the readable definition the tests compare the kernels against), and the
+precisions an LLM can run at (dtype= of pyruntime.LLM: a weight format and a KV cache type).
+
+- float32, bfloat16: the weights as they are (bfloat16 rounded to nearest even).
+- int8: weight-only, one float32 scale per group of 64 (else 32) input features: scale =
+  absmax / 127 of the group, q = round(w / scale), as llama.cpp's Q8_0; rows interleaved in
+  blocks of 4 where their number allows (one ascending stream per block for the products).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pyruntime._ext import C
+
+
+def int8_group_size(in_features: int) -> int:
+    """64, else 32: the int8 group size for in_features input features (ValueError if neither divides it)."""
+    return C.int8_group_size(in_features)
+
+
+def quantize_int8(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [rows, cols] float -> (q int8 [rows, cols], scales float32 [rows, cols / group]) with
+    w ~= q * scale per group; scale = absmax / 127 of the group (the compiled quantizer)."""
+    if w.dim() != 2 or w.shape[1] % group:
+        raise ValueError(f"quantize_int8: w must be [rows, cols] with cols divisible by {group}, got {tuple(w.shape)}")
+    return C.quantize_int8(w.detach().float().contiguous(), group)
+
+
+def pack_int8_rows(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_int8's rows interleaved in blocks of 4, the CPU engine's faster int8 layout (each
+    block's groups one after the other, the block's 4 rows within each): q [rows / 4, groups, 4,
+    group], scales [rows / 4, groups, 4]. rows must be a multiple of 4 (ValueError otherwise)."""
+    return C.pack_int8_rows(q.contiguous(), scales.contiguous())
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Plain int8 rows q [rows, cols] with scales [rows, groups] -> float32 [rows, cols]."""
+    group = q.shape[1] // scales.shape[1]
+    return (q.float().reshape(q.shape[0], -1, group) * scales.unsqueeze(2)).reshape(q.shape)
+
+
+def _pack_int8(w: torch.Tensor) -> C.WeightMatrix:
+    q, s = quantize_int8(w, int8_group_size(w.shape[1]))
+    if q.shape[0] % 4 == 0:
+        q, s = pack_int8_rows(q, s)
+    return C.WeightMatrix(C.WeightFormat.int8, q, s)
+
+
+def _dequantize_int8(m: C.WeightMatrix) -> torch.Tensor:
+    q, s = m.data, m.scales
+    if m.block_rows > 1:  # [rows / B, groups, B, group] -> plain rows
+        b, g, r, k = q.shape
+        q = q.permute(0, 2, 1, 3).reshape(b * r, g * k)
+        s = s.permute(0, 2, 1).reshape(b * r, g)
+    return dequantize_int8(q, s)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    c: C.WeightFormat
+    pack: Callable[[torch.Tensor], C.WeightMatrix]  # float [rows, cols] -> the stored matrix
+    dequantize: Callable[[C.WeightMatrix], torch.Tensor]  # the stored matrix -> float32 [rows, cols]
+
+
+def _dense(dtype: torch.dtype, c: C.WeightFormat, name: str) -> Format:
+    return Format(name, c, lambda w: C.WeightMatrix(c, w.to(dtype).contiguous()), lambda m: m.data.float())
+
+
+FORMATS = {
+    f.name: f
+    for f in (
+        _dense(torch.float32, C.WeightFormat.float32, "float32"),
+        _dense(torch.bfloat16, C.WeightFormat.bfloat16, "bfloat16"),
+        Format("int8", C.WeightFormat.int8, _pack_int8, _dequantize_int8),
+    )
+}
+
+
+def format_of(m: C.WeightMatrix) -> Format:
+    return FORMATS[m.format.name]
+
+
+def dequantize(m: C.WeightMatrix) -> torch.Tensor:
+    """The float32 [rows, cols] values a stored matrix stands for."""
+    return format_of(m).dequantize(m)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What dtype= of an LLM means: the checkpoint read as `load`, every weight matrix stored as
+    `weights`, the KV cache kept as `kv`."""
+
+    weights: Format
+    kv: torch.dtype
+    load: torch.dtype
+
+
+PRECISIONS = {
+    "float32": Precision(FORMATS["float32"], kv=torch.float32, load=torch.float32),
+    "bfloat16": Precision(FORMATS["bfloat16"], kv=torch.bfloat16, load=torch.bfloat16),
+    "int8": Precision(FORMATS["int8"], kv=torch.bfloat16, load=torch.float32),
+}

@@ -1,0 +1,49 @@
+"""The model description: built once from a checkpoint's config and weights, handed to whichever
+engine runs the model (C.ModelSpec, csrc/torch/model_spec.h: architecture, sizes, RoPE table,
+norm epsilon, per-layer attributes, every matrix in its weight format)."""
+
+from __future__ import annotations
+
+import torch
+
+from pyruntime._ext import C
+from pyruntime.config import ModelConfig, cos_sin_cache
+from pyruntime.errors import ModelLoadError
+from pyruntime.formats import Format
+from pyruntime.weights import ModelWeights
+
+
+def build_spec(cfg: ModelConfig, weights: ModelWeights, fmt: Format, max_seq_len: int,
+               vector_dtype: torch.dtype = torch.float32) -> C.ModelSpec:
+    """Every matrix packed as `fmt` (a tied LM head shares the embedding's), norms and biases as
+    vector_dtype on the weights' device, RoPE for positions [0, max_seq_len)."""
+    device = weights.embed.device
+    packed: dict[int, C.WeightMatrix] = {}  # data_ptr -> the stored matrix (a tied LM head)
+
+    def matrix(name: str, w: torch.Tensor) -> C.WeightMatrix:
+        if w.data_ptr() not in packed:
+            try:
+                packed[w.data_ptr()] = fmt.pack(w)
+            except ValueError as e:
+                raise ModelLoadError(f"{name}: {e}") from None
+        return packed[w.data_ptr()]
+
+    def vector(v):
+        return None if v is None else v.to(device=device, dtype=vector_dtype).contiguous()
+
+    layers = [
+        C.LayerSpec(attn_norm=vector(l.attn_norm), qkv=matrix(f"layers.{i}.qkv", l.qkv), qkv_bias=vector(l.qkv_bias),
+                    o=matrix(f"layers.{i}.o", l.o), o_bias=vector(l.o_bias), mlp_norm=vector(l.mlp_norm),
+                    gate_up=matrix(f"layers.{i}.gate_up", l.gate_up), down=matrix(f"layers.{i}.down", l.down))
+        for i, l in enumerate(weights.layers)
+    ]
+    spec = C.ModelSpec(
+        architecture=cfg.architecture, hidden=cfg.hidden_size, inter=cfg.intermediate_size,
+        num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, vocab=cfg.vocab_size,
+        norm_eps=cfg.rms_norm_eps, attn_scale=cfg.head_dim**-0.5,
+        rope_cos_sin=cos_sin_cache(cfg.rope, cfg.rotary_dim, max_seq_len).to(device), rotary_dim=cfg.rotary_dim,
+        rope_neox=True, embed=matrix("embed", weights.embed), layers=layers, final_norm=vector(weights.final_norm),
+        lm_head=matrix("lm_head", weights.lm_head),
+    )
+    spec.check()
+    return spec
