@@ -218,7 +218,9 @@ int run(int argc, char** argv) {
   s.max_seq = max_seq; s.rot_dim = D; s.eps = cfg.value("rms_norm_eps", 1e-6);
   s.kv_dtype = bf16_cache ? pyruntime::DType::BFloat16 : pyruntime::DType::Float32;
   s.max_tokens = 256;
+  const size_t before_embed = store.bytes;
   s.embed = store.matrix(st.get("model.embed_tokens.weight", {V, H}), V, H);
+  const size_t embed_bytes = store.bytes - before_embed;  // the table (and int8 scales)
   s.lm_head = tied || !st.has("lm_head.weight") ? s.embed : store.matrix(st.get("lm_head.weight", {V, H}), V, H);
   s.final_norm = store.vec(st.get("model.norm.weight", {H}));
   for (int64_t l = 0; l < L; ++l) {
@@ -246,7 +248,10 @@ int run(int argc, char** argv) {
       cos_sin[pos * D + D / 2 + i] = std::sin(angle);
     }
   s.cos_sin = cos_sin.data();
-  const size_t weight_bytes = store.bytes;
+  // Bytes a decode step reads: every tensor once, but of the embedding table only the token's
+  // row (a tied LM head reads the whole table, counted once as the LM head).
+  const bool tied_head = s.lm_head.data == s.embed.data;
+  const size_t weight_bytes = store.bytes - (tied_head ? 0 : embed_bytes) + embed_bytes / V;
   pyruntime::cpu::Engine engine(std::move(s));
 
   const size_t kv_elems = static_cast<size_t>(L * Hkv * max_seq * D);
@@ -292,7 +297,7 @@ int run(int argc, char** argv) {
   const double mbu = bytes_per_token * tps / (bandwidth * 1e9);
   std::printf("bench_decode  commit %s  %s  threads %d  read bandwidth %.1f GB/s\n", PYRUNTIME_GIT_COMMIT,
               dtype.c_str(), engine.threads(), bandwidth);
-  std::printf("model %s: %lld layers, hidden %lld, weights %.1f MB\n", dir.c_str(), static_cast<long long>(L),
+  std::printf("model %s: %lld layers, hidden %lld, weights read per token %.1f MB\n", dir.c_str(), static_cast<long long>(L),
               static_cast<long long>(H), weight_bytes / 1e6);
   std::printf("prompt %lld tokens: TTFT %.1f ms (prefill %.0f tokens/s)\n", static_cast<long long>(prompt),
               ttft * 1e3, prompt / ttft);

@@ -1,4 +1,4 @@
-// rotary_embedding and the fused rope + KV-cache write, decode (1 token) and prefill (2048).
+// rotary_embedding and the fused rope + KV-cache write (rotary_embedding_and_cache), decode (1 token) and prefill (2048 tokens).
 // In place on one buffer set (a few MB): these figures are cache-warm latencies.
 #include "bench_common.h"
 
