@@ -11,7 +11,11 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 def _model_args(p):
     p.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"model folder, .gguf file or bundled model name (default: {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
+    p.add_argument("--dtype", default=None, choices=["gguf", "float32", "bfloat16", "int8", "int4"],
+                   help="weights: gguf (a GGUF model's own types; the default for GGUF files and bundled "
+                        "models), float32 (the default for folders), bfloat16, int8 or int4 (quantized at load)")
+    p.add_argument("--kv-dtype", default=None, choices=["float32", "bfloat16"],
+                   help="KV cache type (default: bfloat16 for gguf, int8 and int4; the weights' dtype otherwise)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--max-seq-len", type=int, default=None)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -37,7 +41,8 @@ def _sampling(ns) -> dict:
 def _load(ns):
     from pyruntime import LLM
 
-    return LLM(ns.model, dtype=ns.dtype, max_seq_len=ns.max_seq_len, threads=ns.threads, device=ns.device)
+    return LLM(ns.model, dtype=ns.dtype, max_seq_len=ns.max_seq_len, threads=ns.threads, device=ns.device,
+               kv_dtype=ns.kv_dtype)
 
 
 def cmd_generate(ns) -> int:
@@ -101,7 +106,7 @@ def cmd_profile(ns) -> int:
 def cmd_convert(ns) -> int:
     from pyruntime.convert import convert_gguf
 
-    out = convert_gguf(ns.gguf, ns.out_dir)
+    out = convert_gguf(ns.gguf, ns.out_dir, dequantize=ns.dequantize)
     print(f"wrote {out}")
     return 0
 
@@ -136,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("convert", help="convert a Llama-family GGUF file to a Hugging Face style folder")
     v.add_argument("gguf")
     v.add_argument("out_dir")
+    v.add_argument("--dequantize", action="store_true",
+                   help="write float32 safetensors instead of keeping the GGUF file's tensor types")
     v.set_defaults(func=cmd_convert)
     return parser
 

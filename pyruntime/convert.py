@@ -1,6 +1,8 @@
-"""GGUF -> Hugging Face style folder: config.json, model.safetensors (dequantised to
-float32), tokenizer.json and tokenizer_config.json (with the chat templates) rebuilt from
-the GGUF metadata, generation_config.json. The `gguf` package reads the file."""
+"""GGUF -> Hugging Face style folder: config.json, tokenizer.json and tokenizer_config.json (with
+the chat templates) rebuilt from the GGUF metadata, generation_config.json, and the weights:
+the GGUF file itself as model.gguf (linked or copied; pyruntime reads its tensors in their own
+types, pyruntime.gguf_weights), or with dequantize=True a float32 model.safetensors. The `gguf`
+package reads the file."""
 
 from __future__ import annotations
 
@@ -219,12 +221,14 @@ def _chat_templates(meta: _Meta) -> dict[str, str]:
     return {k: v for k, v in templates.items() if isinstance(v, str) and v}
 
 
-def _read_gguf(gguf_path: Path, progress: bool):
-    """config, tokenizer, tokenizer config and float32 tensors (Hugging Face names) of a GGUF file."""
-    import gguf
+def _read_gguf(gguf_path: Path, progress: bool, dequantize_tensors: bool):
+    """config, tokenizer, tokenizer config and (dequantize_tensors) float32 tensors (Hugging
+    Face names) of a GGUF file."""
     from gguf.quants import dequantize
 
-    reader = gguf.GGUFReader(str(gguf_path))
+    from pyruntime.gguf_weights import open_gguf
+
+    reader = open_gguf(gguf_path)
     meta = _Meta(reader, gguf_path)
     names = {t.name for t in reader.tensors}
     tokens = meta.get("tokenizer.ggml.tokens", required=True)
@@ -232,7 +236,7 @@ def _read_gguf(gguf_path: Path, progress: bool):
     tokenizer, tok_cfg = _tokenizer(meta)
 
     tensors = {}
-    for t in tqdm(reader.tensors, desc=f"converting {gguf_path.name}", unit="tensor", disable=not progress, leave=False):
+    for t in tqdm(reader.tensors if dequantize_tensors else [], desc=f"converting {gguf_path.name}", unit="tensor", disable=not progress, leave=False):
         hf = _hf_name(t.name)
         if hf is None:
             raise ModelLoadError(f"{gguf_path}: tensor {t.name!r} is not supported by convert")
@@ -251,13 +255,16 @@ def _read_gguf(gguf_path: Path, progress: bool):
     return cfg, tokenizer, tok_cfg, tensors
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
-    """Writes a Hugging Face style folder for a Llama-family GGUF file; returns out_dir."""
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True, dequantize: bool = False,
+                 link: bool = False) -> Path:
+    """Writes a Hugging Face style folder for a Llama-family GGUF file; returns out_dir. The
+    weights: model.gguf, a copy of the file (link=True: a symbolic link to it), or with
+    dequantize=True model.safetensors in float32."""
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise ModelLoadError(f"{gguf_path}: GGUF file not found")
     try:
-        cfg, tokenizer, tok_cfg, tensors = _read_gguf(gguf_path, progress)
+        cfg, tokenizer, tok_cfg, tensors = _read_gguf(gguf_path, progress, dequantize)
     except ModelLoadError:
         raise
     except Exception as e:  # a damaged file surfaces as any of numpy's, struct's or gguf's errors
@@ -266,7 +273,12 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Tr
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if dequantize:
+            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        elif link:
+            (tmp / "model.gguf").symlink_to(gguf_path.resolve())
+        else:
+            shutil.copyfile(gguf_path, tmp / "model.gguf")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))

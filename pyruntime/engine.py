@@ -171,15 +171,17 @@ class CudaEngine(Engine):
         return logits
 
 
-def make_engine(cfg: ModelConfig, weights: ModelWeights, dtype: str, max_seq_len: int, threads: int) -> Engine:
+def make_engine(cfg: ModelConfig, weights: ModelWeights, dtype: str, max_seq_len: int, threads: int,
+                kv_dtype: torch.dtype | None = None) -> Engine:
     """The model description of `weights` at precision `dtype`, and the engine for it on the
     weights' device: the compiled CPU engine, the CUDA engine for bfloat16 on a GPU, else the
-    Python-sequenced reference forward (float32 on CUDA)."""
+    Python-sequenced reference forward (float32 on CUDA). kv_dtype: the precision's by default."""
     prec = PRECISIONS[dtype]
+    kv = prec.kv if kv_dtype is None else kv_dtype
     if weights.embed.device.type == "cpu":
-        return CpuEngine(build_spec(cfg, weights, prec.weights, max_seq_len), max_seq_len, prec.kv, threads)
-    if dtype == "bfloat16" and hasattr(C, "CudaEngine"):
-        return CudaEngine(build_spec(cfg, weights, prec.weights, max_seq_len, torch.bfloat16), max_seq_len)
+        return CpuEngine(build_spec(cfg, weights, prec.weights, max_seq_len), max_seq_len, kv, threads)
+    if dtype == "bfloat16" and kv == torch.bfloat16 and hasattr(C, "CudaEngine"):
+        return CudaEngine(build_spec(cfg, weights, prec.weights, max_seq_len, torch.bfloat16, fuse=True), max_seq_len)
     from pyruntime.reference import TorchReference
 
-    return TorchReference(build_spec(cfg, weights, FORMATS["float32"], max_seq_len, prec.load), max_seq_len, prec.kv)
+    return TorchReference(build_spec(cfg, weights, FORMATS["float32"], max_seq_len, prec.load), max_seq_len, kv)

@@ -7,6 +7,10 @@ precisions an LLM can run at (dtype= of pyruntime.LLM: a weight format and a KV 
 - int8: weight-only, one float32 scale per group of 64 (else 32) input features: scale =
   absmax / 127 of the group, q = round(w / scale), as llama.cpp's Q8_0; rows interleaved in
   blocks of 4 where their number allows (one ascending stream per block for the products).
+- q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k: GGUF's block formats, rows of
+  whole blocks exactly as a GGUF file holds them (uint8 [rows, row bytes]); their values are
+  gguf.quants.dequantize's. The `gguf` package quantizes float weights to the 32-value ones
+  (q4_0 is dtype="int4"); the k-quants come from GGUF files.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ from typing import Callable
 import torch
 
 from pyruntime._ext import C
+
+try:
+    from gguf import GGMLQuantizationType, quants as gguf_quants
+except ImportError:  # pragma: no cover - gguf is a dependency; kept importable without it
+    GGMLQuantizationType = gguf_quants = None
 
 
 def int8_group_size(in_features: int) -> int:
@@ -73,12 +82,33 @@ def _dense(dtype: torch.dtype, c: C.WeightFormat, name: str) -> Format:
     return Format(name, c, lambda w: C.WeightMatrix(c, w.to(dtype).contiguous()), lambda m: m.data.float())
 
 
+def _gguf_block(name: str) -> Format:
+    c = getattr(C.WeightFormat, name)
+    qtype = getattr(GGMLQuantizationType, name.upper())
+
+    def pack(w: torch.Tensor) -> C.WeightMatrix:
+        try:
+            q = gguf_quants.quantize(w.detach().float().cpu().numpy(), qtype)
+        except (NotImplementedError, gguf_quants.QuantError) as e:
+            raise ValueError(f"cannot quantize a [{w.shape[0]}, {w.shape[1]}] matrix to {name}: {e}") from None
+        return C.WeightMatrix(c, torch.from_numpy(q))
+
+    def dequantize(m: C.WeightMatrix) -> torch.Tensor:
+        return torch.from_numpy(gguf_quants.dequantize(m.data.cpu().numpy(), qtype)).reshape(m.shape)
+
+    return Format(name, c, pack, dequantize)
+
+
+# The GGUF block formats, in ggml's order.
+GGUF_BLOCK_FORMATS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+
 FORMATS = {
     f.name: f
     for f in (
         _dense(torch.float32, C.WeightFormat.float32, "float32"),
         _dense(torch.bfloat16, C.WeightFormat.bfloat16, "bfloat16"),
         Format("int8", C.WeightFormat.int8, _pack_int8, _dequantize_int8),
+        *(_gguf_block(name) for name in GGUF_BLOCK_FORMATS),
     )
 }
 
@@ -95,15 +125,22 @@ def dequantize(m: C.WeightMatrix) -> torch.Tensor:
 @dataclass(frozen=True)
 class Precision:
     """What dtype= of an LLM means: the checkpoint read as `load`, every weight matrix stored as
-    `weights`, the KV cache kept as `kv`."""
+    `weights`, the KV cache kept as `kv` (unless LLM's kv_dtype says otherwise). native: a GGUF
+    file's matrices kept in their own types (`weights` only for those that are not: F16)."""
 
     weights: Format
     kv: torch.dtype
     load: torch.dtype
+    native: bool = False
 
 
 PRECISIONS = {
     "float32": Precision(FORMATS["float32"], kv=torch.float32, load=torch.float32),
     "bfloat16": Precision(FORMATS["bfloat16"], kv=torch.bfloat16, load=torch.bfloat16),
     "int8": Precision(FORMATS["int8"], kv=torch.bfloat16, load=torch.float32),
+    # 4-bit, group of 32 with a float16 scale each (GGUF's Q4_0), quantized at load.
+    "int4": Precision(FORMATS["q4_0"], kv=torch.bfloat16, load=torch.float32),
+    # A GGUF file's own types, read from the file's memory map (the default for GGUF models); a
+    # 16-bit KV cache, as llama.cpp keeps by default.
+    "gguf": Precision(FORMATS["float32"], kv=torch.bfloat16, load=torch.float32, native=True),
 }

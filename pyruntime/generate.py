@@ -117,12 +117,19 @@ class LLM:
     Python-sequenced TorchReference): it owns the KV cache, and llm.engine.kv(layer) returns a
     layer's K and V as [B, Hkv, S, D] tensors."""
 
-    def __init__(self, model: str | Path, dtype: str = "float32", max_seq_len: int | None = None,
-                 threads: int | None = None, device: str = "cpu", progress: bool = True):
-        if dtype not in PRECISIONS:
-            raise ValueError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
-        if dtype == "int8" and device != "cpu":
-            raise ValueError("dtype='int8' runs on the CPU engine only; use device='cpu'")
+    def __init__(self, model: str | Path, dtype: str | None = None, max_seq_len: int | None = None,
+                 threads: int | None = None, device: str = "cpu", progress: bool = True,
+                 kv_dtype: str | None = None):
+        """dtype: "gguf" (a GGUF model's own weight types, read from the file's memory map; the
+        default for GGUF files and bundled models), "float32" (the default for folders),
+        "bfloat16", "int8" or "int4" (quantized once at load). kv_dtype: "float32" or
+        "bfloat16" for the KV cache (default: the precision's, pyruntime.formats.PRECISIONS)."""
+        if dtype is not None and dtype not in PRECISIONS:
+            raise ValueError(f"dtype must be one of {', '.join(PRECISIONS)} or None, got {dtype!r}")
+        if kv_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"kv_dtype must be 'float32', 'bfloat16' or None, got {kv_dtype!r}")
+        if dtype in ("int8", "int4", "gguf") and device != "cpu":
+            raise ValueError(f"dtype={dtype!r} runs on the CPU engine only; use device='cpu'")
         if device != "cpu":
             if device != "cuda":
                 raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -137,6 +144,11 @@ class LLM:
         _ext.C.set_cpu_num_threads(self.threads)
 
         self.path = models.resolve(model, progress=progress)
+        gguf_file = models.gguf_weights(self.path)
+        if dtype is None:
+            dtype = "gguf" if gguf_file and device == "cpu" else "float32"
+        if dtype == "gguf" and gguf_file is None:
+            raise ValueError(f"dtype='gguf' keeps a GGUF file's weight types; {self.path} holds safetensors")
         self.config = ModelConfig.from_file(self.path / "config.json")
         check_supported(self.config, self.path / "config.json")
         self.tokenizer = Tokenizer(self.path)
@@ -152,11 +164,13 @@ class LLM:
                 f"max_seq_len {self.max_seq_len} exceeds the model's sliding_window {self.config.sliding_window}, "
                 "which this runtime does not implement; pass max_seq_len <= sliding_window"
             )
-        weights = load_weights(self.path, self.config, PRECISIONS[dtype].load, progress=progress)
+        prec = PRECISIONS[dtype]
+        self._kv_dtype = prec.kv if kv_dtype is None else getattr(torch, kv_dtype)
+        weights = load_weights(self.path, self.config, None if prec.native else prec.load, progress=progress)
         if device == "cuda":
             weights = _to_device(weights, device)
-        self.engine: Engine = make_engine(self.config, weights, dtype, self.max_seq_len, self.threads)
-        del weights  # int8: the float32 copy goes; the engine keeps the quantised one
+        self.engine: Engine = make_engine(self.config, weights, dtype, self.max_seq_len, self.threads, self._kv_dtype)
+        del weights  # int8 / int4: the float32 copy goes; the engine keeps the quantised one
         self._lock = threading.Lock()  # held during a step's compute only
         self._cached_ids: list[int] = []  # tokens whose K/V are completely written in row 0 of the cache
         self._owner: _Run | None = None  # the run that last took the cache; None after logits()
@@ -175,7 +189,16 @@ class LLM:
 
     @property
     def kv_dtype(self) -> torch.dtype:
-        return PRECISIONS[self.dtype].kv
+        return self._kv_dtype
+
+    @property
+    def weight_formats(self) -> dict[str, int]:
+        """Matrices per weight format: how the engine holds this model's weights."""
+        counts: dict[str, int] = {}
+        s = self.engine.spec
+        for m in [s.embed, s.lm_head] + [getattr(l, r) for l in s.layers for r in ("q", "k", "v", "o", "gate", "up", "down")]:
+            counts[m.format.name] = counts.get(m.format.name, 0) + 1
+        return counts
 
     def generate(self, prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,

@@ -40,13 +40,20 @@ def _converted(gguf: Path, name: str, progress: bool) -> Path:
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_root() / f"{name}-{key}"
-    if not (out / "model.safetensors").exists():
-        convert_gguf(gguf, out, progress=progress)
+    if not (out / "model.gguf").exists() or not (out / "config.json").exists():
+        convert_gguf(gguf, out, progress=progress, link=True)
     return out
 
 
+def gguf_weights(folder: Path) -> Path | None:
+    """The GGUF file whose tensors are a folder's weights (model.gguf), or None (safetensors)."""
+    f = folder / "model.gguf"
+    return f.resolve() if f.exists() else None
+
+
 def resolve(model: str | Path, progress: bool = True) -> Path:
-    """A folder holding config.json, safetensors and tokenizer files for `model`."""
+    """A folder holding config.json, the weights (safetensors, or model.gguf) and tokenizer files
+    for `model` (a GGUF file: its metadata converted once into a cache folder that links to it)."""
     if not isinstance(model, (str, Path)):
         raise ValueError(f"model must be a path or a bundled model name, got {type(model).__name__}")
     path = Path(model).expanduser()

@@ -14,8 +14,8 @@ from pyruntime.formats import dequantize
 
 class TorchReference(Engine):
     """From the same model description as the compiled engines: float32 and bfloat16 matrices
-    used as they are (the ops then run in their dtype), quantized ones dequantized once to
-    float32."""
+    used in their dtype (the ops then run in it), quantized ones dequantized once to float32;
+    q, k, v and gate, up joined (a copy: this is the oracle, not the fast path)."""
 
     max_tokens = 1 << 30  # no chunking: each prefill is one pass
 
@@ -31,8 +31,9 @@ class TorchReference(Engine):
 
         self.embed, self.lm_head, self.final_norm = matrix(spec.embed), matrix(spec.lm_head), spec.final_norm
         self.layers = [
-            dict(attn_norm=l.attn_norm, mlp_norm=l.mlp_norm, qkv=matrix(l.qkv), qkv_bias=l.qkv_bias, o=matrix(l.o),
-                 o_bias=l.o_bias, gate_up=matrix(l.gate_up), down=matrix(l.down))
+            dict(attn_norm=l.attn_norm, mlp_norm=l.mlp_norm, qkv=torch.cat([matrix(l.q), matrix(l.k), matrix(l.v)]),
+                 qkv_bias=l.qkv_bias, o=matrix(l.o), o_bias=l.o_bias,
+                 gate_up=torch.cat([matrix(l.gate), matrix(l.up)]), down=matrix(l.down))
             for l in spec.layers
         ]
         self.cos_sin = spec.rope_cos_sin

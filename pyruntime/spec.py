@@ -14,13 +14,17 @@ from pyruntime.weights import ModelWeights
 
 
 def build_spec(cfg: ModelConfig, weights: ModelWeights, fmt: Format, max_seq_len: int,
-               vector_dtype: torch.dtype = torch.float32) -> C.ModelSpec:
-    """Every matrix packed as `fmt` (a tied LM head shares the embedding's), norms and biases as
-    vector_dtype on the weights' device, RoPE for positions [0, max_seq_len)."""
+               vector_dtype: torch.dtype = torch.float32, fuse: bool = False) -> C.ModelSpec:
+    """Every matrix packed as `fmt` (one already stored, a C.WeightMatrix, kept as it is; a tied
+    LM head shares the embedding's), norms and biases as vector_dtype on the weights' device,
+    RoPE for positions [0, max_seq_len). fuse: q, k, v (and gate, up) packed as one tensor and
+    described as its row blocks (the CUDA engine's kernels take them so; dense formats only)."""
     device = weights.embed.device
     packed: dict[int, C.WeightMatrix] = {}  # data_ptr -> the stored matrix (a tied LM head)
 
-    def matrix(name: str, w: torch.Tensor) -> C.WeightMatrix:
+    def matrix(name: str, w) -> C.WeightMatrix:
+        if isinstance(w, C.WeightMatrix):
+            return w
         if w.data_ptr() not in packed:
             try:
                 packed[w.data_ptr()] = fmt.pack(w)
@@ -28,15 +32,25 @@ def build_spec(cfg: ModelConfig, weights: ModelWeights, fmt: Format, max_seq_len
                 raise ModelLoadError(f"{name}: {e}") from None
         return packed[w.data_ptr()]
 
+    def stacked(name: str, *ws) -> list[C.WeightMatrix]:
+        if not fuse:
+            return [matrix(f"{name}.{i}", w) for i, w in enumerate(ws)]
+        whole = matrix(name, torch.cat(ws))
+        if whole.scales is not None:
+            raise ValueError(f"build_spec(fuse=True) takes dense formats, not {fmt.name}")
+        bounds = torch.tensor([0] + [w.shape[0] for w in ws]).cumsum(0).tolist()
+        return [C.WeightMatrix(whole.format, whole.data[a:b]) for a, b in zip(bounds, bounds[1:])]
+
     def vector(v):
         return None if v is None else v.to(device=device, dtype=vector_dtype).contiguous()
 
-    layers = [
-        C.LayerSpec(attn_norm=vector(l.attn_norm), qkv=matrix(f"layers.{i}.qkv", l.qkv), qkv_bias=vector(l.qkv_bias),
-                    o=matrix(f"layers.{i}.o", l.o), o_bias=vector(l.o_bias), mlp_norm=vector(l.mlp_norm),
-                    gate_up=matrix(f"layers.{i}.gate_up", l.gate_up), down=matrix(f"layers.{i}.down", l.down))
-        for i, l in enumerate(weights.layers)
-    ]
+    layers = []
+    for i, l in enumerate(weights.layers):
+        q, k, v = stacked(f"layers.{i}.qkv", l.q, l.k, l.v)
+        gate, up = stacked(f"layers.{i}.gate_up", l.gate, l.up)
+        layers.append(C.LayerSpec(attn_norm=vector(l.attn_norm), q=q, k=k, v=v, qkv_bias=vector(l.qkv_bias),
+                                  o=matrix(f"layers.{i}.o", l.o), o_bias=vector(l.o_bias),
+                                  mlp_norm=vector(l.mlp_norm), gate=gate, up=up, down=matrix(f"layers.{i}.down", l.down)))
     spec = C.ModelSpec(
         architecture=cfg.architecture, hidden=cfg.hidden_size, inter=cfg.intermediate_size,
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, vocab=cfg.vocab_size,

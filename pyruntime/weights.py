@@ -1,8 +1,8 @@
 """Weights from safetensors (single or sharded), memory-mapped, checked and converted once.
 
-Hugging Face tensor names are mapped onto the runtime's fused layout: per layer one
-qkv projection [(Hq + 2 Hkv) * D, H] and one gate_up projection [2 I, H] (gate rows,
-then up rows), as Phi-3 stores them.
+Hugging Face tensor names are mapped onto the runtime's roles (pyruntime.spec turns them into
+the model description): per layer q, k, v, o, gate, up, down (Phi-3's fused qkv_proj and
+gate_up_proj split into row views, no copy), the q, k, v biases as one vector.
 """
 
 from __future__ import annotations
@@ -22,12 +22,15 @@ from pyruntime.errors import ModelLoadError
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor  # [H]
-    qkv: torch.Tensor  # [(Hq + 2 Hkv) * D, H]
-    qkv_bias: torch.Tensor | None  # [(Hq + 2 Hkv) * D]
+    q: torch.Tensor  # [Hq * D, H]
+    k: torch.Tensor  # [Hkv * D, H]
+    v: torch.Tensor  # [Hkv * D, H]
+    qkv_bias: torch.Tensor | None  # [(Hq + 2 Hkv) * D]: q's, k's, v's
     o: torch.Tensor  # [H, Hq * D]
     o_bias: torch.Tensor | None  # [H]
     mlp_norm: torch.Tensor  # [H]
-    gate_up: torch.Tensor  # [2 I, H]
+    gate: torch.Tensor  # [I, H]
+    up: torch.Tensor  # [I, H]
     down: torch.Tensor  # [H, I]
 
 
@@ -37,18 +40,6 @@ class ModelWeights:
     layers: list[LayerWeights]
     final_norm: torch.Tensor  # [H]
     lm_head: torch.Tensor  # [V, H] (the embedding itself when tied)
-
-    def nbytes(self) -> int:
-        """Bytes of distinct weight tensors (a tied LM head counts once)."""
-        seen, total = set(), 0
-        tensors = [self.embed, self.final_norm, self.lm_head]
-        for layer in self.layers:
-            tensors += [t for t in vars(layer).values() if t is not None]
-        for t in tensors:
-            if t.data_ptr() not in seen:
-                seen.add(t.data_ptr())
-                total += t.numel() * t.element_size()
-        return total
 
 
 class _TensorSource:
@@ -102,8 +93,19 @@ class _TensorSource:
         return t
 
 
-def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype, progress: bool = True) -> ModelWeights:
-    """Reads, checks and converts every tensor of the checkpoint in `folder` to `dtype`."""
+def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype | None, progress: bool = True) -> ModelWeights:
+    """Reads, checks and converts every tensor of the checkpoint in `folder` to `dtype`. A folder
+    whose weights are a GGUF file (model.gguf, pyruntime.convert) is read by
+    pyruntime.gguf_weights: dtype None keeps each matrix in the file's type."""
+    from pyruntime import models
+
+    gguf_file = models.gguf_weights(Path(folder))
+    if gguf_file is not None:
+        from pyruntime.gguf_weights import load_gguf_weights
+
+        return load_gguf_weights(gguf_file, cfg, dtype, progress=progress)
+    if dtype is None:
+        raise ValueError(f"{folder}: keeping the weights' file types needs a GGUF model; this folder holds safetensors")
     src = _TensorSource(Path(folder))
     H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     q, kv = cfg.q_size, cfg.kv_size
@@ -117,22 +119,27 @@ def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype, progress: b
         p = f"model.layers.{i}."
         if cfg.architecture == "Phi3ForCausalLM":
             qkv = load(p + "self_attn.qkv_proj.weight", (q + 2 * kv, H))
+            wq, wk, wv = qkv[:q], qkv[q : q + kv], qkv[q + kv :]
             gate_up = load(p + "mlp.gate_up_proj.weight", (2 * I, H))
+            gate, up = gate_up[:I], gate_up[I:]
         else:
-            qkv = torch.cat([load(p + f"self_attn.{n}_proj.weight", (s, H)) for n, s in (("q", q), ("k", kv), ("v", kv))])
-            gate_up = torch.cat([load(p + "mlp.gate_proj.weight", (I, H)), load(p + "mlp.up_proj.weight", (I, H))])
+            wq, wk, wv = (load(p + f"self_attn.{n}_proj.weight", (s, H)) for n, s in (("q", q), ("k", kv), ("v", kv)))
+            gate, up = load(p + "mlp.gate_proj.weight", (I, H)), load(p + "mlp.up_proj.weight", (I, H))
         qkv_bias = None
         if cfg.attention_bias:
             qkv_bias = torch.cat([load(p + f"self_attn.{n}_proj.bias", (s,)) for n, s in (("q", q), ("k", kv), ("v", kv))])
         layers.append(
             LayerWeights(
                 attn_norm=load(p + "input_layernorm.weight", (H,)),
-                qkv=qkv,
+                q=wq,
+                k=wk,
+                v=wv,
                 qkv_bias=qkv_bias,
                 o=load(p + "self_attn.o_proj.weight", (H, q)),
                 o_bias=load(p + "self_attn.o_proj.bias", (H,)) if cfg.o_bias else None,
                 mlp_norm=load(p + "post_attention_layernorm.weight", (H,)),
-                gate_up=gate_up,
+                gate=gate,
+                up=up,
                 down=load(p + "mlp.down_proj.weight", (H, I)),
             )
         )

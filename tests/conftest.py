@@ -40,7 +40,7 @@ def store_path(request, device):
 
 @pytest.fixture(scope="session")
 def llm():
-    return pyruntime.LLM(MODEL, progress=False)
+    return pyruntime.LLM(MODEL, dtype="float32", progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -159,12 +159,6 @@ struct Store {
   }
 };
 
-std::vector<float> concat(std::vector<std::vector<float>> parts) {
-  std::vector<float> out;
-  for (auto& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
-}
-
 double percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   const double k = (v.size() - 1) * p / 100.0;
@@ -228,14 +222,12 @@ int run(int argc, char** argv) {
     pyruntime::cpu::EngineLayer layer;
     layer.attn_norm = store.vec(st.get(p + "input_layernorm.weight", {H}));
     layer.mlp_norm = store.vec(st.get(p + "post_attention_layernorm.weight", {H}));
-    layer.qkv = store.matrix(concat({st.get(p + "self_attn.q_proj.weight", {Hq * D, H}),
-                                     st.get(p + "self_attn.k_proj.weight", {Hkv * D, H}),
-                                     st.get(p + "self_attn.v_proj.weight", {Hkv * D, H})}),
-                             (Hq + 2 * Hkv) * D, H);
+    layer.q = store.matrix(st.get(p + "self_attn.q_proj.weight", {Hq * D, H}), Hq * D, H);
+    layer.k = store.matrix(st.get(p + "self_attn.k_proj.weight", {Hkv * D, H}), Hkv * D, H);
+    layer.v = store.matrix(st.get(p + "self_attn.v_proj.weight", {Hkv * D, H}), Hkv * D, H);
     layer.o = store.matrix(st.get(p + "self_attn.o_proj.weight", {H, Hq * D}), H, Hq * D);
-    layer.gate_up = store.matrix(concat({st.get(p + "mlp.gate_proj.weight", {I, H}),
-                                         st.get(p + "mlp.up_proj.weight", {I, H})}),
-                                 2 * I, H);
+    layer.gate = store.matrix(st.get(p + "mlp.gate_proj.weight", {I, H}), I, H);
+    layer.up = store.matrix(st.get(p + "mlp.up_proj.weight", {I, H}), I, H);
     layer.down = store.matrix(st.get(p + "mlp.down_proj.weight", {H, I}), H, I);
     s.layers.push_back(layer);
   }

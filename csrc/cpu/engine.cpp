@@ -51,6 +51,14 @@ inline void with_rows(const Matrix& m, F&& f) {
     case WeightFormat::Float32: f(detail::DenseRows<float>{static_cast<const float*>(m.data), m.cols}); return;
     case WeightFormat::BFloat16: f(detail::DenseRows<bf16>{static_cast<const bf16*>(m.data), m.cols}); return;
     case WeightFormat::Int8: f(q8_rows(m)); return;
+#define PYRUNTIME_BLOCK_CASE(F)                                                                              \
+  case WeightFormat::F:                                                                                      \
+    f(detail::BlockRows<WeightFormat::F>{static_cast<const uint8_t*>(m.data), format_row_bytes(m.format, m.cols)}); \
+    return;
+    PYRUNTIME_BLOCK_CASE(Q4_0) PYRUNTIME_BLOCK_CASE(Q4_1) PYRUNTIME_BLOCK_CASE(Q5_0) PYRUNTIME_BLOCK_CASE(Q5_1)
+    PYRUNTIME_BLOCK_CASE(Q8_0) PYRUNTIME_BLOCK_CASE(Q2_K) PYRUNTIME_BLOCK_CASE(Q3_K) PYRUNTIME_BLOCK_CASE(Q4_K)
+    PYRUNTIME_BLOCK_CASE(Q5_K) PYRUNTIME_BLOCK_CASE(Q6_K)
+#undef PYRUNTIME_BLOCK_CASE
   }
 }
 
@@ -115,16 +123,26 @@ struct EngineImpl final : Engine::Impl {
         else
           detail::linear_rows<acc>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
       };
-      // y (+)= m x (+ bias) for this thread's rows of m, over `tokens` tokens; then every
-      // thread waits for the others (the next phase reads all of y).
-      auto project = [&](auto accumulate, float* y, const float* x, const Matrix& m, const float* bias,
-                         int64_t tokens) {
-        int64_t r0, r1;
-        thread_range(m.rows, 4, tid, nt, r0, r1);
-        with_rows(m, [&](const auto& w) { product(accumulate, y, m.rows, x, m.cols, w, tokens, m.cols, r0, r1); });
+      // y (+)= [parts stacked by rows] x (+ bias) for this thread's rows, over `tokens` tokens
+      // (each part its own format); then every thread waits for the others (the next phase
+      // reads all of y).
+      auto project = [&](auto accumulate, float* y, const float* x, std::initializer_list<const Matrix*> parts,
+                         const float* bias, int64_t tokens) {
+        int64_t rows = 0;
+        for (const Matrix* m : parts) rows += m->rows;
+        int64_t r0, r1, base = 0;
+        thread_range(rows, 4, tid, nt, r0, r1);
+        for (const Matrix* m : parts) {
+          const int64_t lo = std::max(r0, base) - base, hi = std::min(r1, base + m->rows) - base;
+          if (lo < hi)
+            with_rows(*m, [&](const auto& w) {
+              product(accumulate, y + base, rows, x, m->cols, w, tokens, m->cols, lo, hi);
+            });
+          base += m->rows;
+        }
         if (bias)
           for (int64_t t = 0; t < tokens; ++t)
-            for (int64_t r = r0; r < r1; ++r) y[t * m.rows + r] += bias[r];
+            for (int64_t r = r0; r < r1; ++r) y[t * rows + r] += bias[r];
 #pragma omp barrier
       };
       // x = rms_norm(resid rows [t0, n)) * w. Decode calls (few tokens): every thread normalises
@@ -155,7 +173,7 @@ struct EngineImpl final : Engine::Impl {
         norm(L.attn_norm, 0);
         mark(l, Op::AttnNorm);
 
-        project(std::false_type{}, qkv.data(), x, L.qkv, L.qkv_bias, n);
+        project(std::false_type{}, qkv.data(), x, {&L.q, &L.k, &L.v}, L.qkv_bias, n);
         mark(l, Op::QKV);
 
         // q heads rotated in place; k heads rotated, then k and v stored in the cache.
@@ -191,7 +209,7 @@ struct EngineImpl final : Engine::Impl {
                                                        scale, plan, attn_ws.data(), k_tiled);
         mark(l, Op::Attention);
 
-        project(std::true_type{}, resid.data(), attn.data(), L.o, L.o_bias, n);  // residual add
+        project(std::true_type{}, resid.data(), attn.data(), {&L.o}, L.o_bias, n);  // residual add
         mark(l, Op::OProj);
 
         norm(L.mlp_norm, 0);
@@ -200,10 +218,8 @@ struct EngineImpl final : Engine::Impl {
         int64_t i0, i1;
         thread_range(I, W, tid, nt, i0, i1);
         if (i1 > i0) {
-          with_rows(L.gate_up, [&](const auto& gu) {
-            product(std::false_type{}, gate, chunk, x, H, gu.from(i0), n, H, 0, i1 - i0);
-            product(std::false_type{}, up, chunk, x, H, gu.from(I + i0), n, H, 0, i1 - i0);
-          });
+          with_rows(L.gate, [&](const auto& w) { product(std::false_type{}, gate, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); });
+          with_rows(L.up, [&](const auto& w) { product(std::false_type{}, up, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); });
           for (int64_t t = 0; t < n; ++t)
             for (int64_t i = 0; i < i1 - i0; i += W) {
               const int m = static_cast<int>(std::min<int64_t>(W, i1 - i0 - i));
@@ -214,7 +230,7 @@ struct EngineImpl final : Engine::Impl {
 #pragma omp barrier
         mark(l, Op::GateUpSilu);
 
-        project(std::true_type{}, resid.data(), act.data(), L.down, nullptr, n);  // residual add
+        project(std::true_type{}, resid.data(), act.data(), {&L.down}, nullptr, n);  // residual add
         mark(l, Op::Down);
       }
 
@@ -222,7 +238,7 @@ struct EngineImpl final : Engine::Impl {
         norm(s.final_norm, first_logit);
         mark(-1, Op::FinalNorm);
 
-        project(std::false_type{}, logits, x + first_logit * H, s.lm_head, nullptr, n_logits);
+        project(std::false_type{}, logits, x + first_logit * H, {&s.lm_head}, nullptr, n_logits);
         mark(-1, Op::LMHead);
       }
     }

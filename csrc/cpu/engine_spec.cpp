@@ -9,13 +9,44 @@
 
 namespace pyruntime::cpu {
 
+namespace {
+
+struct FormatInfo {
+  const char* name;
+  int64_t block_values, block_bytes;
+};
+
+// In WeightFormat's order; the block sizes of ggml-common.h.
+constexpr FormatInfo kFormats[] = {
+    {"float32", 1, 4}, {"bfloat16", 1, 2}, {"int8", 1, 1},      {"q4_0", 32, 18},  {"q4_1", 32, 20},
+    {"q5_0", 32, 22},  {"q5_1", 32, 24},   {"q8_0", 32, 34},    {"q2_k", 256, 84}, {"q3_k", 256, 110},
+    {"q4_k", 256, 144}, {"q5_k", 256, 176}, {"q6_k", 256, 210},
+};
+
+const FormatInfo& info(WeightFormat f) {
+  const auto i = static_cast<size_t>(f);
+  PYRUNTIME_CHECK(i < sizeof(kFormats) / sizeof(kFormats[0]), "unknown weight format " + std::to_string(i));
+  return kFormats[i];
+}
+
+}  // namespace
+
 const char* weight_format_name(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::Float32: return "float32";
-    case WeightFormat::BFloat16: return "bfloat16";
-    case WeightFormat::Int8: return "int8";
-  }
-  return "unknown";
+  const auto i = static_cast<size_t>(f);
+  return i < sizeof(kFormats) / sizeof(kFormats[0]) ? kFormats[i].name : "unknown";
+}
+int64_t format_block_values(WeightFormat f) { return info(f).block_values; }
+int64_t format_block_bytes(WeightFormat f) { return info(f).block_bytes; }
+
+Matrix Matrix::rows_view(int64_t r0, int64_t n) const {
+  PYRUNTIME_CHECK(r0 >= 0 && n > 0 && r0 + n <= rows && r0 % block_rows == 0 && n % block_rows == 0,
+                  "Matrix::rows_view: rows [" + std::to_string(r0) + ", " + std::to_string(r0 + n) +
+                      ") of " + std::to_string(rows) + " in blocks of " + std::to_string(block_rows));
+  Matrix m = *this;
+  m.rows = n;
+  m.data = static_cast<const char*>(data) + r0 * format_row_bytes(format, cols);
+  if (scales) m.scales = scales + r0 * (cols / group);
+  return m;
 }
 
 const char* op_name(Op op) {
@@ -34,6 +65,10 @@ void check_matrix(const Matrix& m, int64_t rows, int64_t cols, const std::string
                   "engine: " + name + " must be [" + std::to_string(rows) + ", " +
                       std::to_string(cols) + "], got [" + std::to_string(m.rows) + ", " +
                       std::to_string(m.cols) + "]");
+  const int64_t block = format_block_values(m.format);
+  PYRUNTIME_CHECK(cols % block == 0, "engine: " + name + " (" + weight_format_name(m.format) + ") has " +
+                                         std::to_string(cols) + " columns, not a multiple of its block of " +
+                                         std::to_string(block));
   if (m.format == WeightFormat::Int8) {
     PYRUNTIME_CHECK(m.scales != nullptr, "engine: " + name + " (int8) has no scales");
     PYRUNTIME_CHECK(m.group >= 16 && (m.group & (m.group - 1)) == 0 && cols % m.group == 0,
@@ -61,9 +96,12 @@ Engine::Engine(EngineSpec s) {
     const EngineLayer& L = s.layers[l];
     const std::string p = "layers." + std::to_string(l) + ".";
     PYRUNTIME_CHECK(L.attn_norm && L.mlp_norm, "engine: " + p + "norm weights are missing");
-    check_matrix(L.qkv, q_dim + 2 * kv_dim, H, p + "qkv");
+    check_matrix(L.q, q_dim, H, p + "q");
+    check_matrix(L.k, kv_dim, H, p + "k");
+    check_matrix(L.v, kv_dim, H, p + "v");
     check_matrix(L.o, H, q_dim, p + "o");
-    check_matrix(L.gate_up, 2 * I, H, p + "gate_up");
+    check_matrix(L.gate, I, H, p + "gate");
+    check_matrix(L.up, I, H, p + "up");
     check_matrix(L.down, H, I, p + "down");
     PYRUNTIME_CHECK(L.sliding_window == 0,
                     "engine: " + p + "sliding_window " + std::to_string(L.sliding_window) +

@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "block_rows.h"
 #include "gemm.h"
 #include "gemm_amx.h"
 #include "linear_tiles.h"
@@ -21,7 +22,7 @@ namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 // does not depend on what else is in its batch.
 // \param y [tokens, *] row stride y_stride, float32
 // \param x [tokens, in] row stride x_stride, float32
-// \param w weight rows (DenseRows or Q8Rows)
+// \param w weight rows (DenseRows, Q8Rows or BlockRows)
 template <bool Accumulate = false, typename Rows>
 inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
                         int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end) {
@@ -44,7 +45,7 @@ inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_st
   }
 #endif
   const int64_t ahead1 = prefetch_rows_ahead<1, Rows>(in);
-  if constexpr (IsGrouped<Rows>::value) {
+  if constexpr (IsGrouped<Rows>::value || IsBlockRows<Rows>::value) {
     constexpr int R = 4;
     const int64_t ahead4 = prefetch_rows_ahead<R, Rows>(in);
     int64_t r = row_begin;

@@ -5,6 +5,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "block_rows.h"
 #include "vec.h"
 #include "weight_rows.h"
 
@@ -70,6 +71,26 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
       for (int r = 0; r < R; ++r) {
         const VecF sv = VecF::set1(sr[r][g * sstep]);
         for (int t = 0; t < NT; ++t) acc[r * NT + t] = VecF::fma(part[r * NT + t], sv, acc[r * NT + t]);
+      }
+    }
+  } else if constexpr (IsBlockRows<Rows>::value) {
+    // GGUF blocks: each block's scales read once per row, its values decoded W at a time.
+    using B = typename Rows::B;
+    const int64_t blocks = in / B::kValues;
+    for (int64_t b = 0; b < blocks; ++b) {
+      if constexpr (Prefetch)  // once per 64-byte line of each row ahead
+        if ((b * B::kBytes) % 64 < B::kBytes)
+          for (int r = 0; r < R; ++r) __builtin_prefetch(w.block(ahead + r, b), 0, 3);
+      typename B::View views[R];
+      for (int r = 0; r < R; ++r) views[r] = typename B::View(w.block(r, b));
+      const float* xb = x + b * B::kValues;
+      for (int j = 0; j < B::kValues; j += W) {
+        VecF xv[NT];
+        for (int t = 0; t < NT; ++t) xv[t] = VecF::load(xb + t * x_stride + j);
+        for (int r = 0; r < R; ++r) {
+          const VecF wv = views[r].at(j);
+          for (int t = 0; t < NT; ++t) acc[r * NT + t] = VecF::fma(wv, xv[t], acc[r * NT + t]);
+        }
       }
     }
   } else {

@@ -106,7 +106,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::enum_<pyruntime::cpu::WeightFormat>(m, "WeightFormat", "how a weight matrix is stored")
       .value("float32", pyruntime::cpu::WeightFormat::Float32)
       .value("bfloat16", pyruntime::cpu::WeightFormat::BFloat16)
-      .value("int8", pyruntime::cpu::WeightFormat::Int8);
+      .value("int8", pyruntime::cpu::WeightFormat::Int8)
+      .value("q4_0", pyruntime::cpu::WeightFormat::Q4_0)
+      .value("q4_1", pyruntime::cpu::WeightFormat::Q4_1)
+      .value("q5_0", pyruntime::cpu::WeightFormat::Q5_0)
+      .value("q5_1", pyruntime::cpu::WeightFormat::Q5_1)
+      .value("q8_0", pyruntime::cpu::WeightFormat::Q8_0)
+      .value("q2_k", pyruntime::cpu::WeightFormat::Q2_K)
+      .value("q3_k", pyruntime::cpu::WeightFormat::Q3_K)
+      .value("q4_k", pyruntime::cpu::WeightFormat::Q4_K)
+      .value("q5_k", pyruntime::cpu::WeightFormat::Q5_K)
+      .value("q6_k", pyruntime::cpu::WeightFormat::Q6_K);
   py::class_<WeightMatrix>(m, "WeightMatrix", "one weight matrix [rows, cols]: format, tensors, layout")
       .def(py::init<pyruntime::cpu::WeightFormat, at::Tensor, OptTensor>(), py::arg("format"), py::arg("data"),
            py::arg("scales") = py::none())
@@ -116,26 +126,41 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("shape", [](const WeightMatrix& w) { return std::make_tuple(w.rows, w.cols); })
       .def_readonly("group", &WeightMatrix::group)
       .def_readonly("block_rows", &WeightMatrix::block_rows)
+      .def_property_readonly("device", &WeightMatrix::device)
       .def_property_readonly("nbytes", &WeightMatrix::nbytes)
       .def("__repr__", &WeightMatrix::repr);
   py::class_<LayerSpec>(m, "LayerSpec", "one decoder block of a ModelSpec")
-      .def(py::init([](at::Tensor attn_norm, WeightMatrix qkv, WeightMatrix o, at::Tensor mlp_norm,
-                       WeightMatrix gate_up, WeightMatrix down, OptTensor qkv_bias, OptTensor o_bias,
-                       int64_t sliding_window) {
-             return LayerSpec{std::move(attn_norm), std::move(qkv), std::move(qkv_bias), std::move(o),
-                              std::move(o_bias), std::move(mlp_norm), std::move(gate_up), std::move(down),
-                              sliding_window};
+      .def(py::init([](at::Tensor attn_norm, WeightMatrix q, WeightMatrix k, WeightMatrix v, WeightMatrix o,
+                       at::Tensor mlp_norm, WeightMatrix gate, WeightMatrix up, WeightMatrix down,
+                       OptTensor qkv_bias, OptTensor o_bias, int64_t sliding_window) {
+             LayerSpec l;
+             l.attn_norm = std::move(attn_norm);
+             l.q = std::move(q);
+             l.k = std::move(k);
+             l.v = std::move(v);
+             l.qkv_bias = std::move(qkv_bias);
+             l.o = std::move(o);
+             l.o_bias = std::move(o_bias);
+             l.mlp_norm = std::move(mlp_norm);
+             l.gate = std::move(gate);
+             l.up = std::move(up);
+             l.down = std::move(down);
+             l.sliding_window = sliding_window;
+             return l;
            }),
-           py::kw_only(), py::arg("attn_norm"), py::arg("qkv"), py::arg("o"), py::arg("mlp_norm"),
-           py::arg("gate_up"), py::arg("down"), py::arg("qkv_bias") = py::none(), py::arg("o_bias") = py::none(),
-           py::arg("sliding_window") = 0)
+           py::kw_only(), py::arg("attn_norm"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"),
+           py::arg("mlp_norm"), py::arg("gate"), py::arg("up"), py::arg("down"), py::arg("qkv_bias") = py::none(),
+           py::arg("o_bias") = py::none(), py::arg("sliding_window") = 0)
       .def_readonly("attn_norm", &LayerSpec::attn_norm)
-      .def_readonly("qkv", &LayerSpec::qkv)
+      .def_readonly("q", &LayerSpec::q)
+      .def_readonly("k", &LayerSpec::k)
+      .def_readonly("v", &LayerSpec::v)
       .def_readonly("qkv_bias", &LayerSpec::qkv_bias)
       .def_readonly("o", &LayerSpec::o)
       .def_readonly("o_bias", &LayerSpec::o_bias)
       .def_readonly("mlp_norm", &LayerSpec::mlp_norm)
-      .def_readonly("gate_up", &LayerSpec::gate_up)
+      .def_readonly("gate", &LayerSpec::gate)
+      .def_readonly("up", &LayerSpec::up)
       .def_readonly("down", &LayerSpec::down)
       .def_readonly("sliding_window", &LayerSpec::sliding_window);
   py::class_<ModelSpec>(m, "ModelSpec", "the typed model description every engine is built from")
@@ -186,8 +211,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("nbytes", &ModelSpec::nbytes, "bytes of the distinct weight tensors")
       .def("check", [](const ModelSpec& s) {
              s.check("ModelSpec", s.final_norm.defined() ? s.final_norm.scalar_type() : at::kFloat,
-                     {pyruntime::cpu::WeightFormat::Float32, pyruntime::cpu::WeightFormat::BFloat16,
-                      pyruntime::cpu::WeightFormat::Int8});
+                     pyruntime::all_weight_formats());
            }, "ValueError naming the first field whose size, device or dtype does not fit");
   py::class_<pyruntime::EngineHandle>(m, "Engine", "whole forward steps on the CPU with resident weights")
       .def(py::init<ModelSpec, int64_t, at::ScalarType, int64_t, int64_t>(), py::arg("spec"), py::arg("max_seq"),

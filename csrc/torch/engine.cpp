@@ -81,7 +81,7 @@ void check_outputs(const at::Tensor& k_cache, const at::Tensor& v_cache, const a
 EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dtype, int64_t threads,
                            int64_t max_tokens)
     : spec_(std::move(spec)), kv_dtype_(kv_dtype) {
-  spec_.check("Engine", at::kFloat, {WeightFormat::Float32, WeightFormat::BFloat16, WeightFormat::Int8});
+  spec_.check("Engine", at::kFloat, all_weight_formats());
   TORCH_CHECK_VALUE(spec_.embed.device().is_cpu(), "Engine: the weights must be on the cpu, got ",
                     spec_.embed.device());
   TORCH_CHECK_VALUE(kv_dtype == at::kFloat || kv_dtype == at::kBFloat16,
@@ -99,9 +99,12 @@ EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dt
     cpu::EngineLayer e;
     e.attn_norm = L.attn_norm.data_ptr<float>();
     e.mlp_norm = L.mlp_norm.data_ptr<float>();
-    e.qkv = L.qkv.view();
+    e.q = L.q.view();
+    e.k = L.k.view();
+    e.v = L.v.view();
     e.o = L.o.view();
-    e.gate_up = L.gate_up.view();
+    e.gate = L.gate.view();
+    e.up = L.up.view();
     e.down = L.down.view();
     e.qkv_bias = L.qkv_bias ? L.qkv_bias->data_ptr<float>() : nullptr;
     e.o_bias = L.o_bias ? L.o_bias->data_ptr<float>() : nullptr;
@@ -162,16 +165,29 @@ CudaEngineHandle::CudaEngineHandle(ModelSpec spec, int64_t max_seq, int64_t max_
   s.embed = spec_.embed.data.data_ptr();
   s.lm_head = spec_.lm_head.data.data_ptr();
   s.final_norm = spec_.final_norm.data_ptr();
-  for (const LayerSpec& L : spec_.layers) {
+  // The CUDA kernels take q, k, v (and gate, up) as one matrix: adjacent row blocks of one
+  // tensor, as pyruntime.spec.build_spec(fuse=True) makes them.
+  auto stacked = [&](std::initializer_list<const WeightMatrix*> parts, const std::string& name) {
+    const char* end = static_cast<const char*>((*parts.begin())->data.data_ptr());
+    for (const WeightMatrix* m : parts) {
+      TORCH_CHECK_VALUE(m->data.data_ptr() == end, "CudaEngine: ", name,
+                        " must be adjacent row blocks of one tensor (pyruntime.spec.build_spec(fuse=True))");
+      end += m->nbytes();
+    }
+    return (*parts.begin())->data.data_ptr();
+  };
+  for (size_t l = 0; l < spec_.layers.size(); ++l) {
+    const LayerSpec& L = spec_.layers[l];
+    const std::string p = "layers[" + std::to_string(l) + "].";
     TORCH_CHECK_VALUE(L.sliding_window == 0, "CudaEngine: sliding-window attention is not implemented");
     cuda::EngineLayer e;
     e.attn_norm = L.attn_norm.data_ptr();
     e.mlp_norm = L.mlp_norm.data_ptr();
-    e.qkv = L.qkv.data.data_ptr();
+    e.qkv = stacked({&L.q, &L.k, &L.v}, p + "q, k and v");
     e.qkv_bias = L.qkv_bias ? L.qkv_bias->data_ptr() : nullptr;
     e.o = L.o.data.data_ptr();
     e.o_bias = L.o_bias ? L.o_bias->data_ptr() : nullptr;
-    e.gate_up = L.gate_up.data.data_ptr();
+    e.gate_up = stacked({&L.gate, &L.up}, p + "gate and up");
     e.down = L.down.data.data_ptr();
     s.layers.push_back(e);
   }

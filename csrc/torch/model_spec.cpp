@@ -13,8 +13,15 @@ at::ScalarType storage_type(WeightFormat f) {
     case WeightFormat::Float32: return at::kFloat;
     case WeightFormat::BFloat16: return at::kBFloat16;
     case WeightFormat::Int8: return at::kChar;
+    default: return at::kByte;
   }
-  TORCH_CHECK_VALUE(false, "unknown weight format ", static_cast<int>(f));
+}
+
+std::vector<WeightFormat> all_weight_formats() {
+  return {WeightFormat::Float32, WeightFormat::BFloat16, WeightFormat::Int8, WeightFormat::Q4_0,
+          WeightFormat::Q4_1,    WeightFormat::Q5_0,     WeightFormat::Q5_1, WeightFormat::Q8_0,
+          WeightFormat::Q2_K,    WeightFormat::Q3_K,     WeightFormat::Q4_K, WeightFormat::Q5_K,
+          WeightFormat::Q6_K};
 }
 
 WeightMatrix::WeightMatrix(WeightFormat f, at::Tensor d, std::optional<at::Tensor> s)
@@ -23,6 +30,16 @@ WeightMatrix::WeightMatrix(WeightFormat f, at::Tensor d, std::optional<at::Tenso
   TORCH_CHECK_VALUE(data.scalar_type() == storage_type(f) && data.is_contiguous(), "WeightMatrix: ", name,
                     " data must be a contiguous ", storage_type(f), " tensor, got ", data.scalar_type(), " ",
                     data.sizes());
+  if (storage_type(f) == at::kByte) {  // GGUF blocks: [rows, whole blocks' bytes]
+    TORCH_CHECK_VALUE(!scales.has_value(), "WeightMatrix: ", name, " data takes no scales (they are in its blocks)");
+    const int64_t bb = cpu::format_block_bytes(f);
+    TORCH_CHECK_VALUE(data.dim() == 2 && data.size(0) > 0 && data.size(1) > 0 && data.size(1) % bb == 0,
+                      "WeightMatrix: ", name, " data must be [rows, row bytes] with whole blocks of ", bb,
+                      " bytes, got ", data.sizes());
+    rows = data.size(0);
+    cols = data.size(1) / bb * cpu::format_block_values(f);
+    return;
+  }
   if (f != WeightFormat::Int8) {
     TORCH_CHECK_VALUE(!scales.has_value(), "WeightMatrix: ", name, " data takes no scales");
     TORCH_CHECK_VALUE(data.dim() == 2 && data.size(0) > 0 && data.size(1) > 0, "WeightMatrix: ", name,
@@ -175,9 +192,12 @@ void ModelSpec::check(const std::string& owner, at::ScalarType vector_dtype,
     const std::string p = "layers[" + std::to_string(l) + "].";
     c.vector(L.attn_norm, H, p + "attn_norm");
     c.vector(L.mlp_norm, H, p + "mlp_norm");
-    c.matrix(L.qkv, q_dim() + 2 * kv_dim(), H, p + "qkv");
+    c.matrix(L.q, q_dim(), H, p + "q");
+    c.matrix(L.k, kv_dim(), H, p + "k");
+    c.matrix(L.v, kv_dim(), H, p + "v");
     c.matrix(L.o, H, q_dim(), p + "o");
-    c.matrix(L.gate_up, 2 * inter, H, p + "gate_up");
+    c.matrix(L.gate, inter, H, p + "gate");
+    c.matrix(L.up, inter, H, p + "up");
     c.matrix(L.down, H, inter, p + "down");
     if (L.qkv_bias) c.vector(*L.qkv_bias, q_dim() + 2 * kv_dim(), p + "qkv_bias");
     if (L.o_bias) c.vector(*L.o_bias, H, p + "o_bias");
@@ -202,7 +222,7 @@ int64_t ModelSpec::nbytes() const {
   for (const LayerSpec& L : layers) {
     add(L.attn_norm);
     add(L.mlp_norm);
-    for (const WeightMatrix* m : {&L.qkv, &L.o, &L.gate_up, &L.down}) add_matrix(*m);
+    for (const WeightMatrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) add_matrix(*m);
     if (L.qkv_bias) add(*L.qkv_bias);
     if (L.o_bias) add(*L.o_bias);
   }

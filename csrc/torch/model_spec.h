@@ -17,11 +17,14 @@ namespace pyruntime {
 
 using cpu::WeightFormat;
 
-// The tensor element type a format's data is stored as.
+// The tensor element type a format's data is stored as (uint8 bytes for the GGUF blocks).
 at::ScalarType storage_type(WeightFormat f);
+std::vector<WeightFormat> all_weight_formats();
 
 // One weight matrix [rows, cols] as an engine holds it: its format, its tensors, its layout.
 // - float32, bfloat16: data [rows, cols] of that dtype, no scales.
+// - GGUF block formats (q4_0 .. q6_k): data uint8 [rows, format_row_bytes(format, cols)], the
+//   file's blocks as they are, no scales (they are in the blocks).
 // - int8: one float32 scale per group of `group` columns (weight = q * scale), rows plain
 //   (data int8 [rows, cols], scales [rows, cols / group]) or interleaved in blocks of
 //   block_rows = cpu::kInt8BlockRows rows (data [rows / 4, groups, 4, group], scales
@@ -46,16 +49,19 @@ struct WeightMatrix {
   std::string repr() const;
 };
 
-// One decoder block: [norm -> attention (fused q, k, v rows) -> o -> residual add -> norm ->
-// gated MLP (fused gate, up rows) -> down -> residual add].
+// One decoder block: [norm -> attention (q, k, v) -> o -> residual add -> norm -> gated MLP
+// (down(silu(gate x) * up x)) -> residual add]. Every projection is its own matrix in its own
+// format (a quantized file may hold v in another format than q and k); the engines run q, k, v
+// (and gate, up) as one product over their stacked rows.
 struct LayerSpec {
   at::Tensor attn_norm;                 // [H]
-  WeightMatrix qkv;                     // [(Hq + 2 Hkv) D, H]: q rows, k rows, v rows
-  std::optional<at::Tensor> qkv_bias;   // [(Hq + 2 Hkv) D]
+  WeightMatrix q;                       // [Hq D, H]
+  WeightMatrix k, v;                    // [Hkv D, H]
+  std::optional<at::Tensor> qkv_bias;   // [(Hq + 2 Hkv) D]: q's, then k's, then v's
   WeightMatrix o;                       // [H, Hq D]
   std::optional<at::Tensor> o_bias;     // [H]
   at::Tensor mlp_norm;                  // [H]
-  WeightMatrix gate_up;                 // [2 I, H]: gate rows, then up rows
+  WeightMatrix gate, up;                // [I, H]
   WeightMatrix down;                    // [H, I]
   int64_t sliding_window = 0;           // attend to the last W positions; 0: all of them
 };

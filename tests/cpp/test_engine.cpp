@@ -216,9 +216,15 @@ void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std:
     cpu::EngineLayer e;
     e.attn_norm = ly.attn_norm.data();
     e.mlp_norm = ly.mlp_norm.data();
-    e.qkv = st[2 + 4 * l].matrix(ly.qkv, QKV, H, format, block_rows);
+    // q, k, v and gate, up: row views of one stored matrix each (Matrix::rows_view).
+    const cpu::Matrix qkv = st[2 + 4 * l].matrix(ly.qkv, QKV, H, format, block_rows);
+    e.q = qkv.rows_view(0, HQ * D);
+    e.k = qkv.rows_view(HQ * D, HKV * D);
+    e.v = qkv.rows_view((HQ + HKV) * D, HKV * D);
     e.o = st[3 + 4 * l].matrix(ly.o, H, HQ * D, format, block_rows);
-    e.gate_up = st[4 + 4 * l].matrix(ly.gate_up, 2 * I, H, format, block_rows);
+    const cpu::Matrix gate_up = st[4 + 4 * l].matrix(ly.gate_up, 2 * I, H, format, block_rows);
+    e.gate = gate_up.rows_view(0, I);
+    e.up = gate_up.rows_view(I, I);
     e.down = st[5 + 4 * l].matrix(ly.down, H, I, format, block_rows);
     s.layers.push_back(e);
   }

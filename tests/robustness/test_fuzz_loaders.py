@@ -92,7 +92,54 @@ def test_fuzz_gguf(tmp_path):
     src = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
     target = tmp_path / "fuzzed.gguf"
     original = src.read_bytes()
-    fuzz(original, target, lambda: convert_gguf(target, tmp_path / "out", progress=False), 16384, seed=4)
+    fuzz(original, target, lambda: convert_gguf(target, tmp_path / "out", progress=False, dequantize=True), 16384,
+         seed=4)
+
+
+def _load_native(target, out):
+    """The GGUF's metadata converted, its tensors mapped in their own types (dtype="gguf")."""
+    convert_gguf(target, out, progress=False, link=True)
+    try:
+        pyruntime.LLM(out, max_seq_len=64, progress=False)
+    except ValueError as e:
+        if not isinstance(e, ModelLoadError):  # an argument check against corrupted metadata
+            assert "max_seq_len" in str(e) or "sliding_window" in str(e), e
+
+
+def test_fuzz_gguf_native(tmp_path):
+    src = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    target = tmp_path / "fuzzed.gguf"
+    fuzz(src.read_bytes(), target, lambda: _load_native(target, tmp_path / "out"), 16384, seed=5)
+
+
+def _tensor_record(src, index, part):
+    """Byte offset of part `part` ([name_len, name, n_dims, dims, type, offset]) of tensor `index`'s
+    record in src's header, and the tensor."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    tensor = reader.tensors[index]
+    return tensor.field.parts[part].ctypes.data - reader.data.ctypes.data, tensor
+
+
+def test_gguf_bad_tensors_are_named(tmp_path):
+    src = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    data = src.read_bytes()
+    # Truncated: the last tensor's data cut short.
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:-100])
+    with pytest.raises(ModelLoadError, match="tensor '.*' ends .* past the end of the file"):
+        _load_native(cut, tmp_path / "out-cut")
+    # A row length that is not a whole number of blocks: the embedding (rows of 64) retyped as
+    # Q4_K (blocks of 256).
+    offset, tensor = _tensor_record(src, 0, 4)
+    assert int(tensor.shape[0]) == 64
+    retyped = bytearray(data)
+    retyped[offset : offset + 4] = (12).to_bytes(4, "little")
+    bad = tmp_path / "retyped.gguf"
+    bad.write_bytes(bytes(retyped))
+    with pytest.raises(ModelLoadError, match=f"tensor '{tensor.name}' \\(Q4_K\\) has rows of 64 values"):
+        _load_native(bad, tmp_path / "out-retyped")
 
 
 def test_gguf_unknown_quantisation(tmp_path):
@@ -109,5 +156,5 @@ def test_gguf_unknown_quantisation(tmp_path):
     data[offset : offset + 4] = (250).to_bytes(4, "little")
     bad = tmp_path / "badtype.gguf"
     bad.write_bytes(bytes(data))
-    with pytest.raises(ModelLoadError, match="badtype.gguf"):
+    with pytest.raises(ModelLoadError, match=f"badtype.gguf: tensor '{tensor.name}' has unknown type id 250"):
         convert_gguf(bad, tmp_path / "out", progress=False)

@@ -33,18 +33,27 @@ def test_chat_keeps_the_conversation():
 
 
 def test_convert_writes_a_loadable_folder(tmp_path, gguf_path, llm):
-    out = tmp_path / "smol"
-    r = run("convert", str(gguf_path), str(out))
-    assert r.returncode == 0, r.stderr
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        assert (out / f).exists()
-    converted = pyruntime.LLM(out, progress=False)
+    # By default the folder keeps the GGUF file (its tensor types); --dequantize writes float32.
+    out, flat = tmp_path / "smol", tmp_path / "smol-f32"
+    for args in ((str(gguf_path), str(out)), (str(gguf_path), str(flat), "--dequantize")):
+        r = run("convert", *args)
+        assert r.returncode == 0, r.stderr
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (out / f).exists() and (flat / f).exists()
+    assert (out / "model.gguf").read_bytes() == gguf_path.read_bytes() and not (out / "model.safetensors").exists()
+    assert (flat / "model.safetensors").exists() and not (flat / "model.gguf").exists()
+    native = pyruntime.LLM(out, progress=False)
+    assert native.dtype == "gguf"
+    want = pyruntime.LLM(gguf_path, progress=False).generate("Hello", max_new_tokens=8).token_ids
+    assert native.generate("Hello", max_new_tokens=8).token_ids == want
+    converted = pyruntime.LLM(flat, progress=False)
+    assert converted.dtype == "float32"
     assert converted.generate("Hello", max_new_tokens=8).token_ids == llm.generate("Hello", max_new_tokens=8).token_ids
 
 
 def test_bench_reports_latency_mbu_and_kv_cache(tmp_path, llm):
     out = tmp_path / "bench.json"
-    r = run("bench", "--prompt-tokens", "16", "--new-tokens", "8", "--reps", "1", "--json", str(out))
+    r = run("bench", "--dtype", "float32", "--prompt-tokens", "16", "--new-tokens", "8", "--reps", "1", "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert "TPOT p50/p90/p99" in r.stdout and "MBU" in r.stdout and "KV cache" in r.stdout
     report = json.loads(out.read_text())

@@ -37,7 +37,7 @@ def test_sentencepiece_tokenizer_matches_transformers(spm_gguf, converted, text)
 
 def test_converted_logits_match_transformers(spm_gguf, converted):
     ref = transformers.AutoModelForCausalLM.from_pretrained(spm_gguf.parent, gguf_file=spm_gguf.name, dtype=torch.float32)
-    llm = pyruntime.LLM(converted, progress=False)
+    llm = pyruntime.LLM(converted, kv_dtype="float32", progress=False)  # the file's F32 and F16 tensors
     ids = llm.tokenizer.encode("The quick brown fox jumps over the lazy dog.")
     with torch.no_grad():
         want = ref(torch.tensor([ids])).logits[0]

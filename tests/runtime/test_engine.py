@@ -194,8 +194,8 @@ def _spec(matrix=_f32, layer=None, H=8, **over):
     """A one-layer C.ModelSpec: hidden H, I 16, vocab 10, 2 query heads / 1 KV head of 64 features,
     RoPE for 4 positions; matrix(rows, cols) makes each weight; layer and over replace fields."""
     I, V = 16, 10
-    fields = dict(attn_norm=torch.ones(H), qkv=matrix(256, H), o=matrix(H, 128), mlp_norm=torch.ones(H),
-                  gate_up=matrix(2 * I, H), down=matrix(H, I))
+    fields = dict(attn_norm=torch.ones(H), q=matrix(128, H), k=matrix(64, H), v=matrix(64, H), o=matrix(H, 128),
+                  mlp_norm=torch.ones(H), gate=matrix(I, H), up=matrix(I, H), down=matrix(H, I))
     fields.update(layer or {})
     spec = dict(architecture="LlamaForCausalLM", hidden=H, inter=I, num_heads=2, num_kv_heads=1, head_dim=64,
                 vocab=V, norm_eps=1e-6, attn_scale=0.125, rope_cos_sin=torch.zeros(4, 64), rotary_dim=64,
@@ -257,10 +257,10 @@ def test_engine_int8_row_blocks_checked():
     """int8 matrices come as plain rows or in row blocks (pack_int8_rows); a block layout whose
     shapes do not agree is refused."""
     spec = _spec(matrix=_int8, H=32)
-    assert spec.embed.block_rows == 1 and spec.layers[0].qkv.block_rows == 4  # vocab 10: plain rows
+    assert spec.embed.block_rows == 1 and spec.layers[0].q.block_rows == 4  # vocab 10: plain rows
     _engine(spec)  # both layouts in one model
-    with pytest.raises(ValueError, match="layers\\[0\\].qkv must be \\[256, 8\\]"):
-        _engine(_spec(layer=dict(qkv=spec.layers[0].qkv)))  # hidden 32 in a model of hidden 8
+    with pytest.raises(ValueError, match="layers\\[0\\].k must be \\[64, 8\\]"):
+        _engine(_spec(layer=dict(k=spec.layers[0].k)))  # hidden 32 in a model of hidden 8
     q, s = formats.pack_int8_rows(*formats.quantize_int8(torch.randn(256, 32), 16))
     with pytest.raises(ValueError, match="int8 rows in blocks must be"):
         C.WeightMatrix(C.WeightFormat.int8, q, s.reshape(64, 4, 2))
@@ -282,8 +282,8 @@ def test_mixed_formats_match_reference(tiny_llama):
     model, folder = tiny_llama
     cfg = ModelConfig.from_file(folder / "config.json")
     weights = load_weights(folder, cfg, torch.float32, progress=False)
-    plan = {"embed": "float32", 0: dict(qkv="int8", o="bfloat16", gate_up="float32", down="int8"),
-            1: dict(qkv="bfloat16", o="int8", gate_up="int8", down="bfloat16")}
+    plan = {0: dict(q="int8", k="bfloat16", v="float32", o="bfloat16", gate="float32", up="int8", down="int8"),
+            1: dict(q="bfloat16", k="int8", v="int8", o="int8", gate="int8", up="bfloat16", down="bfloat16")}
     spec = build_spec(cfg, weights, formats.FORMATS["float32"], 512)
     layers = []
     for i, l in enumerate(spec.layers):
@@ -303,8 +303,8 @@ def test_mixed_formats_match_reference(tiny_llama):
             return (q.float().reshape(p.shape[0], -1, group) * s[:, :, None]).reshape(p.shape)
         return p
 
-    ours = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up",
-            "up_proj": "gate_up", "down_proj": "down"}
+    ours = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
+            "down_proj": "down"}
     state = {}
     for name, p in model.state_dict().items():
         parts = name.split(".")
@@ -407,9 +407,18 @@ def _spec_to(spec, device):
     """spec with every tensor copied to `device`."""
     to = lambda t: None if t is None else t.to(device)  # noqa: E731
     mat = lambda m: C.WeightMatrix(m.format, to(m.data), to(m.scales))  # noqa: E731
-    layers = [C.LayerSpec(attn_norm=to(l.attn_norm), qkv=mat(l.qkv), qkv_bias=to(l.qkv_bias), o=mat(l.o),
-                          o_bias=to(l.o_bias), mlp_norm=to(l.mlp_norm), gate_up=mat(l.gate_up), down=mat(l.down),
-                          sliding_window=l.sliding_window) for l in spec.layers]
+    def stacked(*ms):  # one tensor on the device, described as its row blocks (as build_spec(fuse=True))
+        whole = to(torch.cat([m.data for m in ms]))
+        bounds = torch.tensor([0] + [m.shape[0] for m in ms]).cumsum(0).tolist()
+        return [C.WeightMatrix(ms[0].format, whole[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+    layers = []
+    for l in spec.layers:
+        q, k, v = stacked(l.q, l.k, l.v)
+        gate, up = stacked(l.gate, l.up)
+        layers.append(C.LayerSpec(attn_norm=to(l.attn_norm), q=q, k=k, v=v, qkv_bias=to(l.qkv_bias), o=mat(l.o),
+                                  o_bias=to(l.o_bias), mlp_norm=to(l.mlp_norm), gate=gate, up=up, down=mat(l.down),
+                                  sliding_window=l.sliding_window))
     embed = mat(spec.embed)
     tied = spec.lm_head.data.data_ptr() == spec.embed.data.data_ptr()
     return C.ModelSpec(architecture=spec.architecture, hidden=spec.hidden, inter=spec.inter, num_heads=spec.num_heads,

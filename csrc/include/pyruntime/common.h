@@ -30,6 +30,29 @@ inline bf16 float_to_bf16(float f) {
   return bf16{static_cast<uint16_t>(u >> 16)};
 }
 
+// IEEE half (binary16) bits -> float32, exactly (subnormals, infinities and NaN included).
+inline float f16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  uint32_t u;
+  if (exp == 0x1fu) {
+    u = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {
+    u = sign | ((exp + 112u) << 23) | (man << 13);
+  } else if (man == 0) {
+    u = sign;
+  } else {  // subnormal: shift the mantissa up to its leading one
+    uint32_t m = man, e = 0;
+    while (!(m & 0x400u)) {
+      m <<= 1;
+      ++e;
+    }
+    u = sign | ((113u - e) << 23) | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
 inline float to_float(float v) { return v; }
 inline float to_float(bf16 v) { return bf16_to_float(v); }
 inline float to_float(int8_t v) { return static_cast<float>(v); }

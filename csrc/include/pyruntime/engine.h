@@ -15,12 +15,26 @@ namespace pyruntime::cpu {
 
 // How a weight matrix is stored; each Matrix names its own, and the products dispatch on it
 // (and on the instruction-set level) at run time.
-enum class WeightFormat { Float32, BFloat16, Int8 };
+// - Float32, BFloat16: dense rows.
+// - Int8: the runtime's own weight-only int8 (float32 scales apart from the values; below).
+// - Q4_0 .. Q6_K: GGUF's (ggml's) block formats, rows of whole blocks exactly as a GGUF file
+//   stores them (block_q4_0 etc. of ggml-common.h): 32 values per block (Q4_0, Q4_1, Q5_0, Q5_1,
+//   Q8_0) or 256 (the k-quants Q2_K .. Q6_K), each block holding its scales.
+enum class WeightFormat { Float32, BFloat16, Int8, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K };
 
 const char* weight_format_name(WeightFormat f);
+// Values per block and bytes per block of a format (dense formats and Int8: 1 value of 4, 2 or
+// 1 bytes; Int8's scales are apart).
+int64_t format_block_values(WeightFormat f);
+int64_t format_block_bytes(WeightFormat f);
+// Bytes of one row of `cols` values (cols a multiple of the block).
+inline int64_t format_row_bytes(WeightFormat f, int64_t cols) {
+  return cols / format_block_values(f) * format_block_bytes(f);
+}
 
-// A weight matrix [rows, cols] as stored (`format`): float32, bfloat16, or int8 with one float32
-// scale per group of `group` columns (weight = q * scale; group a power of two and a
+// A weight matrix [rows, cols] as stored (`format`): float32, bfloat16, a GGUF block format
+// (rows of format_row_bytes(format, cols) bytes), or int8 with one float32 scale per group of
+// `group` columns (weight = q * scale; group a power of two and a
 // multiple of 16 that divides cols). int8 rows are either plain (block_rows 1: q [rows, cols],
 // scales [rows, cols / group]) or interleaved in blocks of block_rows (4) rows as
 // pack_int8_rows writes them (q [rows / 4, cols / group, 4, group], scales
@@ -33,19 +47,26 @@ struct Matrix {
   int64_t cols = 0;
   int64_t group = 0;
   int64_t block_rows = 1;  // int8 only: 1 or kInt8BlockRows
+
+  // Rows [r0, r0 + n) of this matrix, in its own storage (r0 and n multiples of block_rows).
+  Matrix rows_view(int64_t r0, int64_t n) const;
 };
 
 // Rows per block of the interleaved int8 layout.
 constexpr int64_t kInt8BlockRows = 4;
 
+// Each projection is its own matrix in its own format (a quantized file may hold q in one
+// format and v in another); the engine runs q, k and v (and gate and up) as one product over
+// their stacked rows.
 struct EngineLayer {
   const float* attn_norm = nullptr;  // [H]
-  Matrix qkv;                        // [(Hq + 2 Hkv) D, H]: q rows, k rows, v rows
-  const float* qkv_bias = nullptr;   // [(Hq + 2 Hkv) D] or null
+  Matrix q;                          // [Hq D, H]
+  Matrix k, v;                       // [Hkv D, H]
+  const float* qkv_bias = nullptr;   // [(Hq + 2 Hkv) D]: q's, k's, v's; or null
   Matrix o;                          // [H, Hq D]
   const float* o_bias = nullptr;     // [H] or null
   const float* mlp_norm = nullptr;   // [H]
-  Matrix gate_up;                    // [2 I, H]: gate rows, then up rows
+  Matrix gate, up;                   // [I, H]
   Matrix down;                       // [H, I]
   // Attention limited to the last sliding_window positions; 0: the whole sequence. The engine
   // refuses other values for now (InvalidArgument), so no model runs with a window ignored.

@@ -1,0 +1,150 @@
+"""GGUF block formats in the CPU engine: matrices of random, valid blocks of every format (the
+bytes random, the scale fields set to sane float16 values) through the engine's products,
+against the torch forward (pyruntime.reference) over the values gguf.quants.dequantize gives for
+the same bytes; decode (linear) and prefill (GEMM) paths, at every level this CPU runs."""
+
+import numpy as np
+import pytest
+import torch
+
+import pyruntime
+from pyruntime import engine as engine_mod
+from pyruntime._ext import C
+from pyruntime.formats import FORMATS, GGUF_BLOCK_FORMATS
+from pyruntime.reference import TorchReference
+
+LEVELS = C.cpu_isa_levels()
+
+# ggml-common.h: values and bytes per block, and where each float16 field of a block sits with
+# the magnitude it gets here (so that weights are ~0.05: qmax times the largest scale factor).
+BLOCKS = {
+    "q4_0": (32, 18, {0: 0.05 / 8}),
+    "q4_1": (32, 20, {0: 0.05 / 15, 2: -0.02}),
+    "q5_0": (32, 22, {0: 0.05 / 16}),
+    "q5_1": (32, 24, {0: 0.05 / 31, 2: -0.02}),
+    "q8_0": (32, 34, {0: 0.05 / 127}),
+    "q2_k": (256, 84, {80: 0.05 / 45, 82: 0.05 / 45}),
+    "q3_k": (256, 110, {108: 0.05 / 128}),
+    "q4_k": (256, 144, {0: 0.05 / 945, 2: 0.05 / 945}),
+    "q5_k": (256, 176, {0: 0.05 / 1953, 2: 0.05 / 1953}),
+    "q6_k": (256, 210, {208: 0.05 / 1024}),
+}
+
+
+def random_blocks(fmt: str, rows: int, cols: int, gen: np.random.Generator) -> C.WeightMatrix:
+    values, nbytes, scales = BLOCKS[fmt]
+    blocks = gen.integers(0, 256, size=(rows, cols // values, nbytes), dtype=np.uint8)
+    for offset, magnitude in scales.items():
+        d = (magnitude * gen.uniform(0.5, 1.0, size=(rows, cols // values))).astype(np.float16)
+        blocks[:, :, offset : offset + 2] = d.view(np.uint8).reshape(rows, cols // values, 2)
+    return C.WeightMatrix(getattr(C.WeightFormat, fmt), torch.from_numpy(blocks.reshape(rows, -1)))
+
+
+def tiny_spec(formats: dict, H=256, I=512, V=96, seed=0) -> C.ModelSpec:
+    """Two layers, 4 query / 2 KV heads of 64; formats: role -> format (float32 where absent)."""
+    gen = np.random.default_rng(seed)
+    tg = torch.Generator().manual_seed(seed)
+
+    def mat(role, rows, cols):
+        fmt = formats.get(role, "float32")
+        if fmt == "float32":
+            return C.WeightMatrix(C.WeightFormat.float32, torch.randn(rows, cols, generator=tg) * 0.05)
+        return random_blocks(fmt, rows, cols, gen)
+
+    def norm():
+        return 1 + 0.1 * torch.randn(H, generator=tg)
+
+    layers = [C.LayerSpec(attn_norm=norm(), q=mat("q", 256, H), k=mat("k", 128, H), v=mat("v", 128, H),
+                          o=mat("o", H, 256), mlp_norm=norm(), gate=mat("gate", I, H), up=mat("up", I, H),
+                          down=mat("down", H, I)) for _ in range(2)]
+    inv = 1.0 / (10000.0 ** (torch.arange(0, 64, 2).float() / 64))
+    ang = torch.arange(64).float()[:, None] * inv[None]
+    return C.ModelSpec(architecture="LlamaForCausalLM", hidden=H, inter=I, num_heads=4, num_kv_heads=2, head_dim=64,
+                       vocab=V, norm_eps=1e-5, attn_scale=0.125, rope_cos_sin=torch.cat([ang.cos(), ang.sin()], 1),
+                       rotary_dim=64, rope_neox=True, embed=mat("embed", V, H), layers=layers, final_norm=norm(),
+                       lm_head=mat("lm_head", V, H))
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    missing = C.cpu_isa_missing_features(request.param)
+    if missing:
+        pytest.skip(f"this CPU cannot run the {request.param} kernels: it lacks {missing}")
+    before = C.cpu_isa()
+    pyruntime.set_cpu_isa(request.param)
+    yield request.param
+    pyruntime.set_cpu_isa(before)
+
+
+@pytest.mark.parametrize("fmt", GGUF_BLOCK_FORMATS)
+def test_block_format_products_match_dequantized_reference(level, fmt):
+    # Every matrix in the format: embedding rows gathered, every projection, the LM head.
+    spec = tiny_spec({role: fmt for role in ("embed", "q", "k", "v", "o", "gate", "up", "down", "lm_head")})
+    eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2)
+    assert eng.isa == level
+    ref = TorchReference(spec, 64, torch.float32)
+    ids = torch.tensor([3, 17, 95, 0, 42, 7, 7, 60, 31, 2, 88, 15, 4, 9, 70, 23, 50, 1, 66, 12, 5, 33, 80, 44])
+    # 24 tokens in one call (prefill, the GEMM path), then decode steps of one token (linear).
+    want = ref.prefill(ids, 0, 0, all_logits=True)
+    got = eng.prefill(ids, 0, 0, all_logits=True)
+    scale = want.abs().max().item()
+    assert scale > 0.1  # the random weights reach the logits
+    torch.testing.assert_close(got, want, atol=2e-4 * scale, rtol=0)
+    for pos, tok in ((24, 11), (25, 93)):
+        step_want = ref.decode(torch.tensor([tok]), torch.tensor([pos]))
+        step_got = eng.decode(torch.tensor([tok]), torch.tensor([pos]))
+        torch.testing.assert_close(step_got, step_want, atol=2e-4 * scale, rtol=0)
+
+
+def test_mixed_block_formats_in_one_layer():
+    # As a Q4_K_M file mixes them: q, k in Q4_K, v and down in Q6_K, the LM head in Q8_0.
+    spec = tiny_spec({"q": "q4_k", "k": "q4_k", "v": "q6_k", "o": "q4_k", "gate": "q4_k", "up": "q4_k",
+                      "down": "q6_k", "embed": "q4_0", "lm_head": "q8_0"}, seed=1)
+    eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2)
+    ref = TorchReference(spec, 64, torch.float32)
+    ids = torch.arange(5, 45)
+    want = ref.prefill(ids, 0, 0, all_logits=True)
+    got = eng.prefill(ids, 0, 0, all_logits=True)
+    torch.testing.assert_close(got, want, atol=2e-4 * want.abs().max().item(), rtol=0)
+    assert spec.layers[0].v.nbytes == 128 * 256 // 256 * 210
+
+
+def test_block_matrix_shapes_are_checked():
+    blocks = torch.zeros(4, 2 * 144, dtype=torch.uint8)
+    m = C.WeightMatrix(C.WeightFormat.q4_k, blocks)
+    assert m.shape == (4, 512) and m.nbytes == 4 * 288
+    with pytest.raises(ValueError, match="whole blocks of 144 bytes"):
+        C.WeightMatrix(C.WeightFormat.q4_k, torch.zeros(4, 100, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="Byte tensor"):
+        C.WeightMatrix(C.WeightFormat.q8_0, torch.zeros(4, 34, dtype=torch.int8))
+    with pytest.raises(ValueError, match="takes no scales"):
+        C.WeightMatrix(C.WeightFormat.q8_0, torch.zeros(4, 34, dtype=torch.uint8), torch.ones(4, 1))
+    # A matrix whose width is not the model's: named.
+    bad = _with_down(tiny_spec({"down": "q4_k"}), C.WeightMatrix(C.WeightFormat.q4_k, torch.zeros(256, 144, dtype=torch.uint8)))
+    with pytest.raises(ValueError, match="layers\\[0\\].down must be \\[256, 512\\]"):
+        C.Engine(bad, 64, torch.float32, 1, 16)
+
+
+def _with_down(spec, down):
+    l0 = spec.layers[0]
+    layer = C.LayerSpec(attn_norm=l0.attn_norm, q=l0.q, k=l0.k, v=l0.v, o=l0.o, mlp_norm=l0.mlp_norm, gate=l0.gate,
+                        up=l0.up, down=down)
+    kw = {k: getattr(spec, k) for k in ("architecture", "hidden", "inter", "num_heads", "num_kv_heads", "head_dim",
+                                        "vocab", "norm_eps", "attn_scale", "rope_cos_sin", "rotary_dim", "rope_neox",
+                                        "embed", "final_norm", "lm_head")}
+    return C.ModelSpec(**kw, layers=[layer, spec.layers[1]])
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"])
+def test_pack_with_gguf_quantizer_round_trips(fmt):
+    # The 32-value formats quantize float weights with the gguf package's own quantizer; the
+    # values the engine then holds are that quantizer's dequantized ones.
+    w = torch.randn(64, 96) * 0.1
+    m = FORMATS[fmt].pack(w)
+    assert m.shape == (64, 96) and m.format == getattr(C.WeightFormat, fmt)
+    back = FORMATS[fmt].dequantize(m)
+    bits = {"q4_0": 4, "q4_1": 4, "q5_0": 5, "q5_1": 5, "q8_0": 8}[fmt]
+    step = w.abs().amax() * 2 / (2**bits - 1)
+    assert (back - w).abs().max() <= step  # within one quantization step
+    with pytest.raises(ValueError, match="cannot quantize"):
+        FORMATS["q4_k"].pack(w)
