@@ -69,13 +69,29 @@ class Pyruntime:
 
 
 class LlamaCpp:
+    """llama.cpp through llama-cpp-python. extra_buffers=False loads the weights without llama.cpp's
+    extra CPU buffer types (AMX tiles, repacked Q4_0/Q4_K rows): llama-cpp-python 0.3.36 dies
+    with SIGSEGV in llama_decode on the AVX-512 AMX build host when they hold quantized weights."""
+
     name = "llama.cpp"
 
-    def __init__(self, dtype, threads, max_seq, gguf):
+    def __init__(self, dtype, threads, max_seq, gguf, extra_buffers=True):
         import llama_cpp
+        import llama_cpp.llama_cpp as low
 
-        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max_seq, n_batch=512, n_ubatch=512, n_threads=threads,
-                                   n_threads_batch=threads, verbose=False)
+        default_params = low.llama_model_default_params
+        if not extra_buffers:
+            def params():
+                p = default_params()
+                p.use_extra_bufts = False
+                return p
+
+            low.llama_model_default_params = params
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max_seq, n_batch=512, n_ubatch=512,
+                                       n_threads=threads, n_threads_batch=threads, verbose=False)
+        finally:
+            low.llama_model_default_params = default_params
         self.weight_bytes = gguf.stat().st_size
         m = self.llm.metadata
         arch = m["general.architecture"]

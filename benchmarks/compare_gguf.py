@@ -9,7 +9,8 @@ so llama.cpp puts those tensors of the k-quant files in other types) and, with -
 of Llama-3.2-1B's shapes (hidden 2048, 16 layers, 32 query / 8 KV heads, intermediate 8192,
 vocabulary 128256) with random weights written by the gguf package, whose weights are far larger
 than the cache. pyruntime runs each file in its own types (dtype="gguf", float32 activations,
-bfloat16 KV cache); llama.cpp as llama-cpp-python builds it (8-bit activations, f16 KV cache).
+bfloat16 KV cache); llama.cpp as llama-cpp-python builds it (8-bit activations, f16 KV cache),
+without its extra CPU buffer types unless --llama-extra-buffers (see compare.LlamaCpp).
 Figures: decode tokens/s at batch 1 (new tokens after a short prompt; for the 1B model also
 after contexts of 512 and 4096), prefill tokens/s of 512 tokens; medians of --reps
 repetitions interleaved across runtimes; MBU = (weights read per token + KV cache read per
@@ -145,6 +146,9 @@ def main():
     ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--with-1b", action="store_true", help="also the random model of Llama-3.2-1B's shapes")
     ap.add_argument("--contexts-1b", default="512,4096")
+    ap.add_argument("--llama-extra-buffers", action="store_true",
+                    help="let llama.cpp put weights in its extra CPU buffer types (AMX, repacked rows); off by "
+                         "default: llama-cpp-python 0.3.36 crashes with them on the AVX-512 AMX build host")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     out = Path(a.out or f"benchmarks/results/{C.best_cpu_isa()}")
@@ -165,7 +169,7 @@ def main():
         for fmt in formats:
             gguf = quantize(src, fmt, cache / f"{model}-{fmt}.gguf")
             ours = Pyruntime(gguf, a.threads, max_seq)
-            runtimes = [ours, LlamaCpp("gguf", a.threads, max_seq, gguf)]
+            runtimes = [ours, LlamaCpp("gguf", a.threads, max_seq, gguf, extra_buffers=a.llama_extra_buffers)]
             runtimes[1].weight_bytes = ours.weight_bytes  # the same file, the same tensors read
             tok = ours.llm.tokenizer
             short, long_ = prompt_ids(tok, a.prompt_tokens), prompt_ids(tok, a.prefill_tokens)
@@ -216,7 +220,7 @@ def main():
     except OSError:
         commit = "unknown"
     report = {"machine": cpu_model(), "isa": C.cpu_isa(), "cpu_features": cpu_features(), "threads": a.threads,
-              "commit": commit, "read_bandwidth_gbps": bw, "bandwidth_samples": bandwidth, "reps": a.reps,
+              "commit": commit, "llama_extra_buffers": a.llama_extra_buffers, "read_bandwidth_gbps": bw, "bandwidth_samples": bandwidth, "reps": a.reps,
               "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "results": rows, "ratios": ratios,
               "contention": contention}
     (out / "compare_gguf.json").write_text(json.dumps(report, indent=1))
