@@ -148,6 +148,8 @@ def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 
         "tpot_ms_p99": _percentile(steps, 99) * 1e3,
         "decode_tokens_per_s": tps,
         "weight_bytes": llm.weight_bytes,
+        "weight_formats": llm.weight_formats,
+        "weight_bytes_per_token": weight_bytes_read(llm.engine.spec),
         "kv_cache_bytes": llm.kv_cache_bytes,
         "bytes_per_token": bytes_per_token,
         "read_bandwidth_gbps": bandwidth,
@@ -182,7 +184,10 @@ def format_report(r: dict) -> str:
         + (f"{r['gpu']} (cuda)" if r.get("gpu") else f"{r['cpu']} ({r['isa']})  threads {r['threads']}"),
         f"model {r['model']}  dtype {r['dtype']}",
     ] + ([f"CPU {r['cpu_kernels']}"] if r.get("cpu_kernels") else []) + [
-        f"weights {r['weight_bytes'] / 1e6:.1f} MB  KV cache {r['kv_cache_bytes'] / 1e6:.1f} MB (allocated for max_seq_len)",
+        f"weights {r['weight_bytes'] / 1e6:.1f} MB ("
+        + ", ".join(f"{n} {f}" for f, n in r.get("weight_formats", {}).items()) + " matrices), "
+        f"{r.get('weight_bytes_per_token', r['weight_bytes']) / 1e6:.1f} MB read per token  "
+        f"KV cache {r['kv_cache_bytes'] / 1e6:.1f} MB (allocated for max_seq_len)",
         f"prompt {r['prompt_tokens']} tokens, {r['new_tokens']} new tokens, median of {r['reps']}",
         f"TTFT            {r['ttft_ms']:.1f} ms  (prefill {r['prefill_tokens_per_s']:.0f} tokens/s)",
         f"TPOT p50/p90/p99 {r['tpot_ms_p50']:.2f} / {r['tpot_ms_p90']:.2f} / {r['tpot_ms_p99']:.2f} ms",

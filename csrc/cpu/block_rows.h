@@ -1,7 +1,8 @@
 // Rows of a GGUF block-format matrix (engine.h's WeightFormat::Q4_0 .. Q6_K) as the products read
 // them: every load decodes W values of one block straight from the file's bytes to float32 (the
 // block's scale, and min where it has one, applied), so the products see the values that
-// gguf.quants.dequantize gives and multiply them in float32 with float32 activations.
+// gguf.quants.dequantize gives (to the rounding of one multiply-add: a fused one here, numpy's
+// two) and multiply them in float32 with float32 activations.
 // Block layouts: ggml-common.h (block_q4_0 ...); the decoding follows ggml's dequantize_row_*.
 #pragma once
 
@@ -30,20 +31,52 @@ inline VecF u8_field(const uint8_t* p, int shift, int mask) {
 #endif
 }
 
-// Lanes l < W: float((bits >> (first + l)) & 1).
-inline VecF u32_bits(uint32_t bits, int first) {
+// Lanes l < W: float(((lo[l] >> lshift) & lmask) | (((hi[l] >> hshift) & hmask) << hpos)): a
+// value whose low bits sit in one byte array and whose high bits in another.
+inline VecF u8_fields(const uint8_t* lo, int lshift, int lmask, const uint8_t* hi, int hshift, int hmask, int hpos) {
 #if defined(PYRUNTIME_VEC_AVX512)
-  const __m512i idx = _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                       _mm512_set1_epi32(first));
-  const __m512i v = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(bits)), idx);
-  return VecF(_mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(1))));
+  __m512i l = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo)));
+  __m512i h = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)));
+  l = _mm512_and_si512(_mm512_srl_epi32(l, _mm_cvtsi32_si128(lshift)), _mm512_set1_epi32(lmask));
+  h = _mm512_and_si512(_mm512_srl_epi32(h, _mm_cvtsi32_si128(hshift)), _mm512_set1_epi32(hmask));
+  return VecF(_mm512_cvtepi32_ps(_mm512_or_si512(l, _mm512_sll_epi32(h, _mm_cvtsi32_si128(hpos)))));
 #elif defined(PYRUNTIME_VEC_AVX2)
-  const __m256i idx = _mm256_add_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32(first));
-  const __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(bits)), idx);
-  return VecF(_mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(1))));
+  __m256i l = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(lo)));
+  __m256i h = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(hi)));
+  l = _mm256_and_si256(_mm256_srl_epi32(l, _mm_cvtsi32_si128(lshift)), _mm256_set1_epi32(lmask));
+  h = _mm256_and_si256(_mm256_srl_epi32(h, _mm_cvtsi32_si128(hshift)), _mm256_set1_epi32(hmask));
+  return VecF(_mm256_cvtepi32_ps(_mm256_or_si256(l, _mm256_sll_epi32(h, _mm_cvtsi32_si128(hpos)))));
 #else
   VecF r;
-  for (int l = 0; l < W; ++l) r.v[l] = static_cast<float>((bits >> (first + l)) & 1u);
+  for (int i = 0; i < W; ++i)
+    r.v[i] = static_cast<float>(((lo[i] >> lshift) & lmask) | (((hi[i] >> hshift) & hmask) << hpos));
+  return r;
+#endif
+}
+
+// Lanes l < W: float(((p[l] >> shift) & 15) | (((bits >> (first + l)) & 1) << 4)): Q5_0 / Q5_1's
+// nibbles with their fifth bits from one 32-bit word.
+inline VecF nibble_and_bit(const uint8_t* p, int shift, uint32_t bits, int first) {
+#if defined(PYRUNTIME_VEC_AVX512)
+  __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  v = _mm512_and_si512(_mm512_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(15));
+  // Rotating right by first + l - 4 puts bit first + l at bit 4.
+  const __m512i idx = _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                       _mm512_set1_epi32(first - 4));
+  const __m512i h = _mm512_and_si512(_mm512_rorv_epi32(_mm512_set1_epi32(static_cast<int>(bits)), idx),
+                                     _mm512_set1_epi32(16));
+  return VecF(_mm512_cvtepi32_ps(_mm512_or_si512(v, h)));
+#elif defined(PYRUNTIME_VEC_AVX2)
+  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  v = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(15));
+  const __m256i idx = _mm256_add_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32(first));
+  __m256i h = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(bits)), idx);
+  h = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(1)), 4);
+  return VecF(_mm256_cvtepi32_ps(_mm256_or_si256(v, h)));
+#else
+  VecF r;
+  for (int l = 0; l < W; ++l)
+    r.v[l] = static_cast<float>(((p[l] >> shift) & 15) | (((bits >> (first + l)) & 1u) << 4));
   return r;
 #endif
 }
@@ -81,15 +114,21 @@ inline void k4_scale_min(const uint8_t* q, int j, int& sc, int& m) {
 template <WeightFormat F>
 struct Block;
 
+// In every decoder below the integer value is composed first and converted once; the scale
+// (and min or offset) then apply in one multiply-add.
 template <>
 struct Block<WeightFormat::Q4_0> {  // d f16, qs[16]: value i < 16 low nibble of qs[i], else high of qs[i - 16]
   static constexpr int kValues = 32, kBytes = 18;
   struct View {
     View() = default;
     const uint8_t* b;
-    VecF d;
-    explicit View(const uint8_t* blk) : b(blk), d(VecF::set1(f16_at(blk))) {}
-    VecF at(int j) const { return (u8_field(b + 2 + j % 16, j < 16 ? 0 : 4, 15) - VecF::set1(8.0f)) * d; }
+    VecF d, off;  // d, -8 d
+    explicit View(const uint8_t* blk) : b(blk) {
+      const float s = f16_at(blk);
+      d = VecF::set1(s);
+      off = VecF::set1(-8.0f * s);
+    }
+    VecF at(int j) const { return VecF::fma(u8_field(b + 2 + j % 16, j < 16 ? 0 : 4, 15), d, off); }
   };
 };
 
@@ -101,23 +140,24 @@ struct Block<WeightFormat::Q4_1> {  // d, m f16, qs[16]: d * q + m
     const uint8_t* b;
     VecF d, m;
     explicit View(const uint8_t* blk) : b(blk), d(VecF::set1(f16_at(blk))), m(VecF::set1(f16_at(blk + 2))) {}
-    VecF at(int j) const { return u8_field(b + 4 + j % 16, j < 16 ? 0 : 4, 15) * d + m; }
+    VecF at(int j) const { return VecF::fma(u8_field(b + 4 + j % 16, j < 16 ? 0 : 4, 15), d, m); }
   };
 };
 
 template <>
-struct Block<WeightFormat::Q5_0> {  // d f16, qh u32 (bit i: value i's fifth bit), qs[16]
+struct Block<WeightFormat::Q5_0> {  // d f16, qh u32 (bit i: value i's fifth bit), qs[16]: d * (q - 16)
   static constexpr int kValues = 32, kBytes = 22;
   struct View {
     View() = default;
     const uint8_t* b;
-    VecF d;
+    VecF d, off;
     uint32_t qh;
-    explicit View(const uint8_t* blk) : b(blk), d(VecF::set1(f16_at(blk))), qh(u32_at(blk + 2)) {}
-    VecF at(int j) const {
-      const VecF q = u8_field(b + 6 + j % 16, j < 16 ? 0 : 4, 15) + u32_bits(qh, j) * VecF::set1(16.0f);
-      return (q - VecF::set1(16.0f)) * d;
+    explicit View(const uint8_t* blk) : b(blk), qh(u32_at(blk + 2)) {
+      const float s = f16_at(blk);
+      d = VecF::set1(s);
+      off = VecF::set1(-16.0f * s);
     }
+    VecF at(int j) const { return VecF::fma(nibble_and_bit(b + 6 + j % 16, j < 16 ? 0 : 4, qh, j), d, off); }
   };
 };
 
@@ -131,9 +171,7 @@ struct Block<WeightFormat::Q5_1> {  // d, m f16, qh u32, qs[16]: d * q + m
     uint32_t qh;
     explicit View(const uint8_t* blk)
         : b(blk), d(VecF::set1(f16_at(blk))), m(VecF::set1(f16_at(blk + 2))), qh(u32_at(blk + 4)) {}
-    VecF at(int j) const {
-      return (u8_field(b + 8 + j % 16, j < 16 ? 0 : 4, 15) + u32_bits(qh, j) * VecF::set1(16.0f)) * d + m;
-    }
+    VecF at(int j) const { return VecF::fma(nibble_and_bit(b + 8 + j % 16, j < 16 ? 0 : 4, qh, j), d, m); }
   };
 };
 
@@ -149,18 +187,26 @@ struct Block<WeightFormat::Q8_0> {  // d f16, qs[32] int8
   };
 };
 
+// The k-quants: 256 values, sub-blocks of 16 or 32 with their own scale (and min); a View
+// computes every sub-block's float scale once.
 template <>
 struct Block<WeightFormat::Q2_K> {  // scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin f16
   static constexpr int kValues = 256, kBytes = 84;
   struct View {
     View() = default;
     const uint8_t* b;
-    float d, dmin;
-    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk + 80)), dmin(f16_at(blk + 82)) {}
+    float scale[16], min[16];  // d * sc, -dmin * m of each sub-block of 16
+    explicit View(const uint8_t* blk) : b(blk) {
+      const float d = f16_at(blk + 80), dmin = f16_at(blk + 82);
+      for (int s = 0; s < 16; ++s) {
+        scale[s] = d * static_cast<float>(blk[s] & 0xF);
+        min[s] = -(dmin * static_cast<float>(blk[s] >> 4));
+      }
+    }
     VecF at(int j) const {
-      const int half = j / 128, quarter = (j % 128) / 32, l = j % 32, sc = b[j / 16];
-      const VecF q = u8_field(b + 16 + half * 32 + l, 2 * quarter, 3);
-      return q * VecF::set1(d * static_cast<float>(sc & 0xF)) - VecF::set1(dmin * static_cast<float>(sc >> 4));
+      const int half = j / 128, quarter = (j % 128) / 32, l = j % 32;
+      return VecF::fma(u8_field(b + 16 + half * 32 + l, 2 * quarter, 3), VecF::set1(scale[j / 16]),
+                       VecF::set1(min[j / 16]));
     }
   };
 };
@@ -171,17 +217,21 @@ struct Block<WeightFormat::Q3_K> {  // hmask[32], qs[64], scales[12] (16 6-bit, 
   struct View {
     View() = default;
     const uint8_t* b;
-    float d;
-    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk + 108)) {}
+    float scale[16], off[16];  // d * (sc - 32), and -4 times that
+    explicit View(const uint8_t* blk) : b(blk) {
+      const float d = f16_at(blk + 108);
+      const uint8_t* sc = blk + 96;
+      for (int s = 0; s < 16; ++s) {
+        const int low = s < 8 ? sc[s] & 0xF : sc[s - 8] >> 4, high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+        scale[s] = d * static_cast<float>((low | (high << 4)) - 32);
+        off[s] = -4.0f * scale[s];
+      }
+    }
+    // value = (low two bits | high-mask bit << 2) - 4
     VecF at(int j) const {
-      const int half = j / 128, quarter = (j % 128) / 32, l = j % 32, s = j / 16;
-      const uint8_t* scales = b + 96;
-      const int low = s < 8 ? scales[s] & 0xF : scales[s - 8] >> 4;
-      const int high = (scales[8 + s % 4] >> (2 * (s / 4))) & 3;
-      // q = low two bits - 4 where the high-mask bit is clear.
-      const VecF q = u8_field(b + 32 + half * 32 + l, 2 * quarter, 3) - VecF::set1(4.0f) +
-                     u8_field(b + l, j / 32, 1) * VecF::set1(4.0f);
-      return VecF::set1(d * static_cast<float>((low | (high << 4)) - 32)) * q;
+      const int half = j / 128, quarter = (j % 128) / 32, l = j % 32;
+      return VecF::fma(u8_fields(b + 32 + half * 32 + l, 2 * quarter, 3, b + l, j / 32, 1, 2),
+                       VecF::set1(scale[j / 16]), VecF::set1(off[j / 16]));
     }
   };
 };
@@ -192,13 +242,19 @@ struct Block<WeightFormat::Q4_K> {  // d, dmin f16, scales[12] (8 6-bit scales a
   struct View {
     View() = default;
     const uint8_t* b;
-    float d, dmin;
-    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk)), dmin(f16_at(blk + 2)) {}
+    float scale[8], min[8];  // d * sc, -dmin * m of each sub-block of 32
+    explicit View(const uint8_t* blk) : b(blk) {
+      const float d = f16_at(blk), dmin = f16_at(blk + 2);
+      for (int s = 0; s < 8; ++s) {
+        int sc, m;
+        k4_scale_min(blk + 4, s, sc, m);
+        scale[s] = d * static_cast<float>(sc);
+        min[s] = -(dmin * static_cast<float>(m));
+      }
+    }
     VecF at(int j) const {
-      int sc, m;
-      k4_scale_min(b + 4, j / 32, sc, m);
-      const VecF q = u8_field(b + 16 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15);
-      return VecF::set1(d * static_cast<float>(sc)) * q - VecF::set1(dmin * static_cast<float>(m));
+      return VecF::fma(u8_field(b + 16 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15), VecF::set1(scale[j / 32]),
+                       VecF::set1(min[j / 32]));
     }
   };
 };
@@ -209,32 +265,41 @@ struct Block<WeightFormat::Q5_K> {  // d, dmin f16, scales[12], qh[32] (bit j / 
   struct View {
     View() = default;
     const uint8_t* b;
-    float d, dmin;
-    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk)), dmin(f16_at(blk + 2)) {}
+    float scale[8], min[8];
+    explicit View(const uint8_t* blk) : b(blk) {
+      const float d = f16_at(blk), dmin = f16_at(blk + 2);
+      for (int s = 0; s < 8; ++s) {
+        int sc, m;
+        k4_scale_min(blk + 4, s, sc, m);
+        scale[s] = d * static_cast<float>(sc);
+        min[s] = -(dmin * static_cast<float>(m));
+      }
+    }
     VecF at(int j) const {
-      int sc, m;
-      k4_scale_min(b + 4, j / 32, sc, m);
-      const VecF q = u8_field(b + 48 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15) +
-                     u8_field(b + 16 + j % 32, j / 32, 1) * VecF::set1(16.0f);
-      return VecF::set1(d * static_cast<float>(sc)) * q - VecF::set1(dmin * static_cast<float>(m));
+      const VecF q = u8_fields(b + 48 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15, b + 16 + j % 32, j / 32, 1, 4);
+      return VecF::fma(q, VecF::set1(scale[j / 32]), VecF::set1(min[j / 32]));
     }
   };
 };
 
 template <>
-struct Block<WeightFormat::Q6_K> {  // ql[128], qh[64], scales[16] int8, d f16
+struct Block<WeightFormat::Q6_K> {  // ql[128], qh[64], scales[16] int8, d f16: d * sc * (q - 32)
   static constexpr int kValues = 256, kBytes = 210;
   struct View {
     View() = default;
     const uint8_t* b;
-    float d;
-    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk + 208)) {}
+    float scale[16], off[16];
+    explicit View(const uint8_t* blk) : b(blk) {
+      const float d = f16_at(blk + 208);
+      for (int s = 0; s < 16; ++s) {
+        scale[s] = d * static_cast<float>(static_cast<int8_t>(blk[192 + s]));
+        off[s] = -32.0f * scale[s];
+      }
+    }
     VecF at(int j) const {
       const int half = j / 128, u = j % 128;
-      const VecF low = u8_field(b + half * 64 + u % 64, 4 * (u / 64), 15);
-      const VecF high = u8_field(b + 128 + half * 32 + u % 32, 2 * (u / 32), 3);
-      const float dl = d * static_cast<float>(static_cast<int8_t>(b[192 + j / 16]));
-      return VecF::set1(dl) * (low + high * VecF::set1(16.0f) - VecF::set1(32.0f));
+      const VecF q = u8_fields(b + half * 64 + u % 64, 4 * (u / 64), 15, b + 128 + half * 32 + u % 32, 2 * (u / 32), 3, 4);
+      return VecF::fma(q, VecF::set1(scale[j / 16]), VecF::set1(off[j / 16]));
     }
   };
 };
