@@ -137,11 +137,17 @@ class GGUFSource:
                 return C.WeightMatrix(getattr(C.WeightFormat, name), _from_numpy(data))
             except ValueError as e:
                 raise ModelLoadError(f"{self.path}: tensor {t.name!r}: {e}") from None
-        if qt in (self.qtypes.F32, self.qtypes.BF16) and not permute_heads:
-            data = _from_numpy(t.data.reshape(shape))
-            if qt == self.qtypes.BF16:
-                return C.WeightMatrix(C.WeightFormat.bfloat16, data.view(torch.bfloat16))
-            return C.WeightMatrix(C.WeightFormat.float32, data)
+        if qt in (self.qtypes.F32, self.qtypes.BF16):
+            # The reader gives F32 as float32 values and BF16 as its bytes ([rows, 2 * cols] uint8).
+            data = t.data.reshape(shape[0], -1)
+            if permute_heads:
+                data = np.ascontiguousarray(_reverse_permute(data, permute_heads))
+            data = _from_numpy(data)
+            data = data.view(torch.bfloat16) if qt == self.qtypes.BF16 else data
+            if tuple(data.shape) != tuple(shape):
+                raise ModelLoadError(f"{self.path}: tensor {t.name!r} ({qt.name}) holds {t.data.shape} for shape {tuple(shape)}")
+            fmt = C.WeightFormat.bfloat16 if qt == self.qtypes.BF16 else C.WeightFormat.float32
+            return C.WeightMatrix(fmt, data)
         return self.floats(hf_name, shape, permute_heads)
 
 

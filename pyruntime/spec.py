@@ -32,12 +32,13 @@ def build_spec(cfg: ModelConfig, weights: ModelWeights, fmt: Format, max_seq_len
                 raise ModelLoadError(f"{name}: {e}") from None
         return packed[w.data_ptr()]
 
+    if fuse and fmt.name not in ("float32", "bfloat16"):
+        raise ValueError(f"build_spec(fuse=True) takes a dense format (float32, bfloat16), not {fmt.name}")
+
     def stacked(name: str, *ws) -> list[C.WeightMatrix]:
         if not fuse:
             return [matrix(f"{name}.{i}", w) for i, w in enumerate(ws)]
-        whole = matrix(name, torch.cat(ws))
-        if whole.scales is not None:
-            raise ValueError(f"build_spec(fuse=True) takes dense formats, not {fmt.name}")
+        whole = fmt.pack(torch.cat(ws))  # not cached: the joined tensor is a temporary
         bounds = torch.tensor([0] + [w.shape[0] for w in ws]).cumsum(0).tolist()
         return [C.WeightMatrix(whole.format, whole.data[a:b]) for a, b in zip(bounds, bounds[1:])]
 

@@ -187,26 +187,21 @@ struct Block<WeightFormat::Q8_0> {  // d f16, qs[32] int8
   };
 };
 
-// The k-quants: 256 values, sub-blocks of 16 or 32 with their own scale (and min); a View
-// computes every sub-block's float scale once.
+// The k-quants: 256 values, sub-blocks of 16 or 32 with their own 4- to 8-bit scale (and min);
+// a View converts the block's float16 factors once, at(j) the one sub-block scale it needs (a
+// View is built per load by gemm_pack, so it must stay cheap).
 template <>
 struct Block<WeightFormat::Q2_K> {  // scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin f16
   static constexpr int kValues = 256, kBytes = 84;
   struct View {
     View() = default;
     const uint8_t* b;
-    float scale[16], min[16];  // d * sc, -dmin * m of each sub-block of 16
-    explicit View(const uint8_t* blk) : b(blk) {
-      const float d = f16_at(blk + 80), dmin = f16_at(blk + 82);
-      for (int s = 0; s < 16; ++s) {
-        scale[s] = d * static_cast<float>(blk[s] & 0xF);
-        min[s] = -(dmin * static_cast<float>(blk[s] >> 4));
-      }
-    }
+    float d, dmin;
+    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk + 80)), dmin(f16_at(blk + 82)) {}
     VecF at(int j) const {
-      const int half = j / 128, quarter = (j % 128) / 32, l = j % 32;
-      return VecF::fma(u8_field(b + 16 + half * 32 + l, 2 * quarter, 3), VecF::set1(scale[j / 16]),
-                       VecF::set1(min[j / 16]));
+      const int half = j / 128, quarter = (j % 128) / 32, l = j % 32, sc = b[j / 16];
+      return VecF::fma(u8_field(b + 16 + half * 32 + l, 2 * quarter, 3), VecF::set1(d * static_cast<float>(sc & 0xF)),
+                       VecF::set1(-(dmin * static_cast<float>(sc >> 4))));
     }
   };
 };
@@ -217,21 +212,16 @@ struct Block<WeightFormat::Q3_K> {  // hmask[32], qs[64], scales[12] (16 6-bit, 
   struct View {
     View() = default;
     const uint8_t* b;
-    float scale[16], off[16];  // d * (sc - 32), and -4 times that
-    explicit View(const uint8_t* blk) : b(blk) {
-      const float d = f16_at(blk + 108);
-      const uint8_t* sc = blk + 96;
-      for (int s = 0; s < 16; ++s) {
-        const int low = s < 8 ? sc[s] & 0xF : sc[s - 8] >> 4, high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
-        scale[s] = d * static_cast<float>((low | (high << 4)) - 32);
-        off[s] = -4.0f * scale[s];
-      }
-    }
+    float d;
+    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk + 108)) {}
     // value = (low two bits | high-mask bit << 2) - 4
     VecF at(int j) const {
-      const int half = j / 128, quarter = (j % 128) / 32, l = j % 32;
-      return VecF::fma(u8_fields(b + 32 + half * 32 + l, 2 * quarter, 3, b + l, j / 32, 1, 2),
-                       VecF::set1(scale[j / 16]), VecF::set1(off[j / 16]));
+      const int half = j / 128, quarter = (j % 128) / 32, l = j % 32, s = j / 16;
+      const uint8_t* sc = b + 96;
+      const int low = s < 8 ? sc[s] & 0xF : sc[s - 8] >> 4, high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+      const float scale = d * static_cast<float>((low | (high << 4)) - 32);
+      return VecF::fma(u8_fields(b + 32 + half * 32 + l, 2 * quarter, 3, b + l, j / 32, 1, 2), VecF::set1(scale),
+                       VecF::set1(-4.0f * scale));
     }
   };
 };
@@ -242,19 +232,13 @@ struct Block<WeightFormat::Q4_K> {  // d, dmin f16, scales[12] (8 6-bit scales a
   struct View {
     View() = default;
     const uint8_t* b;
-    float scale[8], min[8];  // d * sc, -dmin * m of each sub-block of 32
-    explicit View(const uint8_t* blk) : b(blk) {
-      const float d = f16_at(blk), dmin = f16_at(blk + 2);
-      for (int s = 0; s < 8; ++s) {
-        int sc, m;
-        k4_scale_min(blk + 4, s, sc, m);
-        scale[s] = d * static_cast<float>(sc);
-        min[s] = -(dmin * static_cast<float>(m));
-      }
-    }
+    float d, dmin;
+    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk)), dmin(f16_at(blk + 2)) {}
     VecF at(int j) const {
-      return VecF::fma(u8_field(b + 16 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15), VecF::set1(scale[j / 32]),
-                       VecF::set1(min[j / 32]));
+      int sc, m;
+      k4_scale_min(b + 4, j / 32, sc, m);
+      return VecF::fma(u8_field(b + 16 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15),
+                       VecF::set1(d * static_cast<float>(sc)), VecF::set1(-(dmin * static_cast<float>(m))));
     }
   };
 };
@@ -265,19 +249,13 @@ struct Block<WeightFormat::Q5_K> {  // d, dmin f16, scales[12], qh[32] (bit j / 
   struct View {
     View() = default;
     const uint8_t* b;
-    float scale[8], min[8];
-    explicit View(const uint8_t* blk) : b(blk) {
-      const float d = f16_at(blk), dmin = f16_at(blk + 2);
-      for (int s = 0; s < 8; ++s) {
-        int sc, m;
-        k4_scale_min(blk + 4, s, sc, m);
-        scale[s] = d * static_cast<float>(sc);
-        min[s] = -(dmin * static_cast<float>(m));
-      }
-    }
+    float d, dmin;
+    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk)), dmin(f16_at(blk + 2)) {}
     VecF at(int j) const {
+      int sc, m;
+      k4_scale_min(b + 4, j / 32, sc, m);
       const VecF q = u8_fields(b + 48 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15, b + 16 + j % 32, j / 32, 1, 4);
-      return VecF::fma(q, VecF::set1(scale[j / 32]), VecF::set1(min[j / 32]));
+      return VecF::fma(q, VecF::set1(d * static_cast<float>(sc)), VecF::set1(-(dmin * static_cast<float>(m))));
     }
   };
 };
@@ -288,18 +266,13 @@ struct Block<WeightFormat::Q6_K> {  // ql[128], qh[64], scales[16] int8, d f16: 
   struct View {
     View() = default;
     const uint8_t* b;
-    float scale[16], off[16];
-    explicit View(const uint8_t* blk) : b(blk) {
-      const float d = f16_at(blk + 208);
-      for (int s = 0; s < 16; ++s) {
-        scale[s] = d * static_cast<float>(static_cast<int8_t>(blk[192 + s]));
-        off[s] = -32.0f * scale[s];
-      }
-    }
+    float d;
+    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk + 208)) {}
     VecF at(int j) const {
       const int half = j / 128, u = j % 128;
+      const float scale = d * static_cast<float>(static_cast<int8_t>(b[192 + j / 16]));
       const VecF q = u8_fields(b + half * 64 + u % 64, 4 * (u / 64), 15, b + 128 + half * 32 + u % 32, 2 * (u / 32), 3, 4);
-      return VecF::fma(q, VecF::set1(scale[j / 16]), VecF::set1(off[j / 16]));
+      return VecF::fma(q, VecF::set1(scale), VecF::set1(-32.0f * scale));
     }
   };
 };

@@ -2,6 +2,8 @@
 bundled SmolLM2 (Q4_1, its embedding Q8_0) and copies of it requantized by the gguf package's
 own quantizer, each against transformers loading the same file (which dequantizes it)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,22 +14,7 @@ from pyruntime import models
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
-TEXT = (
-    "The history of the river is a story of water, stone and time. For thousands of years it carved its "
-    "valley through the hills, carrying silt to the sea and feeding the fields along its banks. People "
-    "settled by it early: fishers first, then farmers who learned to read its floods, then traders who "
-    "built towns at its fords and bridges. Each generation changed it a little. They straightened its "
-    "bends, raised levees, dug canals and finally dammed it, turning its power into light for cities "
-    "far away. Today the river is quieter than it was. Its water is cleaner than fifty years ago, and "
-    "otters have returned to the reeds below the old mill. Children learn its name in school and walk "
-    "its paths on weekends, and on summer evenings the bridges fill with people watching the light go "
-    "down over the water, as people have always done. Rivers remember nothing, but the towns along "
-    "them remember everything: floods and droughts, wars fought over crossings, songs about ferrymen, "
-    "and the slow work of many hands that made a wild stream into a neighbour. In spring the snow on the "
-    "mountains melts and the river rises, brown and fast, and the old stones of the bridges hum under the "
-    "weight of the water. By late summer it is low and clear again, and you can see the trout holding "
-    "still in the current, and the pale gravel bars where the herons stand."
-)
+TEXT = (Path(__file__).resolve().parents[1] / "data" / "river.txt").read_text().strip()
 
 
 def requantize(src, dst, qtype):
@@ -54,7 +41,7 @@ def requantize(src, dst, qtype):
     return dst
 
 
-@pytest.fixture(scope="module", params=["bundled", "Q4_0", "Q5_1", "Q8_0"])
+@pytest.fixture(scope="module", params=["bundled", "Q4_0", "Q5_1", "Q8_0", "BF16"])
 def gguf_file(request, tmp_path_factory):
     src = models.bundled_gguf("smollm2-135m-instruct")
     if request.param == "bundled":
@@ -81,14 +68,16 @@ def test_native_types_are_kept(pair, gguf_file):
     llm, _ = pair
     assert llm.dtype == "gguf"
     reader = gguf.GGUFReader(str(gguf_file))
+    ours = {"F32": "float32", "BF16": "bfloat16", "F16": "float32"}  # F16 matrices are widened to float32
     want = {}
     for t in reader.tensors:
         if len(t.shape) == 2:
-            want[t.tensor_type.name.lower()] = want.get(t.tensor_type.name.lower(), 0) + 1
+            name = ours.get(t.tensor_type.name, t.tensor_type.name.lower())
+            want[name] = want.get(name, 0) + 1
     # The LM head is the embedding (tied): counted once in the file, twice in the engine's view.
     got = llm.weight_formats
     embed = gguf.GGMLQuantizationType(next(t.tensor_type for t in reader.tensors if t.name == "token_embd.weight"))
-    got[embed.name.lower()] -= 1
+    got[ours.get(embed.name, embed.name.lower())] -= 1
     assert got == want
     # The weights are the file's bytes: about the file's size, not float32's.
     assert llm.weight_bytes <= 1.05 * gguf_file.stat().st_size
