@@ -36,30 +36,20 @@ from pyruntime._ext import C
 from pyruntime.bench import CpuContention, contention_warning, weight_bytes_read
 from pyruntime.cpu import cpu_features, cpu_model
 
+import compare
 from compare import LlamaCpp, prompt_ids
 
 FORMATS = ["Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"]
 
 
-class Pyruntime:
-    name = "pyruntime"
+class Pyruntime(compare.Pyruntime):
+    """compare.Pyruntime on a GGUF file in its own types (prefill and decode timed alike)."""
 
     def __init__(self, gguf: Path, threads: int, max_seq: int):
         self.llm = pyruntime.LLM(gguf, threads=threads, max_seq_len=max_seq, progress=False)
         cfg = self.llm.config
         self.weight_bytes = weight_bytes_read(self.llm.engine.spec)
         self.kv_bytes_per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2  # bfloat16
-
-    def prefill(self, ids):
-        self.llm.logits(ids[:1])  # forget the cached prefix
-        t = time.perf_counter()
-        self.llm.generate(ids, max_new_tokens=1, ignore_eos=True)
-        return time.perf_counter() - t
-
-    def decode(self, ids, new):
-        self.llm.logits(ids[:1])
-        st = self.llm.generate(ids, max_new_tokens=new, ignore_eos=True).stats
-        return st.ttft_s, (new - 1) / sum(st.decode_step_s)
 
 
 def quantize(src: Path, kind: str, out: Path) -> Path:

@@ -226,36 +226,38 @@ struct Block<WeightFormat::Q3_K> {  // hmask[32], qs[64], scales[12] (16 6-bit, 
   };
 };
 
+// Q4_K and Q5_K: d, dmin f16, then 8 6-bit scales and mins of sub-blocks of 32 in 12 bytes.
+struct K4Scales {
+  const uint8_t* b;
+  float d, dmin;
+  K4Scales() = default;
+  explicit K4Scales(const uint8_t* blk) : b(blk), d(f16_at(blk)), dmin(f16_at(blk + 2)) {}
+  // value = q * scale + min for the sub-block of value j
+  VecF apply(VecF q, int j) const {
+    int sc, m;
+    k4_scale_min(b + 4, j / 32, sc, m);
+    return VecF::fma(q, VecF::set1(d * static_cast<float>(sc)), VecF::set1(-(dmin * static_cast<float>(m))));
+  }
+};
+
 template <>
-struct Block<WeightFormat::Q4_K> {  // d, dmin f16, scales[12] (8 6-bit scales and mins), qs[128]
+struct Block<WeightFormat::Q4_K> {  // d, dmin f16, scales[12], qs[128]
   static constexpr int kValues = 256, kBytes = 144;
-  struct View {
+  struct View : K4Scales {
     View() = default;
-    const uint8_t* b;
-    float d, dmin;
-    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk)), dmin(f16_at(blk + 2)) {}
-    VecF at(int j) const {
-      int sc, m;
-      k4_scale_min(b + 4, j / 32, sc, m);
-      return VecF::fma(u8_field(b + 16 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15),
-                       VecF::set1(d * static_cast<float>(sc)), VecF::set1(-(dmin * static_cast<float>(m))));
-    }
+    explicit View(const uint8_t* blk) : K4Scales(blk) {}
+    VecF at(int j) const { return apply(u8_field(b + 16 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15), j); }
   };
 };
 
 template <>
 struct Block<WeightFormat::Q5_K> {  // d, dmin f16, scales[12], qh[32] (bit j / 32 of byte j % 32), qs[128]
   static constexpr int kValues = 256, kBytes = 176;
-  struct View {
+  struct View : K4Scales {
     View() = default;
-    const uint8_t* b;
-    float d, dmin;
-    explicit View(const uint8_t* blk) : b(blk), d(f16_at(blk)), dmin(f16_at(blk + 2)) {}
+    explicit View(const uint8_t* blk) : K4Scales(blk) {}
     VecF at(int j) const {
-      int sc, m;
-      k4_scale_min(b + 4, j / 32, sc, m);
-      const VecF q = u8_fields(b + 48 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15, b + 16 + j % 32, j / 32, 1, 4);
-      return VecF::fma(q, VecF::set1(d * static_cast<float>(sc)), VecF::set1(-(dmin * static_cast<float>(m))));
+      return apply(u8_fields(b + 48 + (j / 64) * 32 + j % 32, 4 * ((j / 32) % 2), 15, b + 16 + j % 32, j / 32, 1, 4), j);
     }
   };
 };

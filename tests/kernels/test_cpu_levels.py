@@ -23,18 +23,6 @@ from tests.tolerances import assert_close
 LEVELS = C.cpu_isa_levels()
 
 
-@pytest.fixture(params=LEVELS)
-def level(request):
-    """Runs the test's kernels at one level, then restores the level that was active."""
-    missing = C.cpu_isa_missing_features(request.param)
-    if missing:
-        pytest.skip(f"this CPU cannot run the {request.param} kernels: it lacks {missing}")
-    before = C.cpu_isa()
-    pyruntime.set_cpu_isa(request.param)
-    yield request.param
-    pyruntime.set_cpu_isa(before)
-
-
 def _cpuinfo_flags() -> set[str]:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):

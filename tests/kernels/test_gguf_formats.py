@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import pyruntime
 from pyruntime import engine as engine_mod
 from pyruntime._ext import C
 from pyruntime.formats import FORMATS, GGUF_BLOCK_FORMATS
 from pyruntime.reference import TorchReference
 
-LEVELS = C.cpu_isa_levels()
 
 # ggml-common.h: values and bytes per block, and where each float16 field of a block sits with
 # the magnitude it gets here (so that weights are ~0.05: qmax times the largest scale factor).
@@ -63,17 +61,6 @@ def tiny_spec(formats: dict, H=256, I=512, V=96, seed=0) -> C.ModelSpec:
                        vocab=V, norm_eps=1e-5, attn_scale=0.125, rope_cos_sin=torch.cat([ang.cos(), ang.sin()], 1),
                        rotary_dim=64, rope_neox=True, embed=mat("embed", V, H), layers=layers, final_norm=norm(),
                        lm_head=mat("lm_head", V, H))
-
-
-@pytest.fixture(params=LEVELS)
-def level(request):
-    missing = C.cpu_isa_missing_features(request.param)
-    if missing:
-        pytest.skip(f"this CPU cannot run the {request.param} kernels: it lacks {missing}")
-    before = C.cpu_isa()
-    pyruntime.set_cpu_isa(request.param)
-    yield request.param
-    pyruntime.set_cpu_isa(before)
 
 
 @pytest.mark.parametrize("fmt", GGUF_BLOCK_FORMATS)
