@@ -103,20 +103,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using pyruntime::ModelSpec;
   using pyruntime::WeightMatrix;
   using OptTensor = std::optional<at::Tensor>;
-  py::enum_<pyruntime::cpu::WeightFormat>(m, "WeightFormat", "how a weight matrix is stored")
-      .value("float32", pyruntime::cpu::WeightFormat::Float32)
-      .value("bfloat16", pyruntime::cpu::WeightFormat::BFloat16)
-      .value("int8", pyruntime::cpu::WeightFormat::Int8)
-      .value("q4_0", pyruntime::cpu::WeightFormat::Q4_0)
-      .value("q4_1", pyruntime::cpu::WeightFormat::Q4_1)
-      .value("q5_0", pyruntime::cpu::WeightFormat::Q5_0)
-      .value("q5_1", pyruntime::cpu::WeightFormat::Q5_1)
-      .value("q8_0", pyruntime::cpu::WeightFormat::Q8_0)
-      .value("q2_k", pyruntime::cpu::WeightFormat::Q2_K)
-      .value("q3_k", pyruntime::cpu::WeightFormat::Q3_K)
-      .value("q4_k", pyruntime::cpu::WeightFormat::Q4_K)
-      .value("q5_k", pyruntime::cpu::WeightFormat::Q5_K)
-      .value("q6_k", pyruntime::cpu::WeightFormat::Q6_K);
+  py::enum_<pyruntime::cpu::WeightFormat> formats(m, "WeightFormat", "how a weight matrix is stored");
+  for (pyruntime::cpu::WeightFormat f : pyruntime::all_weight_formats())
+    formats.value(pyruntime::cpu::weight_format_name(f), f);  // the names are static strings
   py::class_<WeightMatrix>(m, "WeightMatrix", "one weight matrix [rows, cols]: format, tensors, layout")
       .def(py::init<pyruntime::cpu::WeightFormat, at::Tensor, OptTensor>(), py::arg("format"), py::arg("data"),
            py::arg("scales") = py::none())

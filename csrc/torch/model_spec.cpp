@@ -18,10 +18,11 @@ at::ScalarType storage_type(WeightFormat f) {
 }
 
 std::vector<WeightFormat> all_weight_formats() {
-  return {WeightFormat::Float32, WeightFormat::BFloat16, WeightFormat::Int8, WeightFormat::Q4_0,
-          WeightFormat::Q4_1,    WeightFormat::Q5_0,     WeightFormat::Q5_1, WeightFormat::Q8_0,
-          WeightFormat::Q2_K,    WeightFormat::Q3_K,     WeightFormat::Q4_K, WeightFormat::Q5_K,
-          WeightFormat::Q6_K};
+  // Every WeightFormat, from the one table of formats (engine_spec.cpp), which names no others.
+  std::vector<WeightFormat> all;
+  for (int i = 0; std::string(cpu::weight_format_name(static_cast<WeightFormat>(i))) != "unknown"; ++i)
+    all.push_back(static_cast<WeightFormat>(i));
+  return all;
 }
 
 WeightMatrix::WeightMatrix(WeightFormat f, at::Tensor d, std::optional<at::Tensor> s)
