@@ -110,14 +110,21 @@ class CpuEngine(Engine):
     """The compiled CPU engine and its KV cache. `handle` is the C++ engine (forward over caches
     the caller passes; the tests of its argument checks use it)."""
 
-    def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, threads: int):
-        self.handle = C.Engine(spec, max_seq_len, kv_dtype, threads, MAX_TOKENS)
+    def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, threads: int,
+                 int8_activations: bool = True):
+        """int8_activations: products of q4_0, q8_0, q4_k, q5_k, q6_k matrices in integers against
+        activations quantized to 8 bits (pyruntime.formats.quantize_activations); False: float32."""
+        self.handle = C.Engine(spec, max_seq_len, kv_dtype, threads, MAX_TOKENS, int8_activations)
         self.max_tokens = self.handle.max_tokens
         super().__init__(spec, max_seq_len, kv_dtype, "cpu")
 
     @property
     def threads(self) -> int:
         return self.handle.threads
+
+    @property
+    def int8_activations(self) -> bool:
+        return self.handle.int8_activations
 
     @property
     def isa(self) -> str:
@@ -172,14 +179,16 @@ class CudaEngine(Engine):
 
 
 def make_engine(cfg: ModelConfig, weights: ModelWeights, dtype: str, max_seq_len: int, threads: int,
-                kv_dtype: torch.dtype | None = None) -> Engine:
+                kv_dtype: torch.dtype | None = None, int8_activations: bool = True) -> Engine:
     """The model description of `weights` at precision `dtype`, and the engine for it on the
     weights' device: the compiled CPU engine, the CUDA engine for bfloat16 on a GPU, else the
-    Python-sequenced reference forward (float32 on CUDA). kv_dtype: the precision's by default."""
+    Python-sequenced reference forward (float32 on CUDA). kv_dtype: the precision's by default;
+    int8_activations: CpuEngine's."""
     prec = PRECISIONS[dtype]
     kv = prec.kv if kv_dtype is None else kv_dtype
     if weights.embed.device.type == "cpu":
-        return CpuEngine(build_spec(cfg, weights, prec.weights, max_seq_len), max_seq_len, kv, threads)
+        return CpuEngine(build_spec(cfg, weights, prec.weights, max_seq_len), max_seq_len, kv, threads,
+                         int8_activations)
     if dtype == "bfloat16" and kv == torch.bfloat16 and hasattr(C, "CudaEngine"):
         return CudaEngine(build_spec(cfg, weights, prec.weights, max_seq_len, torch.bfloat16, fuse=True), max_seq_len)
     from pyruntime.reference import TorchReference

@@ -11,6 +11,10 @@ precisions an LLM can run at (dtype= of pyruntime.LLM: a weight format and a KV 
   whole blocks exactly as a GGUF file holds them (uint8 [rows, row bytes]); their values are
   gguf.quants.dequantize's. The `gguf` package quantizes float weights to the 32-value ones
   (q4_0 is dtype="int4"); the k-quants come from GGUF files.
+
+Products with q4_0, q8_0, q4_k, q5_k and q6_k matrices run in integers on the CPU (by default;
+int8_activations=False keeps float32): the activations are quantized to 8 bits in groups of
+`activation_group` values first, as llama.cpp does (quantize_activations is the definition).
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class Format:
     c: C.WeightFormat
     pack: Callable[[torch.Tensor], C.WeightMatrix]  # float [rows, cols] -> the stored matrix
     dequantize: Callable[[C.WeightMatrix], torch.Tensor]  # the stored matrix -> float32 [rows, cols]
+    # Values per group of 8-bit activations in this format's integer products (None: float32).
+    activation_group: int | None = None
 
 
 def _dense(dtype: torch.dtype, c: C.WeightFormat, name: str) -> Format:
@@ -96,7 +102,23 @@ def _gguf_block(name: str) -> Format:
     def dequantize(m: C.WeightMatrix) -> torch.Tensor:
         return torch.from_numpy(gguf_quants.dequantize(m.data.cpu().numpy(), qtype)).reshape(m.shape)
 
-    return Format(name, c, pack, dequantize)
+    return Format(name, c, pack, dequantize, _ACTIVATION_GROUPS.get(name))
+
+
+# The formats with integer products (csrc/cpu/linear_q8.h) and their activation groups: a block
+# for the 32-value formats, a whole k-quant block (llama.cpp's Q8_K) for the k-quants.
+_ACTIVATION_GROUPS = {"q4_0": 32, "q8_0": 32, "q4_k": 256, "q5_k": 256, "q6_k": 256}
+
+
+def quantize_activations(x: torch.Tensor, group: int) -> torch.Tensor:
+    """The float32 values x [..., n] stands for once quantized to 8 bits in groups of `group`
+    along its last dimension, as the CPU engine's integer products take it: per group,
+    iscale = 127 / max|x| (0 for a zero group), q = round(x * iscale) (half to even),
+    value = q * (max|x| / 127)."""
+    g = x.float().reshape(*x.shape[:-1], -1, group)
+    amax = g.abs().amax(-1, keepdim=True)
+    iscale = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    return (torch.round(g * iscale) * (amax / 127.0)).reshape(x.shape)
 
 
 # The GGUF block formats, in ggml's order.

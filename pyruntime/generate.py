@@ -119,11 +119,13 @@ class LLM:
 
     def __init__(self, model: str | Path, dtype: str | None = None, max_seq_len: int | None = None,
                  threads: int | None = None, device: str = "cpu", progress: bool = True,
-                 kv_dtype: str | None = None):
+                 kv_dtype: str | None = None, int8_activations: bool = True):
         """dtype: "gguf" (a GGUF model's own weight types, read from the file's memory map; the
         default for GGUF files and bundled models), "float32" (the default for folders),
         "bfloat16", "int8" or "int4" (quantized once at load). kv_dtype: "float32" or
-        "bfloat16" for the KV cache (default: the precision's, pyruntime.formats.PRECISIONS)."""
+        "bfloat16" for the KV cache (default: the precision's, pyruntime.formats.PRECISIONS).
+        int8_activations: the CPU engine multiplies Q4_0, Q8_0, Q4_K, Q5_K and Q6_K matrices in
+        integers against activations quantized to 8 bits (as llama.cpp); False keeps them float32."""
         if dtype is not None and dtype not in PRECISIONS:
             raise ValueError(f"dtype must be one of {', '.join(PRECISIONS)} or None, got {dtype!r}")
         if kv_dtype not in (None, "float32", "bfloat16"):
@@ -169,7 +171,8 @@ class LLM:
         weights = load_weights(self.path, self.config, None if prec.native else prec.load, progress=progress)
         if device == "cuda":
             weights = _to_device(weights, device)
-        self.engine: Engine = make_engine(self.config, weights, dtype, self.max_seq_len, self.threads, self._kv_dtype)
+        self.engine: Engine = make_engine(self.config, weights, dtype, self.max_seq_len, self.threads, self._kv_dtype,
+                                          int8_activations)
         del weights  # int8 / int4: the float32 copy goes; the engine keeps the quantised one
         self._lock = threading.Lock()  # held during a step's compute only
         self._cached_ids: list[int] = []  # tokens whose K/V are completely written in row 0 of the cache

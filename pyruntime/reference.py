@@ -9,17 +9,20 @@ import torch
 from pyruntime import ops
 from pyruntime._ext import C
 from pyruntime.engine import Engine
-from pyruntime.formats import dequantize
+from pyruntime.formats import dequantize, format_of, quantize_activations
 
 
 class TorchReference(Engine):
     """From the same model description as the compiled engines: float32 and bfloat16 matrices
     used in their dtype (the ops then run in it), quantized ones dequantized once to float32;
-    q, k, v and gate, up joined (a copy: this is the oracle, not the fast path)."""
+    q, k, v and gate, up joined (a copy: this is the oracle, not the fast path). With
+    int8_activations (the CPU engine's default), the input of a product with a matrix whose
+    format has integer products is first quantized as pyruntime.formats.quantize_activations
+    defines."""
 
     max_tokens = 1 << 30  # no chunking: each prefill is one pass
 
-    def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype):
+    def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, int8_activations: bool = True):
         super().__init__(spec, max_seq_len, kv_dtype, spec.embed.data.device)
         floats: dict[int, torch.Tensor] = {}
 
@@ -29,11 +32,22 @@ class TorchReference(Engine):
                 floats[key] = m.data if m.data.is_floating_point() else dequantize(m)
             return floats[key]
 
-        self.embed, self.lm_head, self.final_norm = matrix(spec.embed), matrix(spec.lm_head), spec.final_norm
+        def parts(*ms):
+            """[(weights, activation group or None)]: the matrices stacked by rows, one part per
+            run of the same activation group."""
+            runs: list[tuple[list, int | None]] = []
+            for m in ms:
+                group = format_of(m).activation_group if int8_activations else None
+                if runs and runs[-1][1] == group:
+                    runs[-1][0].append(matrix(m))
+                else:
+                    runs.append(([matrix(m)], group))
+            return [(w[0] if len(w) == 1 else torch.cat(w), g) for w, g in runs]
+
+        self.embed, self.lm_head, self.final_norm = matrix(spec.embed), parts(spec.lm_head), spec.final_norm
         self.layers = [
-            dict(attn_norm=l.attn_norm, mlp_norm=l.mlp_norm, qkv=torch.cat([matrix(l.q), matrix(l.k), matrix(l.v)]),
-                 qkv_bias=l.qkv_bias, o=matrix(l.o), o_bias=l.o_bias,
-                 gate_up=torch.cat([matrix(l.gate), matrix(l.up)]), down=matrix(l.down))
+            dict(attn_norm=l.attn_norm, mlp_norm=l.mlp_norm, qkv=parts(l.q, l.k, l.v), qkv_bias=l.qkv_bias,
+                 o=parts(l.o), o_bias=l.o_bias, gate_up=parts(l.gate, l.up), down=parts(l.down))
             for l in spec.layers
         ]
         self.cos_sin = spec.rope_cos_sin
@@ -43,7 +57,7 @@ class TorchReference(Engine):
     def _attention_inputs(self, layer, x):
         """x [T, H] -> q [T, Hq, D], k, v [T, Hkv, D] views of one fused projection."""
         s, q_size, kv_size = self.spec, self.q_size, self.kv_size
-        qkv = ops.linear(x, layer["qkv"])
+        qkv = _linear(x, layer["qkv"])
         if layer["qkv_bias"] is not None:
             qkv += layer["qkv_bias"]
         t = x.shape[0]
@@ -60,11 +74,11 @@ class TorchReference(Engine):
         x = ops.rms_norm(residual, layers[0]["attn_norm"], eps)
         for i, layer in enumerate(layers):
             q, k, v = self._attention_inputs(layer, x)
-            x = ops.linear(attend(i, q, k, v), layer["o"])
+            x = _linear(attend(i, q, k, v), layer["o"])
             if layer["o_bias"] is not None:
                 x += layer["o_bias"]
             ops.fused_add_rms_norm(x, residual, layer["mlp_norm"], eps)
-            x = ops.gated_mlp(x, layer["gate_up"], layer["down"])
+            x = _gated_mlp(x, layer["gate_up"], layer["down"])
             next_norm = layers[i + 1]["attn_norm"] if i + 1 < len(layers) else self.final_norm
             ops.fused_add_rms_norm(x, residual, next_norm, eps)
         return x
@@ -81,7 +95,7 @@ class TorchReference(Engine):
             return ops.prefill_attention(q.contiguous(), kc[0], vc[0], start_pos, self.scale).reshape(t, -1)
 
         x = self._run_layers(tokens, attend)
-        logits = ops.linear(x if all_logits else x[-1:], self.lm_head).float()
+        logits = _linear(x if all_logits else x[-1:], self.lm_head).float()
         return logits if all_logits else logits[0]
 
     def _forward(self, tokens, positions, rows, first_logit):
@@ -97,4 +111,19 @@ class TorchReference(Engine):
             return ops.gqa_decode_attention(q.contiguous(), kc, vc, seq_lens, self.scale).view(n, self.q_size)
 
         x = self._run_layers(tokens, attend)
-        return ops.linear(x[first_logit:], self.lm_head).float()
+        return _linear(x[first_logit:], self.lm_head).float()
+
+
+def _linear(x: torch.Tensor, parts) -> torch.Tensor:
+    """x times the stacked matrices of parts (TorchReference's), each part's input quantized to
+    8 bits first where it has an activation group."""
+    ys = [ops.linear(x if g is None else quantize_activations(x, g).to(x.dtype), w) for w, g in parts]
+    return ys[0] if len(ys) == 1 else torch.cat(ys, -1)
+
+
+def _gated_mlp(x: torch.Tensor, gate_up, down) -> torch.Tensor:
+    """down(silu(gate x) * up x): the fused op where no input is quantized."""
+    if len(gate_up) == 1 and len(down) == 1 and gate_up[0][1] is None and down[0][1] is None:
+        return ops.gated_mlp(x, gate_up[0][0], down[0][0])
+    gate, up = _linear(x, gate_up).chunk(2, dim=-1)
+    return _linear(torch.nn.functional.silu(gate) * up, down)

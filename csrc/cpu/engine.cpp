@@ -10,6 +10,7 @@
 #include "attention_internal.h"
 #include "engine_impl.h"
 #include "linear_internal.h"
+#include "linear_q8.h"
 #include "norm_internal.h"
 #include "isa.h"
 #include "pyruntime/dispatch.h"
@@ -44,22 +45,40 @@ detail::Q8Rows q8_rows(const Matrix& m) {
 }
 
 // f(rows) with m's rows as its format's reader (weight_rows.h): the one place a matrix's
-// format picks its kernels.
+// format picks its kernels. With int8_activations the block formats that have an integer
+// product (linear_q8.h) come as Q8BlockRows.
 template <typename F>
-inline void with_rows(const Matrix& m, F&& f) {
+inline void with_rows(const Matrix& m, F&& f, bool int8_activations = false) {
   switch (m.format) {
     case WeightFormat::Float32: f(detail::DenseRows<float>{static_cast<const float*>(m.data), m.cols}); return;
     case WeightFormat::BFloat16: f(detail::DenseRows<bf16>{static_cast<const bf16*>(m.data), m.cols}); return;
     case WeightFormat::Int8: f(q8_rows(m)); return;
-#define PYRUNTIME_BLOCK_CASE(F)                                                                              \
-  case WeightFormat::F:                                                                                      \
-    f(detail::BlockRows<WeightFormat::F>{static_cast<const uint8_t*>(m.data), format_row_bytes(m.format, m.cols)}); \
-    return;
+#define PYRUNTIME_BLOCK_CASE(F)                                                                      \
+  case WeightFormat::F: {                                                                            \
+    const detail::BlockRows<WeightFormat::F> rows{static_cast<const uint8_t*>(m.data),               \
+                                                  format_row_bytes(m.format, m.cols)};               \
+    if constexpr (detail::kHasQ8Dot<WeightFormat::F>)                                                \
+      if (int8_activations) return f(detail::Q8BlockRows<WeightFormat::F>{rows});                    \
+    return f(rows);                                                                                  \
+  }
     PYRUNTIME_BLOCK_CASE(Q4_0) PYRUNTIME_BLOCK_CASE(Q4_1) PYRUNTIME_BLOCK_CASE(Q5_0) PYRUNTIME_BLOCK_CASE(Q5_1)
     PYRUNTIME_BLOCK_CASE(Q8_0) PYRUNTIME_BLOCK_CASE(Q2_K) PYRUNTIME_BLOCK_CASE(Q3_K) PYRUNTIME_BLOCK_CASE(Q4_K)
     PYRUNTIME_BLOCK_CASE(Q5_K) PYRUNTIME_BLOCK_CASE(Q6_K)
 #undef PYRUNTIME_BLOCK_CASE
   }
+}
+
+// y[t, r] (+)= rows [r0, r1) of w . x[t] for every token: the one choice of product per format
+// and token count. \param packed gemm_pack_floats(in) floats of this thread's own
+template <bool Accumulate, typename Rows>
+inline void product_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
+                         int64_t tokens, int64_t in, int64_t r0, int64_t r1, float* packed) {
+  if constexpr (detail::IsQ8BlockRows<Rows>::value)
+    detail::q8_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
+  else if (tokens > kMaxRowTileTokens)
+    detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed);
+  else
+    detail::linear_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
 }
 
 // out[i] = row r of m as float32.
@@ -117,11 +136,7 @@ struct EngineImpl final : Engine::Impl {
       // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token.
       auto product = [&](auto accumulate, float* y, int64_t y_stride, const float* x, int64_t x_stride,
                          const auto& w, int64_t tokens, int64_t in, int64_t r0, int64_t r1) {
-        constexpr bool acc = decltype(accumulate)::value;
-        if (tokens > kMaxRowTileTokens)
-          detail::gemm_rows<acc>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed);
-        else
-          detail::linear_rows<acc>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
+        product_rows<decltype(accumulate)::value>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed);
       };
       // y (+)= [parts stacked by rows] x (+ bias) for this thread's rows, over `tokens` tokens
       // (each part its own format); then every thread waits for the others (the next phase
@@ -137,7 +152,7 @@ struct EngineImpl final : Engine::Impl {
           if (lo < hi)
             with_rows(*m, [&](const auto& w) {
               product(accumulate, y + base, rows, x, m->cols, w, tokens, m->cols, lo, hi);
-            });
+            }, s.int8_activations);
           base += m->rows;
         }
         if (bias)
@@ -218,8 +233,10 @@ struct EngineImpl final : Engine::Impl {
         int64_t i0, i1;
         thread_range(I, W, tid, nt, i0, i1);
         if (i1 > i0) {
-          with_rows(L.gate, [&](const auto& w) { product(std::false_type{}, gate, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); });
-          with_rows(L.up, [&](const auto& w) { product(std::false_type{}, up, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); });
+          with_rows(L.gate, [&](const auto& w) { product(std::false_type{}, gate, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); },
+                    s.int8_activations);
+          with_rows(L.up, [&](const auto& w) { product(std::false_type{}, up, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); },
+                    s.int8_activations);
           for (int64_t t = 0; t < n; ++t)
             for (int64_t i = 0; i < i1 - i0; i += W) {
               const int m = static_cast<int>(std::min<int64_t>(W, i1 - i0 - i));
@@ -246,6 +263,13 @@ struct EngineImpl final : Engine::Impl {
 };
 
 }  // namespace
+
+void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations) {
+  std::vector<float> packed(detail::gemm_pack_floats(m.cols));
+  with_rows(m, [&](const auto& w) {
+    product_rows<false>(y, m.rows, x, m.cols, w, tokens, m.cols, 0, m.rows, packed.data());
+  }, int8_activations);
+}
 
 std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   const int64_t H = s.hidden, I = s.inter, D = s.head_dim;

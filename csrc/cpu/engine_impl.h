@@ -43,6 +43,7 @@ struct Engine::Impl {
 #define PYRUNTIME_DECLARE_ENGINE_FACTORY(E, ns) \
   namespace ns {                                        \
   std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec spec); \
+  void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations); \
   }
 PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_DECLARE_ENGINE_FACTORY)
 #undef PYRUNTIME_DECLARE_ENGINE_FACTORY

@@ -128,6 +128,16 @@ void Engine::forward(const int64_t* tokens, const int64_t* positions, const int6
   impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit);
 }
 
+void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations) {
+  switch (active_isa()) {
+#define PYRUNTIME_PRODUCT_CASE(E, ns) \
+  case Isa::E: return ns::matrix_product(y, x, tokens, m, int8_activations);
+    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_PRODUCT_CASE)
+#undef PYRUNTIME_PRODUCT_CASE
+    case Isa::Count: break;
+  }
+}
+
 const EngineSpec& Engine::spec() const { return impl_->spec; }
 int Engine::threads() const { return impl_->threads; }
 Isa Engine::isa() const { return impl_->isa; }

@@ -97,6 +97,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_int8", &pyruntime::quantize_int8, py::arg("w"), py::arg("group"),
         "int8 weight-only quantisation (absmax / 127 per group): (q, scales)");
   m.def("int8_group_size", &pyruntime::int8_group_size, py::arg("cols"));
+  m.def("matrix_product", &pyruntime::matrix_product, py::arg("x"), py::arg("m"), py::arg("int8_activations"),
+        "x [tokens, cols] times m^T through the CPU engine's products at the active level");
   m.def("pack_int8_rows", &pyruntime::pack_int8_rows, py::arg("q"), py::arg("scales"),
         "quantize_int8's rows interleaved in blocks of 4: (q [rows / 4, groups, 4, group], scales [rows / 4, groups, 4])");
   using pyruntime::LayerSpec;
@@ -203,8 +205,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                      pyruntime::all_weight_formats());
            }, "ValueError naming the first field whose size, device or dtype does not fit");
   py::class_<pyruntime::EngineHandle>(m, "Engine", "whole forward steps on the CPU with resident weights")
-      .def(py::init<ModelSpec, int64_t, at::ScalarType, int64_t, int64_t>(), py::arg("spec"), py::arg("max_seq"),
-           py::arg("kv_dtype"), py::arg("threads"), py::arg("max_tokens"))
+      .def(py::init<ModelSpec, int64_t, at::ScalarType, int64_t, int64_t, bool>(), py::arg("spec"),
+           py::arg("max_seq"), py::arg("kv_dtype"), py::arg("threads"), py::arg("max_tokens"),
+           py::arg("int8_activations") = true)
       .def("forward", &pyruntime::EngineHandle::forward, py::arg("tokens"), py::arg("positions"),
            py::arg("rows"), py::arg("k_cache"), py::arg("v_cache"), py::arg("logits"),
            py::arg("first_logit"), py::call_guard<py::gil_scoped_release>())
@@ -213,7 +216,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("spec", &pyruntime::EngineHandle::spec)
       .def_property_readonly("threads", &pyruntime::EngineHandle::threads)
       .def_property_readonly("isa", &pyruntime::EngineHandle::isa)
-      .def_property_readonly("max_tokens", &pyruntime::EngineHandle::max_tokens);
+      .def_property_readonly("max_tokens", &pyruntime::EngineHandle::max_tokens)
+      .def_property_readonly("int8_activations", &pyruntime::EngineHandle::int8_activations,
+                             "Q4_0, Q8_0, Q4_K, Q5_K, Q6_K products against activations quantised to 8 bits");
 #ifdef PYRUNTIME_WITH_CUDA
   py::class_<pyruntime::CudaEngineHandle>(m, "CudaEngine",
                                           "whole forward steps on a CUDA device, decode steps as CUDA graphs")

@@ -79,7 +79,7 @@ void check_outputs(const at::Tensor& k_cache, const at::Tensor& v_cache, const a
 }  // namespace
 
 EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dtype, int64_t threads,
-                           int64_t max_tokens)
+                           int64_t max_tokens, bool int8_activations)
     : spec_(std::move(spec)), kv_dtype_(kv_dtype) {
   spec_.check("Engine", at::kFloat, all_weight_formats());
   TORCH_CHECK_VALUE(spec_.embed.device().is_cpu(), "Engine: the weights must be on the cpu, got ",
@@ -90,6 +90,7 @@ EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dt
   cpu::EngineSpec s;
   fill_shape(s, spec_, max_seq, max_tokens, "Engine");
   s.threads = static_cast<int>(threads);
+  s.int8_activations = int8_activations;
   s.kv_dtype = kv_dtype == at::kFloat ? DType::Float32 : DType::BFloat16;
   s.cos_sin = spec_.rope_cos_sin.data_ptr<float>();
   s.embed = spec_.embed.view();
@@ -151,6 +152,7 @@ std::vector<EngineHandle::Event> EngineHandle::profile() {
 int64_t EngineHandle::threads() const { return engine_->threads(); }
 std::string EngineHandle::isa() const { return cpu::isa_name(engine_->isa()); }
 int64_t EngineHandle::max_tokens() const { return engine_->spec().max_tokens; }
+bool EngineHandle::int8_activations() const { return engine_->spec().int8_activations; }
 
 #ifdef PYRUNTIME_WITH_CUDA
 CudaEngineHandle::CudaEngineHandle(ModelSpec spec, int64_t max_seq, int64_t max_tokens) : spec_(std::move(spec)) {

@@ -22,7 +22,9 @@ class EngineHandle {
   // spec: on the cpu, norms and biases float32, matrices float32, bfloat16 or int8 (each its
   // own). max_seq: positions per cache row; max_tokens: tokens per forward call; threads: 0 for
   // the OpenMP default.
-  EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dtype, int64_t threads, int64_t max_tokens);
+  // int8_activations: the integer products of the block formats (cpu::EngineSpec).
+  EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dtype, int64_t threads, int64_t max_tokens,
+               bool int8_activations = true);
   const ModelSpec& spec() const { return spec_; }
 
   void forward(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& rows,
@@ -34,6 +36,7 @@ class EngineHandle {
   std::vector<Event> profile();
   int64_t threads() const;
   int64_t max_tokens() const;
+  bool int8_activations() const;
   // The instruction-set level of the CPU kernels this engine runs (cpu_isa.h).
   std::string isa() const;
 

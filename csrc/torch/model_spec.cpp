@@ -118,6 +118,18 @@ int64_t int8_group_size(int64_t cols) {
   }
 }
 
+at::Tensor matrix_product(const at::Tensor& x, const WeightMatrix& m, bool int8_activations) {
+  TORCH_CHECK_VALUE(m.data.device().is_cpu(), "matrix_product: the matrix must be on the cpu");
+  TORCH_CHECK_VALUE(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.size(1) == m.cols,
+                    "matrix_product: x must be a float32 cpu [tokens, ", m.cols, "] tensor, got ", x.scalar_type(),
+                    " ", x.sizes(), " on ", x.device());
+  TORCH_CHECK_VALUE(x.size(0) > 0, "matrix_product: x has no tokens");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty({x.size(0), m.rows}, x.options());
+  cpu::matrix_product(y.data_ptr<float>(), xc.data_ptr<float>(), x.size(0), m.view(), int8_activations);
+  return y;
+}
+
 int64_t WeightMatrix::nbytes() const {
   return static_cast<int64_t>(data.nbytes()) + (scales ? static_cast<int64_t>(scales->nbytes()) : 0);
 }

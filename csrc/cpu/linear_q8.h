@@ -1,0 +1,393 @@
+// Integer products of GGUF block rows (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) with activations quantised
+// to 8 bits, as llama.cpp does: each token's x is cut into groups of Q8Dot<F>::kGroup values
+// (32 for the 32-value formats, 256 for the k-quants), each group stored as int8 with one float
+// scale (the group's largest |x| maps to 127, rounded to nearest even) and the sums of every 16
+// of its values. A block's dot product is then exact integer arithmetic on the block's own
+// quantised values (u8 x s8 multiply-adds: vpmaddubsw, then vpmaddwd with the sub-block scales),
+// scaled once per block by the weight's and the activation's float scales; the k-quants' mins
+// and the 32-value formats' offsets come from the activation sums. The SIMD levels use AVX2's
+// 256-bit integer instructions (also on the AVX-512 levels); the scalar level the same integer
+// arithmetic in plain C++, so every level computes the same sums.
+// Block layouts: block_rows.h (ggml-common.h's block_q4_0 ...).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "block_rows.h"
+#include "vec.h"
+#include "weight_rows.h"
+
+namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
+
+#if defined(PYRUNTIME_VEC_AVX512) || defined(PYRUNTIME_VEC_AVX2)
+#define PYRUNTIME_Q8_SIMD 1
+#endif
+
+// One token's quantised activations: q[i] * d[i / group] ~ x[i]; s[k] = q[16k] + .. + q[16k + 15].
+struct Q8Token {
+  const int8_t* q;
+  const float* d;
+  const int16_t* s;
+};
+
+// q, d, s of one token's x[:in] in groups of `group` values (a multiple of 32).
+inline void quantize_q8(int8_t* q, float* d, int16_t* s, const float* x, int64_t in, int group) {
+  for (int64_t g0 = 0; g0 < in; g0 += group) {
+    const float* src = x + g0;
+#if defined(PYRUNTIME_Q8_SIMD)
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 mx = _mm256_setzero_ps();
+    for (int i = 0; i < group; i += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + i)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+#else
+    float amax = 0.0f;
+    for (int i = 0; i < group; ++i) amax = std::max(amax, std::fabs(src[i]));
+#endif
+    const float iscale = amax > 0.0f ? 127.0f / amax : 0.0f;
+    d[g0 / group] = amax / 127.0f;
+    int8_t* dst = q + g0;
+#if defined(PYRUNTIME_Q8_SIMD)
+    const __m256 is = _mm256_set1_ps(iscale);
+    for (int i = 0; i < group; i += 32) {
+      __m256i v[4];
+      for (int k = 0; k < 4; ++k) v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + i + 8 * k), is));
+      // Sums of each 16 (exact in int32), then the 32 values packed to bytes in order.
+      for (int h = 0; h < 2; ++h) {
+        const __m256i p = _mm256_add_epi32(v[2 * h], v[2 * h + 1]);
+        __m128i t = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+        s[(g0 + i) / 16 + h] = static_cast<int16_t>(_mm_cvtsi128_si32(t));
+      }
+      const __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                          _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+#else
+    for (int i = 0; i < group; ++i) dst[i] = static_cast<int8_t>(std::nearbyint(src[i] * iscale));
+    for (int k = 0; k < group / 16; ++k) {
+      int sum = 0;
+      for (int i = 0; i < 16; ++i) sum += dst[16 * k + i];
+      s[(g0 / 16) + k] = static_cast<int16_t>(sum);
+    }
+#endif
+  }
+}
+
+#if defined(PYRUNTIME_Q8_SIMD)
+using Q8Acc = __m256;
+inline Q8Acc q8_zero() { return _mm256_setzero_ps(); }
+inline float q8_sum(Q8Acc v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+// int32 lanes: sums of four u8 x s8 products (pairs in int16 first: |u| < 64 keeps them exact).
+inline __m256i dot_u8s8(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+// The same with each pair's sum times a 16-bit scale (the sub-block scales).
+inline __m256i dot_u8s8_scaled(__m256i u, __m256i s, __m256i scale16) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale16);
+}
+inline __m256 cvt(__m256i v) { return _mm256_cvtepi32_ps(v); }
+// Byte shuffles that broadcast the int16 at index 2c (low 128 bits) and 2c + 1 (high 128 bits)
+// of a vector holding the same 8 int16 scales in both halves: sub-blocks of 16 values.
+inline __m256i pair_shuffle(int c) {
+  const char lo0 = static_cast<char>(4 * c), lo1 = static_cast<char>(4 * c + 1);
+  const char hi0 = static_cast<char>(4 * c + 2), hi1 = static_cast<char>(4 * c + 3);
+  return _mm256_setr_epi8(lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1,
+                          hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1);
+}
+// ... and of the int16 at index c in both halves: sub-blocks of 32.
+inline __m256i one_shuffle(int c) {
+  const char a = static_cast<char>(2 * c), b = static_cast<char>(2 * c + 1);
+  return _mm256_setr_epi8(a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b);
+}
+#else
+using Q8Acc = float;
+inline Q8Acc q8_zero() { return 0.0f; }
+inline float q8_sum(Q8Acc v) { return v; }
+#endif
+
+// Q8Dot<F>::block<NT>(blk, x, b, acc): acc[t] += block b of a row (at blk) . token t's block b.
+template <WeightFormat F>
+struct Q8Dot;
+
+template <>
+struct Q8Dot<WeightFormat::Q4_0> {  // d * (q - 8): sum = d dx (q . xq - 8 sum xq)
+  static constexpr int kGroup = 32;
+  template <int NT>
+  static void block(const uint8_t* blk, const Q8Token* x, int64_t b, Q8Acc* acc) {
+    const float dw = f16_at(blk);
+#if defined(PYRUNTIME_Q8_SIMD)
+    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
+    for (int i = 0; i < NT; ++i) {
+      __m256i dot = dot_u8s8(q, load256(x[i].q + 32 * b));
+      const int off = -8 * (x[i].s[2 * b] + x[i].s[2 * b + 1]);
+      dot = _mm256_add_epi32(dot, _mm256_zextsi128_si256(_mm_cvtsi32_si128(off)));
+      acc[i] = _mm256_fmadd_ps(cvt(dot), _mm256_set1_ps(dw * x[i].d[b]), acc[i]);
+    }
+#else
+    for (int i = 0; i < NT; ++i) {
+      const int8_t* xq = x[i].q + 32 * b;
+      int sum = 0;
+      for (int j = 0; j < 16; ++j) sum += ((blk[2 + j] & 15) - 8) * xq[j] + ((blk[2 + j] >> 4) - 8) * xq[16 + j];
+      acc[i] += dw * x[i].d[b] * static_cast<float>(sum);
+    }
+#endif
+  }
+};
+
+template <>
+struct Q8Dot<WeightFormat::Q8_0> {  // d * w, w int8
+  static constexpr int kGroup = 32;
+  template <int NT>
+  static void block(const uint8_t* blk, const Q8Token* x, int64_t b, Q8Acc* acc) {
+    const float dw = f16_at(blk);
+#if defined(PYRUNTIME_Q8_SIMD)
+    // s8 x s8 as |w| x (x with w's sign): |w| <= 128, so the int16 pair sums stay exact.
+    const __m256i w = load256(blk + 2), aw = _mm256_abs_epi8(w);
+    for (int i = 0; i < NT; ++i) {
+      const __m256i dot = dot_u8s8(aw, _mm256_sign_epi8(load256(x[i].q + 32 * b), w));
+      acc[i] = _mm256_fmadd_ps(cvt(dot), _mm256_set1_ps(dw * x[i].d[b]), acc[i]);
+    }
+#else
+    const int8_t* w = reinterpret_cast<const int8_t*>(blk + 2);
+    for (int i = 0; i < NT; ++i) {
+      const int8_t* xq = x[i].q + 32 * b;
+      int sum = 0;
+      for (int j = 0; j < 32; ++j) sum += w[j] * xq[j];
+      acc[i] += dw * x[i].d[b] * static_cast<float>(sum);
+    }
+#endif
+  }
+};
+
+// Q4_K and Q5_K: value = d sc q - dmin m per sub-block of 32; sum = d dx sum_c sc_c (q . xq)_c
+// - dmin dx sum_c m_c (sum xq)_c.
+template <bool Five>
+struct Q8DotK45 {
+  static constexpr int kGroup = 256;
+  static constexpr int kQs = Five ? 48 : 16;  // where the nibbles start
+  template <int NT>
+  static void block(const uint8_t* blk, const Q8Token* x, int64_t b, Q8Acc* acc) {
+    const float d = f16_at(blk), dmin = f16_at(blk + 2);
+    // The 8 6-bit scales and mins as bytes (k4_scale_min, four at a time).
+    uint32_t u[3];
+    std::memcpy(u, blk + 4, 12);
+    const uint32_t sc_lo = u[0] & 0x3f3f3f3f, sc_hi = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    const uint32_t m_lo = u[1] & 0x3f3f3f3f, m_hi = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+#if defined(PYRUNTIME_Q8_SIMD)
+    const __m128i scm = _mm_setr_epi32(static_cast<int>(sc_lo), static_cast<int>(sc_hi), static_cast<int>(m_lo),
+                                       static_cast<int>(m_hi));
+    const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scm, scm));  // m0 m0 m1 m1 .. per 16
+    const __m256i low4 = _mm256_set1_epi8(15);
+    __m256i sumi[NT];
+    for (auto& s : sumi) s = _mm256_setzero_si256();
+    __m256i hb = Five ? load256(blk + 16) : _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i qb = load256(blk + kQs + 32 * j);
+      __m256i lo = _mm256_and_si256(qb, low4), hi = _mm256_and_si256(_mm256_srli_epi16(qb, 4), low4);
+      if constexpr (Five) {  // bit c of qh[l] is the fifth bit of sub-block c's value l
+        const __m256i bit = _mm256_set1_epi8(16);
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit));
+        hb = _mm256_srli_epi16(hb, 2);
+      }
+      const __m256i s_lo = _mm256_shuffle_epi8(sc16, one_shuffle(2 * j));
+      const __m256i s_hi = _mm256_shuffle_epi8(sc16, one_shuffle(2 * j + 1));
+      for (int i = 0; i < NT; ++i) {
+        const int8_t* xq = x[i].q + 256 * b + 64 * j;
+        sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(dot_u8s8_scaled(lo, load256(xq), s_lo),
+                                                             dot_u8s8_scaled(hi, load256(xq + 32), s_hi)));
+      }
+    }
+    for (int i = 0; i < NT; ++i) {
+      const float dx = x[i].d[b];
+      const __m256i mi = _mm256_madd_epi16(load256(x[i].s + 16 * b), mins);
+      acc[i] = _mm256_fmadd_ps(cvt(sumi[i]), _mm256_set1_ps(d * dx), acc[i]);
+      acc[i] = _mm256_fmadd_ps(cvt(mi), _mm256_set1_ps(-dmin * dx), acc[i]);
+    }
+#else
+    uint8_t sc[8], m[8];
+    std::memcpy(sc, &sc_lo, 4);
+    std::memcpy(sc + 4, &sc_hi, 4);
+    std::memcpy(m, &m_lo, 4);
+    std::memcpy(m + 4, &m_hi, 4);
+    for (int i = 0; i < NT; ++i) {
+      const int8_t* xq = x[i].q + 256 * b;
+      const int16_t* xs = x[i].s + 16 * b;
+      int sumi = 0, summ = 0;
+      for (int c = 0; c < 8; ++c) {
+        int dot = 0;
+        for (int l = 0; l < 32; ++l) {
+          int q = (blk[kQs + 32 * (c / 2) + l] >> (4 * (c % 2))) & 15;
+          if constexpr (Five) q |= ((blk[16 + l] >> c) & 1) << 4;
+          dot += q * xq[32 * c + l];
+        }
+        sumi += sc[c] * dot;
+        summ += m[c] * (xs[2 * c] + xs[2 * c + 1]);
+      }
+      acc[i] += d * x[i].d[b] * static_cast<float>(sumi) - dmin * x[i].d[b] * static_cast<float>(summ);
+    }
+#endif
+  }
+};
+template <>
+struct Q8Dot<WeightFormat::Q4_K> : Q8DotK45<false> {};
+template <>
+struct Q8Dot<WeightFormat::Q5_K> : Q8DotK45<true> {};
+
+template <>
+struct Q8Dot<WeightFormat::Q6_K> {  // d sc (q - 32) per sub-block of 16: sum = d dx sum_s sc_s ((q . xq)_s - 32 (sum xq)_s)
+  static constexpr int kGroup = 256;
+  template <int NT>
+  static void block(const uint8_t* blk, const Q8Token* x, int64_t b, Q8Acc* acc) {
+    const float d = f16_at(blk + 208);
+    const int8_t* scales = reinterpret_cast<const int8_t*>(blk + 192);
+#if defined(PYRUNTIME_Q8_SIMD)
+    __m256i sumi[NT];
+    // The -32 offset first: 32 sum_s sc_s (sum xq)_s, sixteen sub-blocks in eight int32 lanes.
+    const __m256i sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+    for (int i = 0; i < NT; ++i)
+      sumi[i] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                 _mm256_slli_epi32(_mm256_madd_epi16(sc_all, load256(x[i].s + 16 * b)), 5));
+    const __m256i low4 = _mm256_set1_epi8(15), high2 = _mm256_set1_epi8(0x30);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = load256(blk + 64 * h), ql1 = load256(blk + 64 * h + 32), qh = load256(blk + 128 + 32 * h);
+      const __m256i sc16 = _mm256_broadcastsi128_si256(
+          _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + 8 * h))));
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), high2)),
+          _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), high2)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), _mm256_and_si256(qh, high2)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                          _mm256_and_si256(_mm256_srli_epi16(qh, 2), high2))};
+      for (int c = 0; c < 4; ++c) {
+        const __m256i s = _mm256_shuffle_epi8(sc16, pair_shuffle(c));
+        for (int i = 0; i < NT; ++i)
+          sumi[i] = _mm256_add_epi32(sumi[i], dot_u8s8_scaled(q[c], load256(x[i].q + 256 * b + 128 * h + 32 * c), s));
+      }
+    }
+    for (int i = 0; i < NT; ++i) acc[i] = _mm256_fmadd_ps(cvt(sumi[i]), _mm256_set1_ps(d * x[i].d[b]), acc[i]);
+#else
+    for (int i = 0; i < NT; ++i) {
+      const int8_t* xq = x[i].q + 256 * b;
+      int sumi = 0;
+      for (int s = 0; s < 16; ++s) {
+        int dot = 0;
+        for (int l = 0; l < 16; ++l) {
+          const int j = 16 * s + l, half = j / 128, u = j % 128;
+          const int q = ((blk[half * 64 + u % 64] >> (4 * (u / 64))) & 15) |
+                        (((blk[128 + half * 32 + u % 32] >> (2 * (u / 32))) & 3) << 4);
+          dot += (q - 32) * xq[j];
+        }
+        sumi += scales[s] * dot;
+      }
+      acc[i] += d * x[i].d[b] * static_cast<float>(sumi);
+    }
+#endif
+  }
+};
+
+// The block formats with an integer product here.
+template <WeightFormat F>
+constexpr bool kHasQ8Dot = F == WeightFormat::Q4_0 || F == WeightFormat::Q8_0 || F == WeightFormat::Q4_K ||
+                           F == WeightFormat::Q5_K || F == WeightFormat::Q6_K;
+
+// BlockRows whose products run in integers against 8-bit activations (the engine's choice).
+template <WeightFormat F>
+struct Q8BlockRows : BlockRows<F> {
+  Q8BlockRows from(int64_t r) const { return {BlockRows<F>::from(r)}; }
+};
+template <typename Rows>
+struct IsQ8BlockRows : std::false_type {};
+template <WeightFormat F>
+struct IsQ8BlockRows<Q8BlockRows<F>> : std::true_type {};
+
+// y[t] (+)= row (at w's first row) . token t for NT tokens. With Prefetch, the row `ahead` rows on
+// is requested line by line as this one is read.
+template <int NT, bool Accumulate, bool Prefetch, WeightFormat F>
+inline void q8_tile(float* y, int64_t y_stride, const Q8Token* x, const BlockRows<F>& w, int64_t blocks,
+                    int64_t ahead) {
+  using B = Block<F>;
+  Q8Acc acc[NT];
+  for (auto& a : acc) a = q8_zero();
+  for (int64_t b = 0; b < blocks; ++b) {
+    if constexpr (Prefetch)  // every 64-byte line that starts inside block b
+      for (int64_t line = (b * B::kBytes + 63) / 64; line * 64 < (b + 1) * B::kBytes; ++line)
+        __builtin_prefetch(w.w + ahead * w.stride + line * 64, 0, 3);
+    Q8Dot<F>::template block<NT>(w.block(0, b), x, b, acc);
+  }
+  for (int t = 0; t < NT; ++t) {
+    float& out = y[t * y_stride];
+    out = Accumulate ? out + q8_sum(acc[t]) : q8_sum(acc[t]);
+  }
+}
+
+// Rows of this many bytes at most in a panel: a panel is read once per chunk of tokens (prefill),
+// from L2.
+constexpr int64_t kQ8PanelBytes = 256 * 1024;
+// Tokens per chunk (their quantised x stays in L1 while a panel's rows pass) and per tile.
+constexpr int64_t kQ8ChunkTokens = 16;
+constexpr int kQ8TileTokens = 4;
+
+// y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and every token: x quantised
+// (by every thread for itself), then panels of rows times chunks of tokens. Each token's sum
+// runs in the same order whatever the batch.
+template <bool Accumulate, WeightFormat F>
+inline void q8_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const BlockRows<F>& w,
+                    int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end) {
+  constexpr int G = Q8Dot<F>::kGroup;
+  thread_local std::vector<int8_t> xq;
+  thread_local std::vector<float> xd;
+  thread_local std::vector<int16_t> xs;
+  thread_local std::vector<Q8Token> toks;
+  if (static_cast<int64_t>(xq.size()) < tokens * in) xq.resize(tokens * in);  // grows, then stays
+  if (static_cast<int64_t>(xd.size()) < tokens * (in / G)) xd.resize(tokens * (in / G));
+  if (static_cast<int64_t>(xs.size()) < tokens * (in / 16)) xs.resize(tokens * (in / 16));
+  if (static_cast<int64_t>(toks.size()) < tokens) toks.resize(tokens);
+  for (int64_t t = 0; t < tokens; ++t) {
+    toks[t] = {xq.data() + t * in, xd.data() + t * (in / G), xs.data() + t * (in / 16)};
+    quantize_q8(xq.data() + t * in, xd.data() + t * (in / G), xs.data() + t * (in / 16), x + t * x_stride, in, G);
+  }
+  const int64_t blocks = in / Block<F>::kValues;
+  const int64_t ahead = prefetch_rows_ahead<1, BlockRows<F>>(in);
+  const int64_t panel = std::max<int64_t>(1, kQ8PanelBytes / BlockRows<F>::row_bytes(in));
+  for (int64_t p0 = row_begin; p0 < row_end; p0 += panel) {
+    const int64_t p1 = std::min(row_end, p0 + panel);
+    for (int64_t c0 = 0; c0 < tokens; c0 += kQ8ChunkTokens) {
+      const int64_t c1 = std::min(tokens, c0 + kQ8ChunkTokens);
+      for (int64_t r = p0; r < p1; ++r) {
+        const BlockRows<F> row = w.from(r);
+        for (int64_t t0 = c0; t0 < c1; t0 += kQ8TileTokens) {
+          float* yt = y + t0 * y_stride + r;
+          const Q8Token* xt = toks.data() + t0;
+          const bool first = c0 == 0 && t0 == 0;  // the first pass over a row prefetches ahead
+          auto tile = [&](auto nt) {
+            constexpr int NT = decltype(nt)::value;
+            first ? q8_tile<NT, Accumulate, true>(yt, y_stride, xt, row, blocks, ahead)
+                  : q8_tile<NT, Accumulate, false>(yt, y_stride, xt, row, blocks, ahead);
+          };
+          switch (std::min<int64_t>(kQ8TileTokens, c1 - t0)) {
+            case 4: tile(std::integral_constant<int, 4>{}); break;
+            case 3: tile(std::integral_constant<int, 3>{}); break;
+            case 2: tile(std::integral_constant<int, 2>{}); break;
+            default: tile(std::integral_constant<int, 1>{}); break;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail

@@ -1,0 +1,64 @@
+"""The integer products of the block formats (csrc/cpu/linear_q8.h): activations quantized to 8
+bits per group (pyruntime.formats.quantize_activations), then exact integer sums per block. Each
+is checked against float64 torch over the same quantized activations and gguf's dequantized
+weights, through the engine's own product (C.matrix_product) at every level this CPU runs:
+decode token counts, prefill chunks, and a matrix of several row panels."""
+
+import numpy as np
+import pytest
+import torch
+
+from pyruntime._ext import C
+from pyruntime.formats import FORMATS, quantize_activations
+
+from tests.kernels.test_gguf_formats import random_blocks
+
+INT8_FORMATS = [name for name, f in FORMATS.items() if f.activation_group]
+
+
+def reference(x: torch.Tensor, m: C.WeightMatrix, group: int | None):
+    """(x, quantized where group says so) @ W^T in float64, and the sum of the terms' magnitudes."""
+    xq = (x if group is None else quantize_activations(x, group)).double()
+    w = FORMATS[m.format.name].dequantize(m).double()
+    return xq @ w.T, xq.abs() @ w.abs().T
+
+
+def test_the_integer_formats_are_the_engines():
+    assert INT8_FORMATS == ["q4_0", "q8_0", "q4_k", "q5_k", "q6_k"]
+
+
+@pytest.mark.parametrize("fmt", INT8_FORMATS)
+@pytest.mark.parametrize("tokens", [1, 3, 4, 7, 16, 37])
+def test_integer_product_matches_quantized_reference(level, fmt, tokens):
+    gen = np.random.default_rng(tokens)
+    m = random_blocks(fmt, 22, 512, gen)
+    x = torch.from_numpy(gen.standard_normal((tokens, 512)).astype(np.float32))
+    x[0, :64] *= 20  # groups of very different ranges in one row
+    if tokens > 1:
+        x[1, 256:] = 0  # an all-zero group: scale 0
+    want, mag = reference(x, m, FORMATS[fmt].activation_group)
+    got = C.matrix_product(x, m, True).double()
+    assert (got - want).abs().max() <= 1e-5 * mag.max()
+    # int8_activations=False: float32 activations (the float path) against the unquantized x.
+    want_f, mag_f = reference(x, m, None)
+    got_f = C.matrix_product(x, m, False).double()
+    assert (got_f - want_f).abs().max() <= 1e-5 * mag_f.max()
+    # The quantization is visible: the two differ by more than the float rounding.
+    assert (got - got_f).abs().max() > 1e-4 * mag.max()
+
+
+def test_integer_product_over_row_panels(level):
+    # 1100 rows of 256 (Q8_0: 272 bytes): more than one 256 KiB panel of rows, 40 tokens.
+    gen = np.random.default_rng(7)
+    m = random_blocks("q8_0", 1100, 256, gen)
+    x = torch.from_numpy(gen.standard_normal((40, 256)).astype(np.float32))
+    want, mag = reference(x, m, 32)
+    assert (C.matrix_product(x, m, True).double() - want).abs().max() <= 1e-5 * mag.max()
+
+
+def test_matrix_product_checks_its_input():
+    m = random_blocks("q4_0", 4, 64, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"x must be a float32 cpu \[tokens, 64\]"):
+        C.matrix_product(torch.zeros(2, 32), m, True)
+    with pytest.raises(ValueError, match="no tokens"):
+        C.matrix_product(torch.zeros(0, 64), m, True)
