@@ -12,9 +12,11 @@ precisions an LLM can run at (dtype= of pyruntime.LLM: a weight format and a KV 
   gguf.quants.dequantize's. The `gguf` package quantizes float weights to the 32-value ones
   (q4_0 is dtype="int4"); the k-quants come from GGUF files.
 
-Products with q4_0, q8_0, q4_k, q5_k and q6_k matrices run in integers on the CPU (by default;
-int8_activations=False keeps float32): the activations are quantized to 8 bits in groups of
-`activation_group` values first, as llama.cpp does (quantize_activations is the definition).
+Decode steps multiply q4_0, q8_0, q4_k, q5_k and q6_k matrices in integers on the CPU (by
+default; int8_activations=False keeps float32): the activations are quantized to 8 bits in
+groups of `activation_group` values first, as llama.cpp does (quantize_activations is the
+definition). Prompt chunks of more than 16 tokens keep float32 activations (the float GEMM is
+the faster one there).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ class TorchReference(Engine):
     """From the same model description as the compiled engines: float32 and bfloat16 matrices
     used in their dtype (the ops then run in it), quantized ones dequantized once to float32;
     q, k, v and gate, up joined (a copy: this is the oracle, not the fast path). With
-    int8_activations (the CPU engine's default), the input of a product with a matrix whose
-    format has integer products is first quantized as pyruntime.formats.quantize_activations
-    defines."""
+    int8_activations (the CPU engine's default), the input of a decode call's product with a
+    matrix whose format has integer products is first quantized as
+    pyruntime.formats.quantize_activations defines."""
 
     max_tokens = 1 << 30  # no chunking: each prefill is one pass
 
@@ -116,8 +116,10 @@ class TorchReference(Engine):
 
 def _linear(x: torch.Tensor, parts) -> torch.Tensor:
     """x times the stacked matrices of parts (TorchReference's), each part's input quantized to
-    8 bits first where it has an activation group."""
-    ys = [ops.linear(x if g is None else quantize_activations(x, g).to(x.dtype), w) for w, g in parts]
+    8 bits first where it has an activation group and x is a decode call's few tokens (the
+    engines' prompt chunks keep float32 activations)."""
+    decode = x.shape[0] <= C.max_row_tile_tokens
+    ys = [ops.linear(x if g is None or not decode else quantize_activations(x, g).to(x.dtype), w) for w, g in parts]
     return ys[0] if len(ys) == 1 else torch.cat(ys, -1)
 
 

@@ -69,16 +69,22 @@ inline void with_rows(const Matrix& m, F&& f, bool int8_activations = false) {
 }
 
 // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token: the one choice of product per format
-// and token count. \param packed gemm_pack_floats(in) floats of this thread's own
+// and token count (prompt chunks: the GEMM with float32 activations; decode calls: the integer
+// products where w has them). \param packed gemm_pack_floats(in) floats of this thread's own
 template <bool Accumulate, typename Rows>
 inline void product_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
                          int64_t tokens, int64_t in, int64_t r0, int64_t r1, float* packed) {
-  if constexpr (detail::IsQ8BlockRows<Rows>::value)
+  if (tokens > kMaxRowTileTokens) {
+    if constexpr (detail::IsQ8BlockRows<Rows>::value)  // the plain block rows' GEMM
+      detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, static_cast<const detail::BlockRows<Rows::kFormat>&>(w),
+                                    tokens, in, r0, r1, packed);
+    else
+      detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed);
+  } else if constexpr (detail::IsQ8BlockRows<Rows>::value) {
     detail::q8_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
-  else if (tokens > kMaxRowTileTokens)
-    detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed);
-  else
+  } else {
     detail::linear_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
+  }
 }
 
 // out[i] = row r of m as float32.

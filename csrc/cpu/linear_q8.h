@@ -1,5 +1,6 @@
 // Integer products of GGUF block rows (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) with activations quantised
-// to 8 bits, as llama.cpp does: each token's x is cut into groups of Q8Dot<F>::kGroup values
+// to 8 bits, as llama.cpp does, for decode calls (prompt chunks of more than kMaxRowTileTokens
+// tokens take the float32 GEMM, faster on these CPUs with 256-bit integer instructions): each token's x is cut into groups of Q8Dot<F>::kGroup values
 // (32 for the 32-value formats, 256 for the k-quants), each group stored as int8 with one float
 // scale (the group's largest |x| maps to 127, rounded to nearest even) and the sums of every 16
 // of its values. A block's dot product is then exact integer arithmetic on the block's own
@@ -307,6 +308,7 @@ constexpr bool kHasQ8Dot = F == WeightFormat::Q4_0 || F == WeightFormat::Q8_0 ||
 // BlockRows whose products run in integers against 8-bit activations (the engine's choice).
 template <WeightFormat F>
 struct Q8BlockRows : BlockRows<F> {
+  static constexpr WeightFormat kFormat = F;
   Q8BlockRows from(int64_t r) const { return {BlockRows<F>::from(r)}; }
 };
 template <typename Rows>
@@ -334,16 +336,13 @@ inline void q8_tile(float* y, int64_t y_stride, const Q8Token* x, const BlockRow
   }
 }
 
-// Rows of this many bytes at most in a panel: a panel is read once per chunk of tokens (prefill),
-// from L2.
-constexpr int64_t kQ8PanelBytes = 256 * 1024;
-// Tokens per chunk (their quantised x stays in L1 while a panel's rows pass) and per tile.
-constexpr int64_t kQ8ChunkTokens = 16;
+// Tokens per tile: every weight block decoded serves this many tokens.
 constexpr int kQ8TileTokens = 4;
 
-// y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and every token: x quantised
-// (by every thread for itself), then panels of rows times chunks of tokens. Each token's sum
-// runs in the same order whatever the batch.
+// y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and every token (a decode
+// call's few): x quantised (by every thread for itself: a few thousand values, no barrier), then
+// each row times the tokens in tiles of kQ8TileTokens. Each token's sum runs in the same order
+// whatever the batch.
 template <bool Accumulate, WeightFormat F>
 inline void q8_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const BlockRows<F>& w,
                     int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end) {
@@ -362,29 +361,21 @@ inline void q8_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride
   }
   const int64_t blocks = in / Block<F>::kValues;
   const int64_t ahead = prefetch_rows_ahead<1, BlockRows<F>>(in);
-  const int64_t panel = std::max<int64_t>(1, kQ8PanelBytes / BlockRows<F>::row_bytes(in));
-  for (int64_t p0 = row_begin; p0 < row_end; p0 += panel) {
-    const int64_t p1 = std::min(row_end, p0 + panel);
-    for (int64_t c0 = 0; c0 < tokens; c0 += kQ8ChunkTokens) {
-      const int64_t c1 = std::min(tokens, c0 + kQ8ChunkTokens);
-      for (int64_t r = p0; r < p1; ++r) {
-        const BlockRows<F> row = w.from(r);
-        for (int64_t t0 = c0; t0 < c1; t0 += kQ8TileTokens) {
-          float* yt = y + t0 * y_stride + r;
-          const Q8Token* xt = toks.data() + t0;
-          const bool first = c0 == 0 && t0 == 0;  // the first pass over a row prefetches ahead
-          auto tile = [&](auto nt) {
-            constexpr int NT = decltype(nt)::value;
-            first ? q8_tile<NT, Accumulate, true>(yt, y_stride, xt, row, blocks, ahead)
-                  : q8_tile<NT, Accumulate, false>(yt, y_stride, xt, row, blocks, ahead);
-          };
-          switch (std::min<int64_t>(kQ8TileTokens, c1 - t0)) {
-            case 4: tile(std::integral_constant<int, 4>{}); break;
-            case 3: tile(std::integral_constant<int, 3>{}); break;
-            case 2: tile(std::integral_constant<int, 2>{}); break;
-            default: tile(std::integral_constant<int, 1>{}); break;
-          }
-        }
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const BlockRows<F> row = w.from(r);
+    for (int64_t t0 = 0; t0 < tokens; t0 += kQ8TileTokens) {
+      float* yt = y + t0 * y_stride + r;
+      const Q8Token* xt = toks.data() + t0;
+      auto tile = [&](auto nt) {  // the first tile of a row prefetches the rows ahead
+        constexpr int NT = decltype(nt)::value;
+        t0 == 0 ? q8_tile<NT, Accumulate, true>(yt, y_stride, xt, row, blocks, ahead)
+                : q8_tile<NT, Accumulate, false>(yt, y_stride, xt, row, blocks, ahead);
+      };
+      switch (std::min<int64_t>(kQ8TileTokens, tokens - t0)) {
+        case 4: tile(std::integral_constant<int, 4>{}); break;
+        case 3: tile(std::integral_constant<int, 3>{}); break;
+        case 2: tile(std::integral_constant<int, 2>{}); break;
+        default: tile(std::integral_constant<int, 1>{}); break;
       }
     }
   }

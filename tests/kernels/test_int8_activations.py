@@ -1,8 +1,9 @@
 """The integer products of the block formats (csrc/cpu/linear_q8.h): activations quantized to 8
 bits per group (pyruntime.formats.quantize_activations), then exact integer sums per block. Each
 is checked against float64 torch over the same quantized activations and gguf's dequantized
-weights, through the engine's own product (C.matrix_product) at every level this CPU runs:
-decode token counts, prefill chunks, and a matrix of several row panels."""
+weights, through the engine's own product (C.matrix_product) at every level this CPU runs, for
+every decode token count's tile shapes; prompt chunks (more than C.max_row_tile_tokens tokens)
+keep float32 activations."""
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def test_the_integer_formats_are_the_engines():
 
 
 @pytest.mark.parametrize("fmt", INT8_FORMATS)
-@pytest.mark.parametrize("tokens", [1, 3, 4, 7, 16, 37])
+@pytest.mark.parametrize("tokens", [1, 3, 4, 7, 16])
 def test_integer_product_matches_quantized_reference(level, fmt, tokens):
     gen = np.random.default_rng(tokens)
     m = random_blocks(fmt, 22, 512, gen)
@@ -47,13 +48,18 @@ def test_integer_product_matches_quantized_reference(level, fmt, tokens):
     assert (got - got_f).abs().max() > 1e-4 * mag.max()
 
 
-def test_integer_product_over_row_panels(level):
-    # 1100 rows of 256 (Q8_0: 272 bytes): more than one 256 KiB panel of rows, 40 tokens.
+@pytest.mark.parametrize("fmt", INT8_FORMATS)
+def test_prompt_chunks_keep_float_activations(level, fmt):
     gen = np.random.default_rng(7)
-    m = random_blocks("q8_0", 1100, 256, gen)
-    x = torch.from_numpy(gen.standard_normal((40, 256)).astype(np.float32))
-    want, mag = reference(x, m, 32)
+    m = random_blocks(fmt, 1030, 256, gen)  # rows past a multiple of 4, many rows ahead prefetched
+    x = torch.from_numpy(gen.standard_normal((C.max_row_tile_tokens + 1, 256)).astype(np.float32))
+    want, mag = reference(x, m, None)
     assert (C.matrix_product(x, m, True).double() - want).abs().max() <= 1e-5 * mag.max()
+    # Its first 16 tokens as one decode call: integer products, each token as it was alone.
+    want_q, mag_q = reference(x[:16], m, FORMATS[fmt].activation_group)
+    got_q = C.matrix_product(x[:16], m, True).double()
+    assert (got_q - want_q).abs().max() <= 1e-5 * mag_q.max()
+    assert torch.equal(C.matrix_product(x[5:6], m, True).double(), got_q[5:6])
 
 
 def test_matrix_product_checks_its_input():

@@ -76,8 +76,9 @@ struct EngineLayer {
 struct EngineSpec : EngineShape {
   DType kv_dtype = DType::Float32;              // float32 or bfloat16
   int threads = 0;          // 0: the OpenMP default
-  // Products of Q4_0, Q8_0, Q4_K, Q5_K and Q6_K matrices in integers against activations
-  // quantised to 8 bits per block (csrc/cpu/linear_q8.h); false: float32 activations.
+  // Decode products (calls of up to kMaxRowTileTokens tokens) of Q4_0, Q8_0, Q4_K, Q5_K and
+  // Q6_K matrices in integers against activations quantised to 8 bits per block
+  // (csrc/cpu/linear_q8.h); false: float32 activations. Prompt chunks always take float32.
   bool int8_activations = true;
   const float* cos_sin = nullptr;  // [max_seq, rot_dim]: cos half, then sin half
   Matrix embed;                    // [vocab, H]
@@ -102,8 +103,8 @@ void pack_int8_rows(const int8_t* q, const float* scales, int64_t rows, int64_t 
                     int8_t* q_out, float* scales_out);
 
 // y [tokens, m.rows] = x [tokens, m.cols] m^T through the engine's products at the active level
-// (the integer ones where int8_activations and m's format has them), on the calling thread: the
-// kernel tests' entry. Callers check the sizes.
+// (the integer ones where int8_activations, m's format has them and tokens <= kMaxRowTileTokens),
+// on the calling thread: the kernel tests' entry. Callers check the sizes.
 void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations);
 
 // The phases of a step, as the profiler names them.
