@@ -7,7 +7,10 @@ The files are compare_gguf.py's (llama.cpp's quantize of the bundled model's F32
 ~/.cache/pyruntime; run compare_gguf.py first). For each: teacher-forced greedy top-1 agreement
 over 256 tokens of text, the largest logit difference relative to the largest logit, and the
 greedy answer to "The capital of France is", for pyruntime's default (bfloat16 KV cache) and with
-a float32 KV cache. Writes quality_gguf.json under --out.
+a float32 KV cache; the logits of the prompt as one prefill (float32 activations) and token by
+token through decode steps, with the default 8-bit activations of the integer products and
+with int8_activations=False (the effect of quantizing the activations). Writes quality_gguf.json
+under --out.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from pyruntime._ext import C
 
 # The text of tests/runtime/test_gguf_native.py's agreement test.
 TEXT = (Path(__file__).resolve().parent.parent / "tests" / "data" / "river.txt").read_text().strip()
+
+
+def decode_logits(llm, ids: list[int]) -> torch.Tensor:
+    """Teacher-forced logits of ids one decode step at a time (the first token a prefill)."""
+    eng = llm.engine
+    eng.ensure_rows(1)
+    out = [eng.prefill(torch.tensor(ids[:1]), 0, 0)]
+    out += [eng.decode(torch.tensor([t]), torch.tensor([i]))[0] for i, t in enumerate(ids[1:], 1)]
+    return torch.stack(out)
 
 
 def main():
@@ -43,22 +55,25 @@ def main():
             raise SystemExit(f"{path} is missing: run benchmarks/compare_gguf.py first")
         ref = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                                 dtype=torch.float32).eval()
-        for kv in ("bfloat16", "float32"):
-            llm = pyruntime.LLM(path, kv_dtype=kv, progress=False)
+        for kv, path_kind, int8 in (("bfloat16", "prefill", True), ("float32", "prefill", True),
+                                    ("bfloat16", "decode", True), ("bfloat16", "decode", False),
+                                    ("float32", "decode", True), ("float32", "decode", False)):
+            llm = pyruntime.LLM(path, kv_dtype=kv, progress=False, int8_activations=int8)
             ids = llm.tokenizer.encode(TEXT)[:256]
             with torch.no_grad():
                 want = ref(torch.tensor([ids])).logits[0]
-            got = llm.logits(ids)
+            got = llm.logits(ids) if path_kind == "prefill" else decode_logits(llm, ids)
             q = llm.tokenizer.encode("The capital of France is")
             with torch.no_grad():
                 ref_answer = ref.generate(torch.tensor([q]), max_new_tokens=8, do_sample=False)[0, len(q):].tolist()
             answer = llm.generate(q, max_new_tokens=8, ignore_eos=True).token_ids
-            row = {"file": name, "kv_dtype": kv, "weight_formats": llm.weight_formats, "tokens": len(ids),
+            row = {"file": name, "kv_dtype": kv, "logits_of": path_kind, "int8_activations": int8,
+                   "weight_formats": llm.weight_formats, "tokens": len(ids),
                    "top1_agreement": (got.argmax(-1) == want.argmax(-1)).float().mean().item(),
                    "max_abs_diff_rel": ((got - want).abs().max() / want.abs().max()).item(),
                    "answer": llm.tokenizer.decode(answer), "transformers_answer": llm.tokenizer.decode(ref_answer)}
             rows.append(row)
-            print(f"{name:<14} kv {kv:<9} top-1 {100 * row['top1_agreement']:5.1f}%  max |diff| "
+            print(f"{name:<14} kv {kv:<9} {path_kind:<7} {'int8' if int8 else 'float'} act  top-1 {100 * row['top1_agreement']:5.1f}%  max |diff| "
                   f"{row['max_abs_diff_rel']:.1e} of max  answer {row['answer']!r} (transformers "
                   f"{row['transformers_answer']!r})  {row['weight_formats']}", flush=True)
             del llm

@@ -97,6 +97,23 @@ def test_top1_agreement_with_transformers(pair, llm_f32_kv):
     assert (exact - want).abs().max().item() < 2e-3 * want.abs().max().item()
 
 
+def test_top1_agreement_of_decode_steps(pair, gguf_file):
+    # Token by token through decode steps, whose products with Q4_0 / Q8_0 matrices run in
+    # integers against 8-bit activations (prompt chunks keep float32 ones), teacher-forced.
+    _, ref = pair
+    llm = pyruntime.LLM(gguf_file, progress=False)
+    assert llm.engine.int8_activations
+    ids = llm.tokenizer.encode(TEXT)[:256]
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0]
+    eng = llm.engine
+    eng.ensure_rows(1)
+    got = [eng.prefill(torch.tensor(ids[:1]), 0, 0)]
+    got += [eng.decode(torch.tensor([t]), torch.tensor([i]))[0] for i, t in enumerate(ids[1:], 1)]
+    agree = (torch.stack(got).argmax(-1) == want.argmax(-1)).float().mean().item()
+    assert agree >= 0.97, agree
+
+
 def test_capital_of_france(pair, llm_f32_kv, gguf_file):
     llm, ref = pair
     ids = llm.tokenizer.encode("The capital of France is")
