@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pyruntime._ext import C
-from pyruntime.formats import FORMATS, quantize_activations
+from pyruntime.formats import FORMATS, GGUF_BLOCK_FORMATS, quantize_activations
 
 from tests.kernels.test_gguf_formats import random_blocks
 
@@ -24,8 +24,15 @@ def reference(x: torch.Tensor, m: C.WeightMatrix, group: int | None):
     return xq @ w.T, xq.abs() @ w.abs().T
 
 
-def test_the_integer_formats_are_the_engines():
-    assert INT8_FORMATS == ["q4_0", "q8_0", "q4_k", "q5_k", "q6_k"]
+@pytest.mark.parametrize("fmt", GGUF_BLOCK_FORMATS)
+def test_activation_groups_name_the_engines_integer_formats(fmt):
+    # formats.py's activation_group (the reference's switch) against what the engine does: a
+    # decode product differs from the float32 one exactly where the format has integer products.
+    gen = np.random.default_rng(3)
+    m = random_blocks(fmt, 8, 256, gen)
+    x = torch.from_numpy(gen.standard_normal((2, 256)).astype(np.float32))
+    differs = not torch.equal(C.matrix_product(x, m, True), C.matrix_product(x, m, False))
+    assert differs == (FORMATS[fmt].activation_group is not None)
 
 
 @pytest.mark.parametrize("fmt", INT8_FORMATS)
