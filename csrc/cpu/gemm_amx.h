@@ -1,7 +1,11 @@
-// bf16 prefill products on AMX tiles (the avx512 levels, where the CPU and the OS allow it).
+// Prefill products on AMX tiles in bf16 (the avx512 levels, where the CPU and the OS allow it):
+// bf16 weights as they are, the other formats decoded to float32 and split in two bf16 parts.
 #pragma once
 
+#include <algorithm>
 #include <cstdlib>
+#include <type_traits>
+#include <vector>
 
 #include "vec.h"
 #include "weight_rows.h"
@@ -17,9 +21,10 @@ namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 // Prefill products of bf16 weights on AMX tiles (Intel's matrix unit, where the CPU and the OS
 // allow it): one TDPBF16PS multiplies 16 weight rows x 32 features by 32 features x 16 tokens
 // into 16 x 16 float32 sums, pairs of products at a time. The tokens are rounded to a high and
-// a low bf16 part (x = hi + lo to 16 bits of mantissa) and both multiplied: float32-grade sums
-// at a fraction of the FMA path's time. PYRUNTIME_NO_AMX in the environment keeps the FMA path
-// (A/B runs).
+// a low bf16 part (x = hi + lo to 16 bits of mantissa) and both multiplied; weights that are not
+// bf16 (the GGUF block formats, decoded to float32 a panel at a time) are split the same way:
+// float32-grade sums at a fraction of the FMA path's time. PYRUNTIME_NO_AMX in the environment
+// keeps the FMA path (A/B runs).
 namespace amx {
 
 #define PYRUNTIME_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16")))
@@ -108,28 +113,56 @@ PYRUNTIME_AMX_TARGET inline void store_sums(float* y, int64_t y_stride, const fl
   }
 }
 
-// Rows [r, r + 16 * RB) times token blocks [b, b + TB) (RB, TB of 1 or 2).
+// Where block() finds its weight tiles: row block rb's (16 rows) tile of chunk c starts at
+// base + rb * rb_step + (c - c_first) * c_step, its rows `stride` bytes apart; with a low part
+// (Lo) the low bf16 halves lie `lo` elements further.
+struct WeightTiles {
+  const bf16* base;
+  int64_t rb_step, c_step, c_first, stride, lo;
+  const bf16* at(int rb, int64_t c) const { return base + rb * rb_step + (c - c_first) * c_step; }
+};
+
+// Rows [r, r + 16 * RB) times token blocks [b, b + TB) (RB, TB of 1 or 2) over chunks
+// [c0, c1) of the features. Without Lo: w x_hi + w x_lo. With Lo (weights split as w = w_hi +
+// w_lo): w_hi x_lo + w_hi x_hi + w_lo x_hi (w_lo x_lo is below float32's rounding).
 #define PYRUNTIME_AMX_DP(c, a, b) _tile_dpbf16ps(c, a, b)
-template <int RB, int TB, bool Accumulate>
-PYRUNTIME_AMX_TARGET inline void block(float* y, int64_t y_stride, const bf16* w, int64_t w_stride,
-                                       const bf16* xp, int64_t in, int64_t b, int64_t tokens, float* sums) {
-  const int64_t chunks = in / kChunk;
+template <int RB, int TB, bool Accumulate, bool Lo>
+PYRUNTIME_AMX_TARGET inline void block(float* y, int64_t y_stride, const WeightTiles& w, const bf16* xp,
+                                       int64_t chunks, int64_t c0, int64_t c1, int64_t b, int64_t tokens,
+                                       float* sums) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
-  for (int64_t c = 0; c < chunks; ++c) {
+  const auto products = [] {
+    PYRUNTIME_AMX_DP(0, 4, 6);
+    if constexpr (TB == 2) PYRUNTIME_AMX_DP(1, 4, 7);
+    if constexpr (RB == 2) PYRUNTIME_AMX_DP(2, 5, 6);
+    if constexpr (RB == 2 && TB == 2) PYRUNTIME_AMX_DP(3, 5, 7);
+  };
+  const auto load_tokens = [&](const bf16* x0) {
+    _tile_loadd(6, x0, 64);
+    if constexpr (TB == 2) _tile_loadd(7, x0 + chunks * 2 * 512, 64);  // the next token block's
+  };
+  const auto load_weights = [&](int64_t c, int64_t offset) {
+    _tile_loadd(4, w.at(0, c) + offset, w.stride);
+    if constexpr (RB == 2) _tile_loadd(5, w.at(1, c) + offset, w.stride);
+  };
+  for (int64_t c = c0; c < c1; ++c) {
     const bf16* x0 = xp + (b * chunks + c) * 2 * 512;
-    const bf16* x1 = x0 + chunks * 2 * 512;  // the next token block's
-    _tile_loadd(4, w + c * kChunk, w_stride * 2);
-    if constexpr (RB == 2) _tile_loadd(5, w + kTile * w_stride + c * kChunk, w_stride * 2);
-    for (int part = 0; part < 2; ++part) {
-      _tile_loadd(6, x0 + part * 512, 64);
-      if constexpr (TB == 2) _tile_loadd(7, x1 + part * 512, 64);
-      PYRUNTIME_AMX_DP(0, 4, 6);
-      if constexpr (TB == 2) PYRUNTIME_AMX_DP(1, 4, 7);
-      if constexpr (RB == 2) PYRUNTIME_AMX_DP(2, 5, 6);
-      if constexpr (RB == 2 && TB == 2) PYRUNTIME_AMX_DP(3, 5, 7);
+    load_weights(c, 0);
+    if constexpr (Lo) {
+      load_tokens(x0 + 512);
+      products();
+      load_tokens(x0);
+      products();
+      load_weights(c, w.lo);
+      products();
+    } else {
+      load_tokens(x0);
+      products();
+      load_tokens(x0 + 512);
+      products();
     }
   }
   const auto out = [&](int rb, int tb) {
@@ -154,30 +187,78 @@ PYRUNTIME_AMX_TARGET inline void block(float* y, int64_t y_stride, const bf16* w
 }
 #undef PYRUNTIME_AMX_DP
 
-// gemm_rows for plain bf16 rows with in % 32 == 0: the whole 16-row blocks of [row_begin,
-// row_end) on tiles; returns the first row it left (the rest: < 16 rows).
-template <bool Accumulate>
+// Rows [r, r + 16 * rb) x chunks [c0, c1) of w (any reader with load(row, i, 16) as float32)
+// as A tiles in `panel`: the tile of row block j and chunk c at ((j * (c1 - c0) + c - c0) *
+// 512, rows 64 bytes apart; hi = bf16(w) there, lo = bf16(w - hi) `rb * (c1 - c0) * 512`
+// elements further.
+template <typename Rows>
+PYRUNTIME_AMX_TARGET inline WeightTiles pack_weights(bf16* panel, const Rows& w, int64_t r, int rb, int64_t c0,
+                                                     int64_t c1) {
+  const int64_t n = c1 - c0, lo = rb * n * 512;
+  for (int j = 0; j < rb * kTile; ++j)
+    for (int64_t c = c0; c < c1; ++c) {
+      bf16* dst = panel + ((j / kTile) * n + c - c0) * 512 + (j % kTile) * kChunk;
+      for (int h = 0; h < kChunk; h += 16) {
+        const __m512 v = w.load(r + j, c * kChunk + h, 16).v;
+        const __m256i hi = (__m256i)_mm512_cvtneps_pbh(v);
+        const __m512 back = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+        const __m256i rest = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, back));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + h), hi);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + lo + h), rest);
+      }
+    }
+  return {panel, n * 512, 512, c0, 64, lo};
+}
+
+// Chunks per piece of the features: a piece's packed tokens (64 KiB per block of 16 tokens)
+// stay in L2 while every row block of the piece passes over them. Fixed, so that a token's sums
+// do not depend on how many others share its call.
+constexpr int64_t kPieceChunks = 32;
+
+// gemm_rows on tiles for in % 32 == 0: plain bf16 rows straight from w; any other format's
+// rows (weight_rows.h, block_rows.h) decoded to float32 and split into bf16 high and low parts
+// by row blocks and pieces of the features. The whole 16-row blocks of [row_begin, row_end);
+// returns the first row it left (the rest: < 16 rows).
+template <bool Accumulate, typename Rows>
 PYRUNTIME_AMX_TARGET inline int64_t rows(float* y, int64_t y_stride, const float* x, int64_t x_stride,
-                                         const DenseRows<bf16>& w, int64_t tokens, int64_t in, int64_t row_begin,
+                                         const Rows& w, int64_t tokens, int64_t in, int64_t row_begin,
                                          int64_t row_end) {
-  thread_local std::vector<bf16> xp;
-  const int64_t blocks = ceil_div(tokens, kTile);
+  constexpr bool kDirect = std::is_same_v<Rows, DenseRows<bf16>>;
+  thread_local std::vector<bf16> xp, panel;
+  const int64_t blocks = ceil_div(tokens, kTile), chunks = in / kChunk;
+  const int64_t piece = kPieceChunks;
   if (static_cast<int64_t>(xp.size()) < blocks * kTile * in * 2) xp.resize(blocks * kTile * in * 2);
+  if (!kDirect && static_cast<int64_t>(panel.size()) < 2 * 2 * piece * 512) panel.resize(2 * 2 * piece * 512);
   alignas(64) float sums[kTile * kTile];
   configure();
   pack_tokens(xp.data(), x, x_stride, tokens, in);
   int64_t r = row_begin;
-  const auto row_block = [&](auto rb) {
-    constexpr int RB = decltype(rb)::value;
-    const bf16* wr = w.w + r * w.stride;
-    int64_t b = 0;
-    for (; b + 2 <= blocks; b += 2)
-      block<RB, 2, Accumulate>(y + r, y_stride, wr, w.stride, xp.data(), in, b, tokens, sums);
-    if (b < blocks) block<RB, 1, Accumulate>(y + r, y_stride, wr, w.stride, xp.data(), in, b, tokens, sums);
-    r += RB * kTile;
-  };
-  while (r + 2 * kTile <= row_end) row_block(std::integral_constant<int, 2>{});
-  if (r + kTile <= row_end) row_block(std::integral_constant<int, 1>{});
+  for (int64_t c0 = 0; c0 < chunks; c0 += piece) {
+    const int64_t c1 = std::min(chunks, c0 + piece);
+    const auto row_block = [&](auto rb, auto accumulate) {
+      constexpr int RB = decltype(rb)::value;
+      constexpr bool Acc = decltype(accumulate)::value;
+      WeightTiles t;
+      if constexpr (kDirect)
+        t = {w.w + r * w.stride, kTile * w.stride, kChunk, 0, w.stride * 2, 0};
+      else
+        t = pack_weights(panel.data(), w, r, RB, c0, c1);
+      int64_t b = 0;
+      for (; b + 2 <= blocks; b += 2)
+        block<RB, 2, Acc, !kDirect>(y + r, y_stride, t, xp.data(), chunks, c0, c1, b, tokens, sums);
+      if (b < blocks) block<RB, 1, Acc, !kDirect>(y + r, y_stride, t, xp.data(), chunks, c0, c1, b, tokens, sums);
+      r += RB * kTile;
+    };
+    const auto row_blocks = [&](auto accumulate) {
+      r = row_begin;
+      while (r + 2 * kTile <= row_end) row_block(std::integral_constant<int, 2>{}, accumulate);
+      if (r + kTile <= row_end) row_block(std::integral_constant<int, 1>{}, accumulate);
+    };
+    if (Accumulate || c0 > 0)
+      row_blocks(std::true_type{});
+    else
+      row_blocks(std::false_type{});
+  }
   _tile_release();
   return r;
 }

@@ -76,8 +76,10 @@ template <bool Accumulate = false, typename Rows>
 inline void gemm_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
                       int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end, float* packed) {
 #if defined(PYRUNTIME_VEC_AVX512) && defined(__linux__)
-  if constexpr (std::is_same_v<Rows, DenseRows<bf16>>)
-    if (w.tile_stride == 0 && in % amx::kChunk == 0 && row_end - row_begin >= amx::kTile && amx::available())
+  bool tiles = in % amx::kChunk == 0 && row_end - row_begin >= amx::kTile;
+  if constexpr (std::is_same_v<Rows, DenseRows<bf16>>) tiles = tiles && w.tile_stride == 0;
+  if constexpr (std::is_same_v<Rows, DenseRows<bf16>> || IsBlockRows<Rows>::value)
+    if (tiles && amx::available())
       row_begin = amx::rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, row_begin, row_end);
 #endif
   for (int64_t r = row_begin; r < row_end; r += kPanelRows) {

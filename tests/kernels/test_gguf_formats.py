@@ -112,6 +112,24 @@ def test_mixed_block_formats_in_one_layer(int8):
     assert spec.layers[0].v.nbytes == 128 * 256 // 256 * 210
 
 
+@pytest.mark.parametrize("fmt", GGUF_BLOCK_FORMATS)
+def test_prompt_products_over_many_tokens_and_features(level, fmt):
+    # A long prompt chunk through a wide matrix: the GEMM's blocks of tokens (an odd number, the
+    # last one partial), its pieces of the features (the last partial) and its blocks of rows
+    # (56: two 16-row blocks side by side, one alone, 8 left over), against float64 torch over
+    # gguf's dequantized weights, to 1e-5 of the sum of the terms' magnitudes.
+    gen = np.random.default_rng(11)
+    m = random_blocks(fmt, 56, 2048, gen)
+    x = torch.from_numpy(gen.standard_normal((300, 2048)).astype(np.float32))
+    x[7, :512] *= 50  # one token of a much larger range
+    w = FORMATS[fmt].dequantize(m).double()
+    want, mag = x.double() @ w.T, x.double().abs() @ w.abs().T
+    got = C.matrix_product(x, m, True).double()
+    assert (got - want).abs().max() <= 1e-5 * mag.max()
+    # Every token as it is in a shorter chunk: its sums do not depend on the other tokens.
+    assert torch.equal(C.matrix_product(x[:40], m, True).double(), got[:40])
+
+
 def test_block_matrix_shapes_are_checked():
     blocks = torch.zeros(4, 2 * 144, dtype=torch.uint8)
     m = C.WeightMatrix(C.WeightFormat.q4_k, blocks)
