@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pyruntime.errors import ModelLoadError
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM")
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ModelConfig:
     attention_bias: bool  # biases on q, k, v (Qwen2; Llama with attention_bias)
     o_bias: bool  # bias on o_proj (Llama with attention_bias)
     rotary_dim: int
+    qk_norm: bool = False  # RMSNorm of every q and k head before RoPE (Qwen3)
     rope: RopeConfig = field(default_factory=RopeConfig)
     sliding_window: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -124,6 +126,7 @@ class ModelConfig:
             attention_bias=attention_bias,
             o_bias=o_bias,
             rotary_dim=rotary_dim,
+            qk_norm=arch == "Qwen3ForCausalLM",
             rope=_rope_config(d, source),
             sliding_window=sliding if isinstance(sliding, int) else None,
             eos_token_ids=eos_ids,

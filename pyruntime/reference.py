@@ -47,7 +47,8 @@ class TorchReference(Engine):
         self.embed, self.lm_head, self.final_norm = matrix(spec.embed), parts(spec.lm_head), spec.final_norm
         self.layers = [
             dict(attn_norm=l.attn_norm, mlp_norm=l.mlp_norm, qkv=parts(l.q, l.k, l.v), qkv_bias=l.qkv_bias,
-                 o=parts(l.o), o_bias=l.o_bias, gate_up=parts(l.gate, l.up), down=parts(l.down))
+                 o=parts(l.o), o_bias=l.o_bias, gate_up=parts(l.gate, l.up), down=parts(l.down),
+                 q_norm=l.q_norm, k_norm=l.k_norm)
             for l in spec.layers
         ]
         self.cos_sin = spec.rope_cos_sin
@@ -64,6 +65,9 @@ class TorchReference(Engine):
         q = qkv[:, :q_size].view(t, s.num_heads, s.head_dim)
         k = qkv[:, q_size : q_size + kv_size].view(t, s.num_kv_heads, s.head_dim)
         v = qkv[:, q_size + kv_size :].view(t, s.num_kv_heads, s.head_dim)
+        if layer["q_norm"] is not None:  # qk-norm: every head normed before RoPE
+            q = ops.rms_norm(q.reshape(-1, s.head_dim), layer["q_norm"], s.norm_eps).view(q.shape)
+            k = ops.rms_norm(k.reshape(-1, s.head_dim), layer["k_norm"], s.norm_eps).view(k.shape)
         return q, k, v
 
     def _run_layers(self, tokens: torch.Tensor, attend) -> torch.Tensor:

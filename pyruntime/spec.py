@@ -51,7 +51,8 @@ def build_spec(cfg: ModelConfig, weights: ModelWeights, fmt: Format, max_seq_len
         gate, up = stacked(f"layers.{i}.gate_up", l.gate, l.up)
         layers.append(C.LayerSpec(attn_norm=vector(l.attn_norm), q=q, k=k, v=v, qkv_bias=vector(l.qkv_bias),
                                   o=matrix(f"layers.{i}.o", l.o), o_bias=vector(l.o_bias),
-                                  mlp_norm=vector(l.mlp_norm), gate=gate, up=up, down=matrix(f"layers.{i}.down", l.down)))
+                                  mlp_norm=vector(l.mlp_norm), gate=gate, up=up, down=matrix(f"layers.{i}.down", l.down),
+                                  q_norm=vector(l.q_norm), k_norm=vector(l.k_norm)))
     spec = C.ModelSpec(
         architecture=cfg.architecture, hidden=cfg.hidden_size, inter=cfg.intermediate_size,
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, vocab=cfg.vocab_size,

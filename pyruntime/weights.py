@@ -2,7 +2,8 @@
 
 Hugging Face tensor names are mapped onto the runtime's roles (pyruntime.spec turns them into
 the model description): per layer q, k, v, o, gate, up, down (Phi-3's fused qkv_proj and
-gate_up_proj split into row views, no copy), the q, k, v biases as one vector.
+gate_up_proj split into row views, no copy), the q, k, v biases as one vector, and Qwen3's
+q_norm / k_norm.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class LayerWeights:
     gate: torch.Tensor  # [I, H]
     up: torch.Tensor  # [I, H]
     down: torch.Tensor  # [H, I]
+    q_norm: torch.Tensor | None = None  # [D]: RMSNorm of every q head before RoPE (qk-norm)
+    k_norm: torch.Tensor | None = None  # [D]: of every k head
 
 
 @dataclass
@@ -141,6 +144,8 @@ def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype | None, prog
                 gate=gate,
                 up=up,
                 down=load(p + "mlp.down_proj.weight", (H, I)),
+                q_norm=load(p + "self_attn.q_norm.weight", (cfg.head_dim,)) if cfg.qk_norm else None,
+                k_norm=load(p + "self_attn.k_norm.weight", (cfg.head_dim,)) if cfg.qk_norm else None,
             )
         )
     final_norm = load("model.norm.weight", (H,))

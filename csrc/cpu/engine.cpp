@@ -197,17 +197,21 @@ struct EngineImpl final : Engine::Impl {
         project(std::false_type{}, qkv.data(), x, {&L.q, &L.k, &L.v}, L.qkv_bias, n);
         mark(l, Op::QKV);
 
-        // q heads rotated in place; k heads rotated, then k and v stored in the cache.
+        // q heads normed (qk-norm) and rotated in place; k heads normed and rotated, then k and
+        // v stored in the cache.
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < n * (Hq + Hkv); ++item) {
           const int64_t t = item / (Hq + Hkv), h = item % (Hq + Hkv), pos = positions[t];
           const float* cos = s.cos_sin + pos * s.rot_dim;
           float* base = qkv.data() + t * qkv_dim;
           if (h < Hq) {
-            detail::rotate_head(base + h * D, cos, cos + s.rot_dim / 2, s.rot_dim, s.is_neox);
+            float* q = base + h * D;
+            if (L.q_norm) detail::rms_norm_row(q, q, L.q_norm, D, s.eps);
+            detail::rotate_head(q, cos, cos + s.rot_dim / 2, s.rot_dim, s.is_neox);
           } else {
             const int64_t kh = h - Hq;
             float* k = base + q_dim + kh * D;
+            if (L.k_norm) detail::rms_norm_row(k, k, L.k_norm, D, s.eps);
             detail::rotate_head(k, cos, cos + s.rot_dim / 2, s.rot_dim, s.is_neox);
             const int64_t head = (rows[t] * Hkv + kh) * s.max_seq * D;
             if (k_tiled)

@@ -96,6 +96,7 @@ Engine::Engine(EngineSpec s) {
     const EngineLayer& L = s.layers[l];
     const std::string p = "layers." + std::to_string(l) + ".";
     PYRUNTIME_CHECK(L.attn_norm && L.mlp_norm, "engine: " + p + "norm weights are missing");
+    PYRUNTIME_CHECK(!L.q_norm == !L.k_norm, "engine: " + p + "q_norm and k_norm come together");
     check_matrix(L.q, q_dim, H, p + "q");
     check_matrix(L.k, kv_dim, H, p + "k");
     check_matrix(L.v, kv_dim, H, p + "v");

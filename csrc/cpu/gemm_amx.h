@@ -23,7 +23,8 @@ namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 // into 16 x 16 float32 sums, pairs of products at a time. The tokens are rounded to a high and
 // a low bf16 part (x = hi + lo to 16 bits of mantissa) and both multiplied; weights that are not
 // bf16 (the GGUF block formats, decoded to float32 a panel at a time) are split the same way:
-// float32-grade sums at a fraction of the FMA path's time. PYRUNTIME_NO_AMX in the environment
+// each product within ~2^-16 of its float32 value (the split keeps 16 bits of mantissa), the
+// sums in float32, at a fraction of the FMA path's time. PYRUNTIME_NO_AMX in the environment
 // keeps the FMA path (A/B runs).
 namespace amx {
 
@@ -124,7 +125,8 @@ struct WeightTiles {
 
 // Rows [r, r + 16 * RB) times token blocks [b, b + TB) (RB, TB of 1 or 2) over chunks
 // [c0, c1) of the features. Without Lo: w x_hi + w x_lo. With Lo (weights split as w = w_hi +
-// w_lo): w_hi x_lo + w_hi x_hi + w_lo x_hi (w_lo x_lo is below float32's rounding).
+// w_lo): w_hi x_lo + w_hi x_hi + w_lo x_hi (w_lo x_lo, ~2^-18 of the product, is below the split's
+// own ~2^-16).
 #define PYRUNTIME_AMX_DP(c, a, b) _tile_dpbf16ps(c, a, b)
 template <int RB, int TB, bool Accumulate, bool Lo>
 PYRUNTIME_AMX_TARGET inline void block(float* y, int64_t y_stride, const WeightTiles& w, const bf16* xp,
@@ -188,7 +190,7 @@ PYRUNTIME_AMX_TARGET inline void block(float* y, int64_t y_stride, const WeightT
 #undef PYRUNTIME_AMX_DP
 
 // Rows [r, r + 16 * rb) x chunks [c0, c1) of w (any reader with load(row, i, 16) as float32)
-// as A tiles in `panel`: the tile of row block j and chunk c at ((j * (c1 - c0) + c - c0) *
+// as A tiles in `panel`: the tile of row block j and chunk c at (j * (c1 - c0) + c - c0) *
 // 512, rows 64 bytes apart; hi = bf16(w) there, lo = bf16(w - hi) `rb * (c1 - c0) * 512`
 // elements further.
 template <typename Rows>

@@ -123,7 +123,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<LayerSpec>(m, "LayerSpec", "one decoder block of a ModelSpec")
       .def(py::init([](at::Tensor attn_norm, WeightMatrix q, WeightMatrix k, WeightMatrix v, WeightMatrix o,
                        at::Tensor mlp_norm, WeightMatrix gate, WeightMatrix up, WeightMatrix down,
-                       OptTensor qkv_bias, OptTensor o_bias, int64_t sliding_window) {
+                       OptTensor qkv_bias, OptTensor o_bias, int64_t sliding_window, OptTensor q_norm,
+                       OptTensor k_norm) {
              LayerSpec l;
              l.attn_norm = std::move(attn_norm);
              l.q = std::move(q);
@@ -137,11 +138,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              l.up = std::move(up);
              l.down = std::move(down);
              l.sliding_window = sliding_window;
+             l.q_norm = std::move(q_norm);
+             l.k_norm = std::move(k_norm);
              return l;
            }),
            py::kw_only(), py::arg("attn_norm"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"),
            py::arg("mlp_norm"), py::arg("gate"), py::arg("up"), py::arg("down"), py::arg("qkv_bias") = py::none(),
-           py::arg("o_bias") = py::none(), py::arg("sliding_window") = 0)
+           py::arg("o_bias") = py::none(), py::arg("sliding_window") = 0, py::arg("q_norm") = py::none(),
+           py::arg("k_norm") = py::none())
       .def_readonly("attn_norm", &LayerSpec::attn_norm)
       .def_readonly("q", &LayerSpec::q)
       .def_readonly("k", &LayerSpec::k)
@@ -153,7 +157,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("gate", &LayerSpec::gate)
       .def_readonly("up", &LayerSpec::up)
       .def_readonly("down", &LayerSpec::down)
-      .def_readonly("sliding_window", &LayerSpec::sliding_window);
+      .def_readonly("sliding_window", &LayerSpec::sliding_window)
+      .def_readonly("q_norm", &LayerSpec::q_norm)
+      .def_readonly("k_norm", &LayerSpec::k_norm);
   py::class_<ModelSpec>(m, "ModelSpec", "the typed model description every engine is built from")
       .def(py::init([](std::string architecture, int64_t hidden, int64_t inter, int64_t num_heads,
                        int64_t num_kv_heads, int64_t head_dim, int64_t vocab, double norm_eps, double attn_scale,

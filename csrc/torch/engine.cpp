@@ -110,6 +110,8 @@ EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dt
     e.qkv_bias = L.qkv_bias ? L.qkv_bias->data_ptr<float>() : nullptr;
     e.o_bias = L.o_bias ? L.o_bias->data_ptr<float>() : nullptr;
     e.sliding_window = L.sliding_window;
+    e.q_norm = L.q_norm ? L.q_norm->data_ptr<float>() : nullptr;
+    e.k_norm = L.k_norm ? L.k_norm->data_ptr<float>() : nullptr;
     s.layers.push_back(e);
   }
   try {
@@ -182,6 +184,7 @@ CudaEngineHandle::CudaEngineHandle(ModelSpec spec, int64_t max_seq, int64_t max_
     const LayerSpec& L = spec_.layers[l];
     const std::string p = "layers[" + std::to_string(l) + "].";
     TORCH_CHECK_VALUE(L.sliding_window == 0, "CudaEngine: sliding-window attention is not implemented");
+    TORCH_CHECK_VALUE(!L.q_norm && !L.k_norm, "CudaEngine: ", p, "q_norm / k_norm (qk-norm) is not implemented");
     cuda::EngineLayer e;
     e.attn_norm = L.attn_norm.data_ptr();
     e.mlp_norm = L.mlp_norm.data_ptr();

@@ -214,6 +214,10 @@ void ModelSpec::check(const std::string& owner, at::ScalarType vector_dtype,
     c.matrix(L.down, H, inter, p + "down");
     if (L.qkv_bias) c.vector(*L.qkv_bias, q_dim() + 2 * kv_dim(), p + "qkv_bias");
     if (L.o_bias) c.vector(*L.o_bias, H, p + "o_bias");
+    TORCH_CHECK_VALUE(L.q_norm.has_value() == L.k_norm.has_value(), owner, ": ", p,
+                      "q_norm and k_norm come together (qk-norm), got only one");
+    if (L.q_norm) c.vector(*L.q_norm, head_dim, p + "q_norm");
+    if (L.k_norm) c.vector(*L.k_norm, head_dim, p + "k_norm");
     TORCH_CHECK_VALUE(L.sliding_window >= 0, owner, ": ", p, "sliding_window must be >= 0, got ",
                       L.sliding_window);
   }
@@ -238,6 +242,8 @@ int64_t ModelSpec::nbytes() const {
     for (const WeightMatrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) add_matrix(*m);
     if (L.qkv_bias) add(*L.qkv_bias);
     if (L.o_bias) add(*L.o_bias);
+    if (L.q_norm) add(*L.q_norm);
+    if (L.k_norm) add(*L.k_norm);
   }
   return total;
 }

@@ -49,7 +49,7 @@ struct WeightMatrix {
   std::string repr() const;
 };
 
-// One decoder block: [norm -> attention (q, k, v) -> o -> residual add -> norm -> gated MLP
+// One decoder block: [norm -> attention (q, k, v; optionally q and k heads normed) -> o -> residual add -> norm -> gated MLP
 // (down(silu(gate x) * up x)) -> residual add]. Every projection is its own matrix in its own
 // format (a quantized file may hold v in another format than q and k); the engines run q, k, v
 // (and gate, up) as one product over their stacked rows.
@@ -64,6 +64,8 @@ struct LayerSpec {
   WeightMatrix gate, up;                // [I, H]
   WeightMatrix down;                    // [H, I]
   int64_t sliding_window = 0;           // attend to the last W positions; 0: all of them
+  // RMSNorm weights [D] applied to every q head and every k head before RoPE (Qwen3's qk-norm).
+  std::optional<at::Tensor> q_norm, k_norm;
 };
 
 struct ModelSpec {

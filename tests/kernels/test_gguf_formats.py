@@ -114,20 +114,33 @@ def test_mixed_block_formats_in_one_layer(int8):
 
 @pytest.mark.parametrize("fmt", GGUF_BLOCK_FORMATS)
 def test_prompt_products_over_many_tokens_and_features(level, fmt):
-    # A long prompt chunk through a wide matrix: the GEMM's blocks of tokens (an odd number, the
-    # last one partial), its pieces of the features (the last partial) and its blocks of rows
-    # (56: two 16-row blocks side by side, one alone, 8 left over), against float64 torch over
-    # gguf's dequantized weights, to 1e-5 of the sum of the terms' magnitudes.
+    # A long prompt chunk through a wide matrix: the GEMM's blocks of tokens (19, the last one
+    # partial), its pieces of the features (2560 = 1024 + 1024 + 512 on AMX tiles) and its blocks
+    # of rows (56: two 16-row blocks side by side, one alone, 8 left over), against float64 torch
+    # over gguf's dequantized weights, each sum to 1e-5 of its terms' magnitudes.
     gen = np.random.default_rng(11)
-    m = random_blocks(fmt, 56, 2048, gen)
-    x = torch.from_numpy(gen.standard_normal((300, 2048)).astype(np.float32))
+    m = random_blocks(fmt, 56, 2560, gen)
+    x = torch.from_numpy(gen.standard_normal((300, 2560)).astype(np.float32))
     x[7, :512] *= 50  # one token of a much larger range
     w = FORMATS[fmt].dequantize(m).double()
     want, mag = x.double() @ w.T, x.double().abs() @ w.abs().T
     got = C.matrix_product(x, m, True).double()
-    assert (got - want).abs().max() <= 1e-5 * mag.max()
+    assert ((got - want).abs() <= 1e-5 * mag).all()
     # Every token as it is in a shorter chunk: its sums do not depend on the other tokens.
     assert torch.equal(C.matrix_product(x[:40], m, True).double(), got[:40])
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q8_0"])
+def test_wide_mlp_adds_every_piece_into_the_residual(level, fmt):
+    # An intermediate size of 2560: the down projection of a prompt chunk adds its sums into the
+    # residual stream piece by piece of the features (AMX tiles) or at once (FMA).
+    spec = tiny_spec({"gate": fmt, "up": fmt, "down": fmt}, I=2560, seed=2)
+    eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2)
+    ref = TorchReference(spec, 64, torch.float32)
+    ids = torch.arange(3, 43)
+    want = ref.prefill(ids, 0, 0, all_logits=True)
+    got = eng.prefill(ids, 0, 0, all_logits=True)
+    torch.testing.assert_close(got, want, atol=MODEL_TOLERANCE[False] * want.abs().max().item(), rtol=0)
 
 
 def test_block_matrix_shapes_are_checked():

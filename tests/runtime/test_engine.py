@@ -216,6 +216,8 @@ def _engine(spec, max_seq=4, kv_dtype=torch.float32):
     (lambda: _spec(final_norm=torch.ones(9)), "final_norm must be"),
     (lambda: _spec(layer=dict(qkv_bias=torch.zeros(255))), "qkv_bias must be"),
     (lambda: _spec(layer=dict(sliding_window=3)), "sliding-window attention is not implemented"),
+    (lambda: _spec(layer=dict(q_norm=torch.ones(64))), "q_norm and k_norm come together"),
+    (lambda: _spec(layer=dict(q_norm=torch.ones(32), k_norm=torch.ones(32))), "layers\\[0\\].q_norm must be"),
     (lambda: _spec(rope_cos_sin=torch.zeros(4, 32)), "rope_cos_sin"),
     (lambda: _spec(layer=dict(down=C.WeightMatrix(C.WeightFormat.float32, torch.zeros(8, 16, device="meta")))),
      "layers\\[0\\].down is on meta"),
@@ -418,7 +420,7 @@ def _spec_to(spec, device):
         gate, up = stacked(l.gate, l.up)
         layers.append(C.LayerSpec(attn_norm=to(l.attn_norm), q=q, k=k, v=v, qkv_bias=to(l.qkv_bias), o=mat(l.o),
                                   o_bias=to(l.o_bias), mlp_norm=to(l.mlp_norm), gate=gate, up=up, down=mat(l.down),
-                                  sliding_window=l.sliding_window))
+                                  sliding_window=l.sliding_window, q_norm=to(l.q_norm), k_norm=to(l.k_norm)))
     embed = mat(spec.embed)
     tied = spec.lm_head.data.data_ptr() == spec.embed.data.data_ptr()
     return C.ModelSpec(architecture=spec.architecture, hidden=spec.hidden, inter=spec.inter, num_heads=spec.num_heads,

@@ -71,6 +71,9 @@ struct EngineLayer {
   // Attention limited to the last sliding_window positions; 0: the whole sequence. The engine
   // refuses other values for now (InvalidArgument), so no model runs with a window ignored.
   int64_t sliding_window = 0;
+  // RMSNorm weights [D] of every q head and every k head, applied before RoPE; or null.
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
 };
 
 struct EngineSpec : EngineShape {
