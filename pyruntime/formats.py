@@ -11,6 +11,8 @@ precisions an LLM can run at (dtype= of pyruntime.LLM: a weight format and a KV 
   whole blocks exactly as a GGUF file holds them (uint8 [rows, row bytes]); their values are
   gguf.quants.dequantize's. The `gguf` package quantizes float weights to the 32-value ones
   (q4_0 is dtype="int4"); the k-quants come from GGUF files.
+- f16: GGUF's float16 matrices (rows of a multiple of 32 values), their bytes as the file holds
+  them (uint8 [rows, 2 * cols]), read by the engines in blocks of 32 like the formats above.
 
 Decode steps multiply q4_0, q8_0, q4_k, q5_k and q6_k matrices in integers on the CPU (by
 default; int8_activations=False keeps float32): the activations are quantized to 8 bits in
@@ -123,6 +125,10 @@ def quantize_activations(x: torch.Tensor, group: int) -> torch.Tensor:
     return (torch.round(g * iscale) * (amax / 127.0)).reshape(x.shape)
 
 
+# Values per block of the engines' f16 rows (csrc/cpu/engine_spec.cpp): the columns of an f16
+# matrix are a multiple of it.
+F16_BLOCK = 32
+
 # The GGUF block formats, in ggml's order.
 GGUF_BLOCK_FORMATS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 
@@ -133,6 +139,8 @@ FORMATS = {
         _dense(torch.bfloat16, C.WeightFormat.bfloat16, "bfloat16"),
         Format("int8", C.WeightFormat.int8, _pack_int8, _dequantize_int8),
         *(_gguf_block(name) for name in GGUF_BLOCK_FORMATS),
+        Format("f16", C.WeightFormat.f16, lambda w: C.WeightMatrix(C.WeightFormat.f16, w.detach().to(torch.float16).contiguous().view(torch.uint8)),
+               lambda m: m.data.view(torch.float16).float()),
     )
 }
 
@@ -150,7 +158,8 @@ def dequantize(m: C.WeightMatrix) -> torch.Tensor:
 class Precision:
     """What dtype= of an LLM means: the checkpoint read as `load`, every weight matrix stored as
     `weights`, the KV cache kept as `kv` (unless LLM's kv_dtype says otherwise). native: a GGUF
-    file's matrices kept in their own types (`weights` only for those that are not: F16)."""
+    file's matrices kept in their own types (`weights` only for those that are not: F16 rows whose
+    length is not a multiple of F16_BLOCK, and other types the engines lack)."""
 
     weights: Format
     kv: torch.dtype

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from pyruntime._ext import C
 from pyruntime.config import ModelConfig
 from pyruntime.errors import ModelLoadError
-from pyruntime.formats import GGUF_BLOCK_FORMATS
+from pyruntime.formats import F16_BLOCK, GGUF_BLOCK_FORMATS
 from pyruntime.weights import LayerWeights, ModelWeights
 
 
@@ -123,7 +123,8 @@ class GGUFSource:
 
     def matrix(self, hf_name: str, shape, permute_heads: int = 0):
         """The matrix in its file type: a C.WeightMatrix over the mapped bytes (block formats,
-        F32, BF16; q and k rows reordered into a copy), or float32 for the other types (F16)."""
+        F32, BF16, F16 with rows of a multiple of 32 values; q and k rows reordered into a copy),
+        or float32 for the other types (F16 rows of other lengths)."""
         t = self._tensor(hf_name, shape)
         qt = self.qtypes(t.tensor_type)
         name = qt.name.lower()
@@ -137,8 +138,9 @@ class GGUFSource:
                 return C.WeightMatrix(getattr(C.WeightFormat, name), _from_numpy(data))
             except ValueError as e:
                 raise ModelLoadError(f"{self.path}: tensor {t.name!r}: {e}") from None
-        if qt in (self.qtypes.F32, self.qtypes.BF16):
-            # The reader gives F32 as float32 values and BF16 as its bytes ([rows, 2 * cols] uint8).
+        f16 = qt == self.qtypes.F16 and shape[1] % F16_BLOCK == 0
+        if qt in (self.qtypes.F32, self.qtypes.BF16) or f16:
+            # The reader gives F32 and F16 as their values, BF16 as its bytes ([rows, 2 * cols] uint8).
             data = t.data.reshape(shape[0], -1)
             if permute_heads:
                 data = np.ascontiguousarray(_reverse_permute(data, permute_heads))
@@ -146,6 +148,8 @@ class GGUFSource:
             data = data.view(torch.bfloat16) if qt == self.qtypes.BF16 else data
             if tuple(data.shape) != tuple(shape):
                 raise ModelLoadError(f"{self.path}: tensor {t.name!r} ({qt.name}) holds {t.data.shape} for shape {tuple(shape)}")
+            if f16:  # the engines take F16 rows as bytes, in blocks of 32 values
+                return C.WeightMatrix(C.WeightFormat.f16, data.view(torch.uint8))
             fmt = C.WeightFormat.bfloat16 if qt == self.qtypes.BF16 else C.WeightFormat.float32
             return C.WeightMatrix(fmt, data)
         return self.floats(hf_name, shape, permute_heads)

@@ -1,4 +1,4 @@
-// Rows of a GGUF block-format matrix (engine.h's WeightFormat::Q4_0 .. Q6_K) as the products read
+// Rows of a GGUF block-format matrix (engine.h's WeightFormat::Q4_0 .. Q6_K, F16) as the products read
 // them: every load decodes W values of one block straight from the file's bytes to float32 (the
 // block's scale, and min where it has one, applied), so the products see the values that
 // gguf.quants.dequantize gives (to the rounding of one multiply-add: a fused one here, numpy's
@@ -275,6 +275,27 @@ struct Block<WeightFormat::Q6_K> {  // ql[128], qh[64], scales[16] int8, d f16: 
       const float scale = d * static_cast<float>(static_cast<int8_t>(b[192 + j / 16]));
       const VecF q = u8_fields(b + half * 64 + u % 64, 4 * (u / 64), 15, b + 128 + half * 32 + u % 32, 2 * (u / 32), 3, 4);
       return VecF::fma(q, VecF::set1(scale), VecF::set1(-32.0f * scale));
+    }
+  };
+};
+
+template <>
+struct Block<WeightFormat::F16> {  // 32 float16 values (GGUF's F16 rows, cut into blocks of 32)
+  static constexpr int kValues = 32, kBytes = 64;
+  struct View {
+    View() = default;
+    const uint8_t* b;
+    explicit View(const uint8_t* blk) : b(blk) {}
+    VecF at(int j) const {
+#if defined(PYRUNTIME_VEC_AVX512)
+      return VecF(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2 * j))));
+#elif defined(PYRUNTIME_VEC_AVX2)
+      return VecF(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 * j))));
+#else
+      VecF r;
+      for (int l = 0; l < W; ++l) r.v[l] = f16_at(b + 2 * (j + l));
+      return r;
+#endif
     }
   };
 };

@@ -23,7 +23,7 @@ std::vector<WeightFormat> all_weight_formats();
 
 // One weight matrix [rows, cols] as an engine holds it: its format, its tensors, its layout.
 // - float32, bfloat16: data [rows, cols] of that dtype, no scales.
-// - GGUF block formats (q4_0 .. q6_k): data uint8 [rows, format_row_bytes(format, cols)], the
+// - GGUF block formats (q4_0 .. q6_k, f16): data uint8 [rows, format_row_bytes(format, cols)], the
 //   file's blocks as they are, no scales (they are in the blocks).
 // - int8: one float32 scale per group of `group` columns (weight = q * scale), rows plain
 //   (data int8 [rows, cols], scales [rows, cols / group]) or interleaved in blocks of

@@ -29,7 +29,14 @@ BLOCKS = {
 }
 
 
+# The quantized block formats and f16 (GGUF's float16 rows, read by the engine in blocks of 32).
+NATIVE_FORMATS = GGUF_BLOCK_FORMATS + ("f16",)
+
+
 def random_blocks(fmt: str, rows: int, cols: int, gen: np.random.Generator) -> C.WeightMatrix:
+    if fmt == "f16":  # float16 weights of ~0.05
+        w = (0.05 * gen.standard_normal((rows, cols))).astype(np.float16)
+        return C.WeightMatrix(C.WeightFormat.f16, torch.from_numpy(w.view(np.uint8)))
     values, nbytes, scales = BLOCKS[fmt]
     blocks = gen.integers(0, 256, size=(rows, cols // values, nbytes), dtype=np.uint8)
     for offset, magnitude in scales.items():
@@ -72,7 +79,7 @@ MODEL_TOLERANCE = {False: 2e-4, True: 2e-2}
 
 
 # Every format with float32 activations, and those with integer products with 8-bit ones.
-CASES = [(fmt, False) for fmt in GGUF_BLOCK_FORMATS] + [
+CASES = [(fmt, False) for fmt in NATIVE_FORMATS] + [
     (fmt, True) for fmt in GGUF_BLOCK_FORMATS if FORMATS[fmt].activation_group]
 
 
@@ -112,7 +119,7 @@ def test_mixed_block_formats_in_one_layer(int8):
     assert spec.layers[0].v.nbytes == 128 * 256 // 256 * 210
 
 
-@pytest.mark.parametrize("fmt", GGUF_BLOCK_FORMATS)
+@pytest.mark.parametrize("fmt", NATIVE_FORMATS)
 def test_prompt_products_over_many_tokens_and_features(level, fmt):
     # A long prompt chunk through a wide matrix: the GEMM's blocks of tokens (19, the last one
     # partial), its pieces of the features (2560 = 1024 + 1024 + 512 on AMX tiles) and its blocks

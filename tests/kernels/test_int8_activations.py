@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pyruntime._ext import C
-from pyruntime.formats import FORMATS, GGUF_BLOCK_FORMATS, quantize_activations
+from pyruntime.formats import FORMATS, quantize_activations
 
-from tests.kernels.test_gguf_formats import random_blocks
+from tests.kernels.test_gguf_formats import NATIVE_FORMATS, random_blocks
 
 INT8_FORMATS = [name for name, f in FORMATS.items() if f.activation_group]
 
@@ -24,7 +24,7 @@ def reference(x: torch.Tensor, m: C.WeightMatrix, group: int | None):
     return xq @ w.T, xq.abs() @ w.abs().T
 
 
-@pytest.mark.parametrize("fmt", GGUF_BLOCK_FORMATS)
+@pytest.mark.parametrize("fmt", NATIVE_FORMATS)
 def test_activation_groups_name_the_engines_integer_formats(fmt):
     # formats.py's activation_group (the reference's switch) against what the engine does: a
     # decode product differs from the float32 one exactly where the format has integer products.

@@ -20,7 +20,9 @@ namespace pyruntime::cpu {
 // - Q4_0 .. Q6_K: GGUF's (ggml's) block formats, rows of whole blocks exactly as a GGUF file
 //   stores them (block_q4_0 etc. of ggml-common.h): 32 values per block (Q4_0, Q4_1, Q5_0, Q5_1,
 //   Q8_0) or 256 (the k-quants Q2_K .. Q6_K), each block holding its scales.
-enum class WeightFormat { Float32, BFloat16, Int8, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K };
+// - F16: GGUF's float16 matrices, as bytes, in "blocks" of 32 values (64 bytes) for the same
+//   machinery (cols a multiple of 32; pyruntime widens other F16 matrices to float32).
+enum class WeightFormat { Float32, BFloat16, Int8, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16 };
 
 const char* weight_format_name(WeightFormat f);
 // Values per block and bytes per block of a format (dense formats and Int8: 1 value of 4, 2 or
