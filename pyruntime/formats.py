@@ -125,6 +125,15 @@ def quantize_activations(x: torch.Tensor, group: int) -> torch.Tensor:
     return (torch.round(g * iscale) * (amax / 127.0)).reshape(x.shape)
 
 
+def _f16() -> Format:
+    """GGUF's float16 rows as their bytes (uint8 [rows, 2 * cols])."""
+
+    def pack(w: torch.Tensor) -> C.WeightMatrix:
+        return C.WeightMatrix(C.WeightFormat.f16, w.detach().to(torch.float16).contiguous().view(torch.uint8))
+
+    return Format("f16", C.WeightFormat.f16, pack, lambda m: m.data.view(torch.float16).float())
+
+
 # Values per block of the engines' f16 rows (csrc/cpu/engine_spec.cpp): the columns of an f16
 # matrix are a multiple of it.
 F16_BLOCK = 32
@@ -139,8 +148,7 @@ FORMATS = {
         _dense(torch.bfloat16, C.WeightFormat.bfloat16, "bfloat16"),
         Format("int8", C.WeightFormat.int8, _pack_int8, _dequantize_int8),
         *(_gguf_block(name) for name in GGUF_BLOCK_FORMATS),
-        Format("f16", C.WeightFormat.f16, lambda w: C.WeightMatrix(C.WeightFormat.f16, w.detach().to(torch.float16).contiguous().view(torch.uint8)),
-               lambda m: m.data.view(torch.float16).float()),
+        _f16(),
     )
 }
 
