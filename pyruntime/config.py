@@ -42,6 +42,9 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm of every q and k head before RoPE (Qwen3)
     rope: RopeConfig = field(default_factory=RopeConfig)
     sliding_window: int | None = None
+    # Per layer: the sliding window of its attention (the token at pos attends keys
+    # [pos + 1 - window, pos]), 0 for full attention. Empty: every layer full.
+    layer_windows: tuple[int, ...] = ()
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
 
@@ -110,7 +113,10 @@ class ModelConfig:
         rotary_dim -= rotary_dim % 2
         eos = d.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
-        sliding = d.get("sliding_window") if d.get("use_sliding_window", True) else None
+        sliding = get("sliding_window", int, required=False)
+        if sliding is not None and sliding <= 0:
+            raise ModelLoadError(f"{source}: field 'sliding_window' must be positive, got {sliding}")
+        windows = _layer_windows(d, arch, layers, sliding, source)
         return cls(
             architecture=arch,
             vocab_size=get("vocab_size", int),
@@ -128,10 +134,39 @@ class ModelConfig:
             rotary_dim=rotary_dim,
             qk_norm=arch == "Qwen3ForCausalLM",
             rope=_rope_config(d, source),
-            sliding_window=sliding if isinstance(sliding, int) else None,
+            sliding_window=sliding if any(windows) else None,
+            layer_windows=windows if any(windows) else (),
             eos_token_ids=eos_ids,
             bos_token_id=d.get("bos_token_id") if isinstance(d.get("bos_token_id"), int) else None,
         )
+
+
+def _layer_windows(d: dict, arch: str, layers: int, sliding: int | None, source: str) -> tuple[int, ...]:
+    """Each layer's sliding window (0: full attention), as transformers assigns them: from
+    `layer_types` where the config lists them, else by the family's rule (Mistral, Phi-3: every
+    layer; Qwen2/Qwen3 with use_sliding_window: layers from max_window_layers on)."""
+    types = d.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != layers:
+            raise ModelLoadError(f"{source}: field 'layer_types' must list the {layers} layers, got {types!r}")
+        unknown = sorted({t for t in types if t not in ("full_attention", "sliding_attention")}, key=str)
+        if unknown:
+            raise ModelLoadError(f"{source}: layer_types {unknown} are not supported (full_attention, sliding_attention)")
+        if "sliding_attention" in types and sliding is None:
+            raise ModelLoadError(f"{source}: layer_types has sliding_attention layers but no sliding_window")
+        return tuple(sliding if t == "sliding_attention" else 0 for t in types)
+    if sliding is None:
+        return ()
+    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
+        if not d.get("use_sliding_window", False):
+            return ()
+        first = d.get("max_window_layers", layers)
+        if isinstance(first, bool) or not isinstance(first, int):
+            raise ModelLoadError(f"{source}: field 'max_window_layers' must be int, got {first!r}")
+        return tuple(sliding if i >= first else 0 for i in range(layers))
+    if arch in ("MistralForCausalLM", "Phi3ForCausalLM"):
+        return (sliding,) * layers
+    return ()  # Llama's attention has no window (transformers ignores the field there too)
 
 
 def _rope_config(d: dict, source: str) -> RopeConfig:

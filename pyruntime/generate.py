@@ -161,11 +161,6 @@ class LLM:
         self.max_seq_len = max_seq_len or min(limit, DEFAULT_MAX_SEQ_LEN)
         if self.max_seq_len > limit:
             raise ValueError(f"max_seq_len {self.max_seq_len} exceeds the model's max_position_embeddings {limit}")
-        if self.config.sliding_window and self.max_seq_len > self.config.sliding_window:
-            raise ValueError(
-                f"max_seq_len {self.max_seq_len} exceeds the model's sliding_window {self.config.sliding_window}, "
-                "which this runtime does not implement; pass max_seq_len <= sliding_window"
-            )
         prec = PRECISIONS[dtype]
         self._kv_dtype = prec.kv if kv_dtype is None else getattr(torch, kv_dtype)
         weights = load_weights(self.path, self.config, None if prec.native else prec.load, progress=progress)

@@ -48,7 +48,7 @@ class TorchReference(Engine):
         self.layers = [
             dict(attn_norm=l.attn_norm, mlp_norm=l.mlp_norm, qkv=parts(l.q, l.k, l.v), qkv_bias=l.qkv_bias,
                  o=parts(l.o), o_bias=l.o_bias, gate_up=parts(l.gate, l.up), down=parts(l.down),
-                 q_norm=l.q_norm, k_norm=l.k_norm)
+                 q_norm=l.q_norm, k_norm=l.k_norm, window=l.sliding_window)
             for l in spec.layers
         ]
         self.cos_sin = spec.rope_cos_sin
@@ -68,6 +68,7 @@ class TorchReference(Engine):
         if layer["q_norm"] is not None:  # qk-norm: every head normed before RoPE
             q = ops.rms_norm(q.reshape(-1, s.head_dim), layer["q_norm"], s.norm_eps).view(q.shape)
             k = ops.rms_norm(k.reshape(-1, s.head_dim), layer["k_norm"], s.norm_eps).view(k.shape)
+            v = v.contiguous()  # the cache op takes k and v alike
         return q, k, v
 
     def _run_layers(self, tokens: torch.Tensor, attend) -> torch.Tensor:
@@ -96,6 +97,8 @@ class TorchReference(Engine):
             kc, vc = cache.k[i, row : row + 1], cache.v[i, row : row + 1]
             ops.rotary_embedding_and_cache(positions, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), kc, vc,
                                            self.cos_sin)
+            if self.layers[i]["window"]:
+                return _window_attention(q, kc[0], vc[0], positions[0], self.layers[i]["window"], self.scale)
             return ops.prefill_attention(q.contiguous(), kc[0], vc[0], start_pos, self.scale).reshape(t, -1)
 
         x = self._run_layers(tokens, attend)
@@ -112,10 +115,27 @@ class TorchReference(Engine):
         def attend(i, q, k, v):
             kc, vc = cache.k[i, r0:r1], cache.v[i, r0:r1]
             ops.rotary_embedding_and_cache(pos, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), kc, vc, self.cos_sin)
+            if self.layers[i]["window"]:
+                return torch.cat([_window_attention(q[b : b + 1], kc[b], vc[b], pos[b], self.layers[i]["window"],
+                                                    self.scale) for b in range(n)])
             return ops.gqa_decode_attention(q.contiguous(), kc, vc, seq_lens, self.scale).view(n, self.q_size)
 
         x = self._run_layers(tokens, attend)
         return _linear(x[first_logit:], self.lm_head).float()
+
+
+def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, window: int,
+                      scale: float) -> torch.Tensor:
+    """Sliding-window attention in plain torch (float32): q [T, Hq, D] at positions [T] against
+    one sequence's cache k, v [Hkv, S, D]; the token at pos attends keys [pos + 1 - window, pos].
+    Returns [T, Hq * D] in q's dtype."""
+    keys = torch.arange(k.shape[1], device=k.device)
+    pos = positions.to(k.device).view(-1, 1)
+    mask = (keys <= pos) & (keys > pos - window)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1).float(), k.float(), v.float(), attn_mask=mask, scale=scale,
+        enable_gqa=q.shape[1] != k.shape[0])
+    return out.transpose(0, 1).reshape(q.shape[0], -1).to(q.dtype)
 
 
 def _linear(x: torch.Tensor, parts) -> torch.Tensor:

@@ -46,13 +46,15 @@ def build_spec(cfg: ModelConfig, weights: ModelWeights, fmt: Format, max_seq_len
         return None if v is None else v.to(device=device, dtype=vector_dtype).contiguous()
 
     layers = []
+    # A window as long as the cache leaves every key in sight: the layer is described as full.
+    windows = [w if w < max_seq_len else 0 for w in cfg.layer_windows or (0,) * cfg.num_layers]
     for i, l in enumerate(weights.layers):
         q, k, v = stacked(f"layers.{i}.qkv", l.q, l.k, l.v)
         gate, up = stacked(f"layers.{i}.gate_up", l.gate, l.up)
         layers.append(C.LayerSpec(attn_norm=vector(l.attn_norm), q=q, k=k, v=v, qkv_bias=vector(l.qkv_bias),
                                   o=matrix(f"layers.{i}.o", l.o), o_bias=vector(l.o_bias),
                                   mlp_norm=vector(l.mlp_norm), gate=gate, up=up, down=matrix(f"layers.{i}.down", l.down),
-                                  q_norm=vector(l.q_norm), k_norm=vector(l.k_norm)))
+                                  q_norm=vector(l.q_norm), k_norm=vector(l.k_norm), sliding_window=windows[i]))
     spec = C.ModelSpec(
         architecture=cfg.architecture, hidden=cfg.hidden_size, inter=cfg.intermediate_size,
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, vocab=cfg.vocab_size,

@@ -25,6 +25,21 @@ inline int64_t split_len_for(int64_t len, int64_t num_kv_heads, int64_t target_i
   return std::max(kMinSplit, ceil_div(split, kBlock) * kBlock);
 }
 
+// The keys query b attends, [first, end): first = first_keys[b] (a sliding window's first key;
+// 0 without first_keys), end = seq_lens[b]. Its splits of split_len keys start at base, first
+// rounded down to a block, so that every split but the first starts on a block (and key tile).
+struct SeqKeys {
+  int64_t base, first, end, split_len, splits;
+};
+
+inline SeqKeys seq_keys(const int32_t* seq_lens, const int32_t* first_keys, int64_t b, int64_t num_kv_heads,
+                        int64_t target_items) {
+  const int64_t first = first_keys ? first_keys[b] : 0, end = seq_lens[b];
+  const int64_t base = first / kBlock * kBlock;
+  const int64_t split_len = split_len_for(end - base, num_kv_heads, target_items);
+  return {base, first, end, split_len, ceil_div(end - base, split_len)};
+}
+
 // One split's running state for the G query heads of a KV head, kept in the workspace:
 // acc [G, D], then m [G], l [G], then scratch: scores [G, kBlock] and corrections [G].
 struct SplitRecord {
@@ -212,9 +227,11 @@ inline void for_head_tiles(int64_t group, F&& f) {
 //               tiles (only the ceil(nb / kTileKeys) that hold keys are read)
 // \param vb     the block's value rows (past nb zeros when nb < kBlock)
 // \param ahead  request the keys further on from memory meanwhile (the first head tile does)
+// \param skip   keys [0, skip) of the block are masked out (before a sliding window; skip < nb,
+//               and the block is read contiguously: key j is row j)
 template <int D, bool KTiled, typename SK, typename SV>
 inline void attend_block(const float* qf, int64_t group, const BlockStreams<SK>& kb,
-                         const BlockStreams<SV>& vb, int nb, SplitRecord rec, bool ahead) {
+                         const BlockStreams<SV>& vb, int nb, SplitRecord rec, bool ahead, int skip = 0) {
   float* corr = rec.scores + group * kBlock;  // [G]
   for_head_tiles(group, [&](auto ht, int64_t g0) {
     constexpr int HT = decltype(ht)::value;
@@ -227,6 +244,7 @@ inline void attend_block(const float* qf, int64_t group, const BlockStreams<SK>&
   // Online softmax: scores become probabilities relative to the running maximum.
   for (int64_t g = 0; g < group; ++g) {
     float* s = rec.scores + g * kBlock;
+    for (int j = 0; j < skip; ++j) s[j] = kNegInf;
     for (int j = nb; j < kBlock; ++j) s[j] = kNegInf;
     VecF mx = VecF::set1(kNegInf);
     for (int j = 0; j < kBlock; j += W) mx = VecF::max(mx, VecF::load(s + j));
@@ -247,58 +265,67 @@ inline void attend_block(const float* qf, int64_t group, const BlockStreams<SK>&
   });
 }
 
-// Attends the G query heads of one KV head to keys [0, len) of k/v, a block of kBlock keys
-// at a time: the first kStreams * r rows (r a multiple of kBlock / kStreams, as many as len
-// allows) as kStreams streams of r rows read side by side, a block taking kBlock / kStreams keys
-// of each; then the rest in order. Whole blocks are read in place (bf16 converted as loaded,
-// once per head tile), the last partial one through a zero-padded float32 copy.
+// Attends the G query heads of one KV head to keys [skip, len) of k/v, a block of kBlock keys
+// at a time. With skip (0 < skip < kBlock, a sliding window's first key) the first block goes
+// alone, its leading keys masked. Then, from a block boundary, the first kStreams * r rows (r a
+// multiple of kBlock / kStreams, as many as len allows) as kStreams streams of r rows read side by
+// side, a block taking kBlock / kStreams keys of each; then the rest in order. Whole blocks are
+// read in place (bf16 converted as loaded, once per head tile), a last partial one through a
+// zero-padded float32 copy.
 // \param qf      [G, D] float32, already scaled
 // \param k       [len, D] rows, or with KTiled key tiles (len's tiles); v [len, D]
 // \param scratch [2, kBlock, D] float32
 template <typename T, int D, bool KTiled>
 void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_t len,
-                  SplitRecord rec, float* scratch) {
+                  SplitRecord rec, float* scratch, int skip = 0) {
   static_assert(D % W == 0, "head sizes are multiples of the vector width");
   std::fill(rec.acc, rec.acc + group * D, 0.0f);
   std::fill(rec.m, rec.m + group, kNegInf);
   std::fill(rec.l, rec.l + group, 0.0f);
+  // Keys [j0, j0 + nb) of k/v, contiguous; nb < kBlock through a zero-padded float32 copy of
+  // the rows (key tiles are read in place).
+  const auto contiguous = [&](int64_t j0, int nb, int masked) {
+    if (nb == kBlock) {
+      attend_block<D, KTiled>(qf, group, contiguous_block<KTiled>(k + j0 * D, D),
+                              contiguous_block<KTiled>(v + j0 * D, D), nb, rec, true, masked);
+      return;
+    }
+    const auto padded = [&](const T* src, float* dst) {
+      detail::convert(dst, src + j0 * D, int64_t(nb) * D);
+      std::fill(dst + int64_t(nb) * D, dst + int64_t(kBlock) * D, 0.0f);
+      return contiguous_block<KTiled>(static_cast<const float*>(dst), D);
+    };
+    const BlockStreams<float> vb = padded(v, scratch + kBlock * D);
+    if constexpr (KTiled)
+      attend_block<D, true>(qf, group, contiguous_block<true>(k + j0 * D, D), vb, nb, rec, false, masked);
+    else
+      attend_block<D, false>(qf, group, padded(k, scratch), vb, nb, rec, false, masked);
+  };
+  int64_t first = 0;  // the first key of the streamed part, a block boundary
+  if (skip > 0) {
+    contiguous(0, static_cast<int>(std::min<int64_t>(kBlock, len)), skip);
+    first = kBlock;
+  }
   constexpr int kStreamRows = kBlock / kStreams;  // a whole key tile with KTiled
-  const int64_t rows = len / kBlock * kStreamRows;
+  const int64_t rows = std::max<int64_t>(0, len - first) / kBlock * kStreamRows;
   for (int64_t r0 = 0; r0 < rows; r0 += kStreamRows) {
     BlockStreams<T> kb, vb;
     for (int i = 0; i < kStreams; ++i) {
-      kb.start[i] = k + (i * rows + r0) * D;
-      vb.start[i] = v + (i * rows + r0) * D;
+      kb.start[i] = k + (first + i * rows + r0) * D;
+      vb.start[i] = v + (first + i * rows + r0) * D;
     }
     kb.stride = vb.stride = D;
     attend_block<D, KTiled>(qf, group, kb, vb, kBlock, rec, true);
   }
-  for (int64_t j0 = kStreams * rows; j0 < len; j0 += kBlock) {
-    const int nb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
-    if (nb == kBlock) {
-      attend_block<D, KTiled>(qf, group, contiguous_block<KTiled>(k + j0 * D, D),
-                              contiguous_block<KTiled>(v + j0 * D, D), nb, rec, true);
-    } else {
-      // A zero-padded float32 copy of the rows (key tiles are read in place).
-      const auto padded = [&](const T* src, float* dst) {
-        detail::convert(dst, src + j0 * D, int64_t(nb) * D);
-        std::fill(dst + int64_t(nb) * D, dst + int64_t(kBlock) * D, 0.0f);
-        return contiguous_block<KTiled>(static_cast<const float*>(dst), D);
-      };
-      const BlockStreams<float> vb = padded(v, scratch + kBlock * D);
-      if constexpr (KTiled)
-        attend_block<D, true>(qf, group, contiguous_block<true>(k + j0 * D, D), vb, nb, rec, false);
-      else
-        attend_block<D, false>(qf, group, padded(k, scratch), vb, nb, rec, false);
-    }
-  }
+  for (int64_t j0 = first + kStreams * rows; j0 < len; j0 += kBlock)
+    contiguous(j0, static_cast<int>(std::min<int64_t>(kBlock, len - j0)), 0);
 }
 
 // Every thread of the enclosing parallel region calls this (orphaned worksharing loops).
 template <typename TQ, typename TC, int D>
 void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_cache,
                            const TC* v_cache, const int64_t* cache_rows, const int32_t* seq_lens,
-                           int64_t batch, int64_t num_q_heads, int64_t num_kv_heads,
+                           const int32_t* first_keys, int64_t batch, int64_t num_q_heads, int64_t num_kv_heads,
                            int64_t max_seq, float scale, const DecodePlan& plan,
                            float* workspace, bool k_tiled) {
   const int64_t group = num_q_heads / num_kv_heads;
@@ -316,10 +343,11 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t h = 0; h < num_kv_heads; ++h)
         for (int64_t s = 0; s < splits; ++s) {
-          const int64_t split_len = split_len_for(seq_lens[b], num_kv_heads, plan.target_items);
-          const int64_t begin = s * split_len;
-          const int64_t end = std::min<int64_t>(seq_lens[b], begin + split_len);
+          const SeqKeys keys = seq_keys(seq_lens, first_keys, b, num_kv_heads, plan.target_items);
+          const int64_t begin = keys.base + s * keys.split_len;
+          const int64_t end = std::min(keys.end, begin + keys.split_len);
           if (begin >= end) continue;
+          const int skip = s == 0 ? static_cast<int>(keys.first - keys.base) : 0;
           const int64_t row = cache_rows ? cache_rows[b] : b;
           const int64_t kv_off = ((row * num_kv_heads + h) * max_seq + begin) * D;
           float* rec = records + ((b * num_kv_heads + h) * splits + s) * rec_floats;
@@ -330,18 +358,17 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
           }
           if (k_tiled)
             attend_split<TC, D, true>(qf, group, k_cache + kv_off, v_cache + kv_off, end - begin,
-                                      record_at(rec, group, D), scratch);
+                                      record_at(rec, group, D), scratch, skip);
           else
             attend_split<TC, D, false>(qf, group, k_cache + kv_off, v_cache + kv_off, end - begin,
-                                       record_at(rec, group, D), scratch);
+                                       record_at(rec, group, D), scratch, skip);
         }
     // Exact combine of the splits: rescale each by exp(m_s - max m) and normalise.
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < batch * num_q_heads; ++i) {
       const int64_t b = i / num_q_heads, hq = i % num_q_heads;
       const int64_t h = hq / group, g = hq % group;
-      const int64_t ns =
-          ceil_div(seq_lens[b], split_len_for(seq_lens[b], num_kv_heads, plan.target_items));
+      const int64_t ns = seq_keys(seq_lens, first_keys, b, num_kv_heads, plan.target_items).splits;
       float* base = records + (b * num_kv_heads + h) * splits * rec_floats;
       float m_max = kNegInf;
       for (int64_t s = 0; s < ns; ++s) m_max = std::max(m_max, record_at(base + s * rec_floats, group, D).m[g]);
@@ -366,11 +393,12 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
 
 }  // namespace
 
-DecodePlan plan_gqa_decode(const int32_t* seq_lens, int64_t batch, int64_t num_kv_heads) {
+DecodePlan plan_gqa_decode(const int32_t* seq_lens, int64_t batch, int64_t num_kv_heads,
+                           const int32_t* first_keys) {
   const int64_t target_items = 4 * static_cast<int64_t>(omp_get_max_threads());
   int64_t most = 1;
   for (int64_t b = 0; b < batch; ++b)
-    most = std::max(most, ceil_div(seq_lens[b], split_len_for(seq_lens[b], num_kv_heads, target_items)));
+    most = std::max(most, seq_keys(seq_lens, first_keys, b, num_kv_heads, target_items).splits);
   return {target_items, most, static_cast<int64_t>(omp_get_max_threads())};
 }
 
@@ -385,14 +413,14 @@ int64_t gqa_decode_workspace_floats(const DecodePlan& plan, int64_t batch, int64
 template <typename TQ, typename TC>
 void detail::gqa_decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_cache,
                                const TC* v_cache, const int64_t* cache_rows,
-                               const int32_t* seq_lens, int64_t batch, int64_t num_q_heads,
-                               int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
+                               const int32_t* seq_lens, const int32_t* first_keys, int64_t batch,
+                               int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
                                float scale, const DecodePlan& plan, float* workspace, bool k_tiled) {
   switch (head_dim) {
 #define PYRUNTIME_HEAD_DIM_CASE(D)                                                         \
   case D:                                                                                  \
     return decode_attention_team<TQ, TC, D>(out, q, q_stride, k_cache, v_cache, cache_rows, \
-                                            seq_lens, batch, num_q_heads, num_kv_heads,     \
+                                            seq_lens, first_keys, batch, num_q_heads, num_kv_heads,     \
                                             max_seq, scale, plan, workspace, k_tiled);
     PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_CASE)
 #undef PYRUNTIME_HEAD_DIM_CASE
@@ -412,7 +440,7 @@ void gqa_decode_attention(T* out, const T* q, const T* k_cache, const T* v_cache
                           std::to_string(head_dim) + " (supported: " PYRUNTIME_HEAD_DIMS_STR ")");
 #pragma omp parallel num_threads(static_cast<int>(plan.threads))
   detail::gqa_decode_attention_team<T, T>(out, q, num_q_heads * head_dim, k_cache, v_cache, nullptr,
-                                  seq_lens, batch, num_q_heads, num_kv_heads, max_seq, head_dim,
+                                  seq_lens, nullptr, batch, num_q_heads, num_kv_heads, max_seq, head_dim,
                                   scale, plan, workspace);
 }
 
@@ -425,7 +453,7 @@ template void gqa_decode_attention<bf16>(bf16*, const bf16*, const bf16*, const 
 
 #define PYRUNTIME_INSTANTIATE_TEAM(TQ, TC)                                                  \
   template void detail::gqa_decode_attention_team<TQ, TC>(TQ*, const TQ*, int64_t, const TC*, const TC*, \
-                                                  const int64_t*, const int32_t*, int64_t,      \
+                                                  const int64_t*, const int32_t*, const int32_t*, int64_t, \
                                                   int64_t, int64_t, int64_t, int64_t, float,    \
                                                   const DecodePlan&, float*, bool);
 PYRUNTIME_INSTANTIATE_TEAM(float, float)

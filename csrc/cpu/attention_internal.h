@@ -33,19 +33,22 @@ inline void store_key_tiled(T* head, int64_t pos, const float* k, int64_t head_d
 
 // gqa_decode_attention, run by every thread of the enclosing OpenMP parallel region (its
 // loops are orphaned worksharing loops, each ending in a barrier). Query i reads q at
-// q + i * q_stride and attends cache row cache_rows[i] (row i when cache_rows is null).
+// q + i * q_stride and attends keys [first_keys[i], seq_lens[i]) (from 0 when first_keys is
+// null; a sliding window's first key otherwise) of cache row cache_rows[i] (row i when
+// cache_rows is null). plan: plan_gqa_decode of the same seq_lens and first_keys.
 // head_dim must be supported (checked by the caller: this is inside a parallel region).
 // k_tiled: k_cache holds key tiles (max_seq a multiple of kTileKeys), else rows.
 template <typename TQ, typename TC>
 void gqa_decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_cache,
                                const TC* v_cache, const int64_t* cache_rows,
-                               const int32_t* seq_lens, int64_t batch, int64_t num_q_heads,
-                               int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
+                               const int32_t* seq_lens, const int32_t* first_keys, int64_t batch,
+                               int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
                                float scale, const DecodePlan& plan, float* workspace, bool k_tiled = false);
 
 // prefill_attention, run by every thread of the enclosing OpenMP parallel region (one
 // orphaned worksharing loop, ending in a barrier). Token t of the chunk sits at position
-// start_pos + t; q of token t at q + t * q_stride, its output at out + t * out_stride.
+// start_pos + t; q of token t at q + t * q_stride, its output at out + t * out_stride. It
+// attends keys [0, pos], or [pos + 1 - window, pos] with a window > 0 (sliding window).
 // \param k_cache, v_cache the sequence's [num_kv_heads, max_seq, head_dim]
 // \param workspace prefill_attention_workspace_floats(threads of the region, ...) floats
 // \param k_tiled   k_cache holds key tiles, else rows
@@ -53,6 +56,7 @@ template <typename TQ, typename TC>
 void prefill_attention_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride,
                             const TC* k_cache, const TC* v_cache, int64_t tokens, int64_t start_pos,
                             int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
-                            int64_t head_dim, float scale, float* workspace, bool k_tiled = false);
+                            int64_t head_dim, float scale, int64_t window, float* workspace,
+                            bool k_tiled = false);
 
 }  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail

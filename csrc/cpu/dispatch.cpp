@@ -205,8 +205,9 @@ int64_t gated_mlp_workspace_floats(int64_t tokens, int64_t hidden, int64_t inter
   PYRUNTIME_DISPATCH(gated_mlp_workspace_floats(tokens, hidden, inter));
 }
 
-DecodePlan plan_gqa_decode(const int32_t* seq_lens, int64_t batch, int64_t num_kv_heads) {
-  PYRUNTIME_DISPATCH(plan_gqa_decode(seq_lens, batch, num_kv_heads));
+DecodePlan plan_gqa_decode(const int32_t* seq_lens, int64_t batch, int64_t num_kv_heads,
+                           const int32_t* first_keys) {
+  PYRUNTIME_DISPATCH(plan_gqa_decode(seq_lens, batch, num_kv_heads, first_keys));
 }
 
 int64_t gqa_decode_workspace_floats(const DecodePlan& plan, int64_t batch, int64_t num_q_heads,

@@ -121,9 +121,14 @@ struct EngineImpl final : Engine::Impl {
     for (int64_t i = 1; causal_chunk && i < n; ++i)
       causal_chunk = rows[i] == rows[0] && positions[i] == positions[0] + i;
     DecodePlan plan = plan_gqa_decode(seq_lens.data(), n, Hkv);
+    for (size_t w = 0; w < windows.size(); ++w) {  // a window's splits may be more (aligned to blocks)
+      int32_t* first = first_keys.data() + w * s.max_tokens;
+      for (int64_t i = 0; i < n; ++i) first[i] = static_cast<int32_t>(std::max<int64_t>(0, positions[i] + 1 - windows[w]));
+      plan.max_splits = std::max(plan.max_splits, plan_gqa_decode(seq_lens.data(), n, Hkv, first).max_splits);
+    }
     plan.threads = std::max<int64_t>(plan.threads, threads);
     const int64_t ws = gqa_decode_workspace_floats(plan, n, Hq, D);
-    if (static_cast<int64_t>(attn_ws.size()) < ws) attn_ws.resize(ws);  // grows once at most
+    if (static_cast<int64_t>(attn_ws.size()) < ws) attn_ws.resize(ws);  // rarely: see make_engine_impl
     const int call = profiling ? calls++ : 0;
     const int64_t n_logits = n - first_logit;
 
@@ -223,15 +228,18 @@ struct EngineImpl final : Engine::Impl {
         }
         mark(l, Op::RopeCache);
 
+        const int wi = layer_window[l];
         if (causal_chunk)  // a prompt chunk: blocks of queries meet blocks of keys
           detail::prefill_attention_team<float, TC>(attn.data(), q_dim, qkv.data(), qkv_dim,
                                                     kc + rows[0] * Hkv * s.max_seq * D,
                                                     vc + rows[0] * Hkv * s.max_seq * D, n, positions[0],
-                                                    Hq, Hkv, s.max_seq, D, scale, prefill_ws.data(), k_tiled);
+                                                    Hq, Hkv, s.max_seq, D, scale, L.sliding_window,
+                                                    prefill_ws.data(), k_tiled);
         else
-          detail::gqa_decode_attention_team<float, TC>(attn.data(), qkv.data(), qkv_dim, kc, vc, rows,
-                                                       seq_lens.data(), n, Hq, Hkv, s.max_seq, D,
-                                                       scale, plan, attn_ws.data(), k_tiled);
+          detail::gqa_decode_attention_team<float, TC>(
+              attn.data(), qkv.data(), qkv_dim, kc, vc, rows, seq_lens.data(),
+              wi < 0 ? nullptr : first_keys.data() + wi * s.max_tokens, n, Hq, Hkv, s.max_seq, D, scale, plan,
+              attn_ws.data(), k_tiled);
         mark(l, Op::Attention);
 
         project(std::true_type{}, resid.data(), attn.data(), {&L.o}, L.o_bias, n);  // residual add
@@ -307,13 +315,22 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   m.act.assign(N * I, 0.0f);
   m.tmp.assign(static_cast<int64_t>(m.threads) * 2 * N * m.chunk, 0.0f);
   m.seq_lens.assign(N, 0);
+  for (const EngineLayer& L : sp.layers) {
+    int wi = -1;
+    if (L.sliding_window > 0) {
+      wi = static_cast<int>(std::find(m.windows.begin(), m.windows.end(), L.sliding_window) - m.windows.begin());
+      if (wi == static_cast<int>(m.windows.size())) m.windows.push_back(L.sliding_window);
+    }
+    m.layer_window.push_back(wi);
+  }
+  m.first_keys.assign(m.windows.size() * N, 0);
   m.pack_floats = detail::gemm_pack_floats(std::max({H, q_dim, I}));
   if (N > kMaxRowTileTokens) {
     m.pack.assign(static_cast<int64_t>(m.threads) * m.pack_floats, 0.0f);
     m.prefill_ws.assign(prefill_attention_workspace_floats(m.threads, sp.num_heads, sp.num_kv_heads, D), 0.0f);
   }
-  // Attention workspace for n tokens of the longest length; it can only grow when the
-  // OpenMP thread count is raised later.
+  // Attention workspace for n tokens of the longest length; it grows when the OpenMP thread
+  // count is raised later, or for a window whose splits, aligned to blocks, come to one more.
   std::vector<int32_t> longest(N, static_cast<int32_t>(sp.max_seq));
   DecodePlan plan = plan_gqa_decode(longest.data(), N, sp.num_kv_heads);
   plan.threads = std::max<int64_t>(plan.threads, m.threads);

@@ -25,6 +25,11 @@ struct Engine::Impl {
   std::vector<float> pack;                            // per-thread packed weight panel (GEMM)
   int64_t pack_floats = 0;
   std::vector<int32_t> seq_lens;
+  // Sliding windows: the distinct windows of the layers, each layer's index into them (-1: the
+  // whole sequence), and per window and token the first key attended [windows, max_tokens].
+  std::vector<int64_t> windows;
+  std::vector<int> layer_window;
+  std::vector<int32_t> first_keys;
   std::vector<float> attn_ws;
   std::vector<float> prefill_ws;  // causal prefill attention (max_tokens > kMaxRowTileTokens)
   bool profiling = false;

@@ -122,11 +122,11 @@ inline void key_panel_from_tiles(float* kt, const TC* k, int64_t j0, int nb) {
 }
 
 // One work item: query tokens [t0, t1) of the chunk, the query heads of KV head h; K in key
-// tiles (KTiled) or rows.
+// tiles (KTiled) or rows. With a window, the token at pos sees keys [pos + 1 - window, pos].
 template <typename TQ, typename TC, int D, bool KTiled>
 void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, const TC* k,
                         const TC* v, int64_t t0, int64_t t1, int64_t start_pos, int64_t h,
-                        int64_t group, float scale, float* scratch) {
+                        int64_t group, float scale, int64_t window, float* scratch) {
   const int64_t m = (t1 - t0) * group;  // rows: token-major, then the group's heads
   float* qs = scratch;
   float* o = qs + kQueryTokens * group * D;
@@ -145,7 +145,9 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
   std::fill(mx, mx + m, kNegInf);
   std::fill(l, l + m, 0.0f);
   const int64_t end = start_pos + t1;  // keys [0, end) are seen by the block's last token
-  for (int64_t j0 = 0; j0 < end; j0 += kKeys) {
+  // The first token's window starts the keys, from a block boundary (key tiles stay whole).
+  const int64_t lo = window > 0 ? std::max<int64_t>(0, start_pos + t0 + 1 - window) : 0;
+  for (int64_t j0 = lo / kKeys * kKeys; j0 < end; j0 += kKeys) {
     const int nb = static_cast<int>(std::min<int64_t>(kKeys, end - j0));
     // K^T panel and V block in float32; keys past nb are zero.
     if constexpr (KTiled) {
@@ -174,16 +176,26 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
     }
     detail::convert(vf, v + j0 * D, int64_t(nb) * D);
     for_row_tiles(m, [&](auto rt, int64_t i0) { score_rows<D, decltype(rt)::value>(s + i0 * kKeys, qs + i0 * D, kt); });
-    // Causal mask and online softmax, row by row.
+    // Causal (and window) mask and online softmax, row by row.
     for (int64_t i = 0; i < m; ++i) {
       float* si = s + i * kKeys;
       const int64_t pos = start_pos + t0 + i / group;
       const int valid = static_cast<int>(std::clamp<int64_t>(pos + 1 - j0, 0, nb));
       for (int j = valid; j < kKeys; ++j) si[j] = kNegInf;
+      if (window > 0) {
+        const int before = static_cast<int>(std::clamp<int64_t>(pos + 1 - window - j0, 0, kKeys));
+        for (int j = 0; j < before; ++j) si[j] = kNegInf;
+      }
       VecF vmax = VecF::set1(kNegInf);
       for (int j = 0; j < kKeys; j += W) vmax = VecF::max(vmax, VecF::load(si + j));
-      // Every row's first block holds key 0, so m_new is finite from then on.
+      // Without a window every row's first block holds key 0, so m_new is finite from then on;
+      // with one, a later row's window may start past this block: it adds nothing yet.
       const float m_new = std::max(mx[i], vmax.reduce_max());
+      if (m_new == kNegInf) {
+        corr[i] = 1.0f;
+        std::fill(si, si + kKeys, 0.0f);
+        continue;
+      }
       corr[i] = std::exp(mx[i] - m_new);
       VecF sum = VecF::zero();
       const VecF mv = VecF::set1(m_new);
@@ -209,7 +221,8 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
 template <typename TQ, typename TC, int D>
 void prefill_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, const TC* k_cache,
                   const TC* v_cache, int64_t tokens, int64_t start_pos, int64_t num_q_heads,
-                  int64_t num_kv_heads, int64_t max_seq, float scale, float* workspace, bool k_tiled) {
+                  int64_t num_kv_heads, int64_t max_seq, float scale, int64_t window, float* workspace,
+                  bool k_tiled) {
   const int64_t group = num_q_heads / num_kv_heads;
   const int64_t blocks = ceil_div(tokens, kQueryTokens);
   float* scratch = workspace + omp_get_thread_num() * scratch_floats(group, D);
@@ -221,7 +234,8 @@ void prefill_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, co
       const int64_t t0 = qb * kQueryTokens, t1 = std::min(tokens, t0 + kQueryTokens);
       const int64_t kv = h * max_seq * D;
       const auto attend = k_tiled ? attend_query_block<TQ, TC, D, true> : attend_query_block<TQ, TC, D, false>;
-      attend(out, out_stride, q, q_stride, k_cache + kv, v_cache + kv, t0, t1, start_pos, h, group, scale, scratch);
+      attend(out, out_stride, q, q_stride, k_cache + kv, v_cache + kv, t0, t1, start_pos, h, group, scale, window,
+             scratch);
     }
 }
 
@@ -236,13 +250,13 @@ template <typename TQ, typename TC>
 void detail::prefill_attention_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride,
                                     const TC* k_cache, const TC* v_cache, int64_t tokens,
                                     int64_t start_pos, int64_t num_q_heads, int64_t num_kv_heads,
-                                    int64_t max_seq, int64_t head_dim, float scale, float* workspace,
-                                    bool k_tiled) {
+                                    int64_t max_seq, int64_t head_dim, float scale, int64_t window,
+                                    float* workspace, bool k_tiled) {
   switch (head_dim) {
 #define PYRUNTIME_HEAD_DIM_CASE(D)                                                                   \
   case D:                                                                                            \
     return prefill_team<TQ, TC, D>(out, out_stride, q, q_stride, k_cache, v_cache, tokens, start_pos, \
-                                   num_q_heads, num_kv_heads, max_seq, scale, workspace, k_tiled);
+                                   num_q_heads, num_kv_heads, max_seq, scale, window, workspace, k_tiled);
     PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_CASE)
 #undef PYRUNTIME_HEAD_DIM_CASE
     default:
@@ -265,7 +279,7 @@ void prefill_attention(T* out, const T* q, const T* k_cache, const T* v_cache, i
   const int64_t row = num_q_heads * head_dim;
 #pragma omp parallel num_threads(static_cast<int>(threads))
   detail::prefill_attention_team<T, T>(out, row, q, row, k_cache, v_cache, tokens, start_pos, num_q_heads,
-                                       num_kv_heads, max_seq, head_dim, scale, workspace);
+                                       num_kv_heads, max_seq, head_dim, scale, 0, workspace);
 }
 
 template void prefill_attention<float>(float*, const float*, const float*, const float*, int64_t, int64_t,
@@ -276,7 +290,7 @@ template void prefill_attention<bf16>(bf16*, const bf16*, const bf16*, const bf1
 #define PYRUNTIME_INSTANTIATE_TEAM(TQ, TC)                                                           \
   template void detail::prefill_attention_team<TQ, TC>(TQ*, int64_t, const TQ*, int64_t, const TC*, \
                                                        const TC*, int64_t, int64_t, int64_t, int64_t, \
-                                                       int64_t, int64_t, float, float*, bool);
+                                                       int64_t, int64_t, float, int64_t, float*, bool);
 PYRUNTIME_INSTANTIATE_TEAM(float, float)
 PYRUNTIME_INSTANTIATE_TEAM(bf16, bf16)
 PYRUNTIME_INSTANTIATE_TEAM(float, bf16)

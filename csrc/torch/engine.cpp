@@ -183,7 +183,9 @@ CudaEngineHandle::CudaEngineHandle(ModelSpec spec, int64_t max_seq, int64_t max_
   for (size_t l = 0; l < spec_.layers.size(); ++l) {
     const LayerSpec& L = spec_.layers[l];
     const std::string p = "layers[" + std::to_string(l) + "].";
-    TORCH_CHECK_VALUE(L.sliding_window == 0, "CudaEngine: sliding-window attention is not implemented");
+    TORCH_CHECK_VALUE(L.sliding_window == 0, "CudaEngine: ", p, "sliding_window ", L.sliding_window,
+                      ": sliding-window attention is not implemented on CUDA (a max_seq_len <= the window "
+                      "leaves every key in sight)");
     TORCH_CHECK_VALUE(!L.q_norm && !L.k_norm, "CudaEngine: ", p, "q_norm / k_norm (qk-norm) is not implemented");
     cuda::EngineLayer e;
     e.attn_norm = L.attn_norm.data_ptr();

@@ -1,8 +1,9 @@
 """Tiny random-weight models of every supported architecture, built from transformers'
-config classes and saved with save_pretrained, every feature of the family switched on:
-pyruntime's float32 logits over a 300-token sequence within 1e-4 of transformers', 32 greedy
-tokens identical, a batch of 3 prompts equal to each alone, and a continuation over the prompt
-cache equal to a fresh run."""
+config classes and saved with save_pretrained, every feature of the family switched on (sliding
+windows shorter than the test sequences): pyruntime's float32 logits over a 300-token sequence
+within 1e-4 of transformers', in one prompt and token by token, 32 greedy tokens identical, a
+batch of 3 prompts equal to each alone, and a continuation over the prompt cache equal to a fresh
+run."""
 
 import shutil
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import pyruntime
+from pyruntime.reference import TorchReference
 
 transformers = pytest.importorskip("transformers")
 
@@ -25,11 +27,17 @@ ARCHS = {
                       "original_max_position_embeddings": 64}),
     "llama-linear-rope": lambda: transformers.LlamaConfig(**COMMON, rope_scaling={"rope_type": "linear", "factor": 2.0}),
     "llama-attention-bias": lambda: transformers.LlamaConfig(**COMMON, attention_bias=True),
-    "mistral": lambda: transformers.MistralConfig(**COMMON, sliding_window=None, head_dim=32),
+    "mistral": lambda: transformers.MistralConfig(**COMMON, head_dim=32),
+    # Every layer's window 100: window starts off the 64-key blocks, several decode splits.
+    "mistral-sliding-window": lambda: transformers.MistralConfig(**COMMON, sliding_window=100),
     "qwen2": lambda: transformers.Qwen2Config(**COMMON, tie_word_embeddings=True),
+    # A full layer, then a sliding one (window 21: shorter than the greedy test's sequence).
+    "qwen2-sliding-window": lambda: transformers.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=21,
+                                                             max_window_layers=1),
     # qk-norm, and a head_dim that is not hidden / heads (64 x 4 heads against hidden 128).
     "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=64, tie_word_embeddings=True),
-    "phi3": lambda: transformers.Phi3Config(**COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "phi3": lambda: transformers.Phi3Config(**COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                            sliding_window=64),
     "head-dim-64": lambda: transformers.LlamaConfig(**{**COMMON, "num_attention_heads": 2, "num_key_value_heads": 1}),
 }
 
@@ -69,6 +77,46 @@ def test_logits_match_transformers(tiny):
         want = model(torch.tensor([ids])).logits[0]
     got = llm.logits(ids)
     assert (got - want).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("max_seq_len", [None, 333])  # key tiles; rows (333 is not a multiple of 16)
+def test_token_by_token_logits_match_transformers(tiny, max_seq_len):
+    name, model, folder = tiny
+    llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", max_seq_len=max_seq_len, progress=False)
+    ids = _ids(300, 6)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0]
+    eng = llm.engine
+    got = [eng.prefill(torch.tensor(ids[:20]), 0, 0)]
+    for i in range(20, 300):
+        got.append(eng.decode(torch.tensor([ids[i]]), torch.tensor([i]))[0])
+    got = torch.stack(got)
+    assert (got - want[19:]).abs().max().item() < 1e-4
+
+
+def test_reference_matches_transformers(tiny):
+    name, model, folder = tiny
+    ids = _ids(300, 7)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0]
+    llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", progress=False)
+    ref = TorchReference(llm.engine.spec, llm.max_seq_len, torch.float32, int8_activations=False)
+    assert (ref.prefill(torch.tensor(ids), 0, 0, all_logits=True) - want).abs().max().item() < 1e-4
+
+
+def test_bfloat16_cache_token_by_token(tiny):
+    # K and V rounded to bfloat16 move the logits by ~2e-3; a key attended outside its window
+    # (or one missed) moves them by ~1.
+    name, model, folder = tiny
+    ids = _ids(300, 8)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0]
+    llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="bfloat16", progress=False)
+    got = [llm.engine.prefill(torch.tensor(ids[:100]), 0, 0, all_logits=True)]
+    for i in range(100, 300):
+        got.append(llm.engine.decode(torch.tensor([ids[i]]), torch.tensor([i])))
+    err = (torch.cat(got) - want).abs().max().item()
+    assert err < 1e-2
 
 
 def _greedy(model, ids, n):

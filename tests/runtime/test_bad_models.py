@@ -86,6 +86,19 @@ def test_unsupported_architecture(broken):
         load(broken)
 
 
+@pytest.mark.parametrize("changes, match", [
+    (dict(layer_types=["chunked_attention"]), "layer_types.*chunked_attention.*not supported"),
+    (dict(layer_types=["full_attention", "full_attention"]), "layer_types.*must list the 1 layers"),
+    (dict(layer_types=["sliding_attention"]), "sliding_attention layers but no sliding_window"),
+    (dict(layer_types=["sliding_attention"], sliding_window=0), "sliding_window.*must be positive"),
+    (dict(layer_types=["sliding_attention"], sliding_window="wide"), "sliding_window.*must be int"),
+])
+def test_bad_sliding_window_config(broken, changes, match):
+    edit_config(broken, **changes)
+    with pytest.raises(ModelLoadError, match=match):
+        load(broken)
+
+
 def test_missing_tokenizer(broken):
     (broken / "tokenizer.json").unlink()
     with pytest.raises(ModelLoadError, match="tokenizer.json"):

@@ -215,7 +215,7 @@ def _engine(spec, max_seq=4, kv_dtype=torch.float32):
     (lambda: _spec(layer=dict(attn_norm=torch.ones(8, dtype=torch.bfloat16))), "layers\\[0\\].attn_norm must be"),
     (lambda: _spec(final_norm=torch.ones(9)), "final_norm must be"),
     (lambda: _spec(layer=dict(qkv_bias=torch.zeros(255))), "qkv_bias must be"),
-    (lambda: _spec(layer=dict(sliding_window=3)), "sliding-window attention is not implemented"),
+    (lambda: _spec(layer=dict(sliding_window=-1)), "layers\\[0\\].sliding_window must be >= 0"),
     (lambda: _spec(layer=dict(q_norm=torch.ones(64))), "q_norm and k_norm come together"),
     (lambda: _spec(layer=dict(q_norm=torch.ones(32), k_norm=torch.ones(32))), "layers\\[0\\].q_norm must be"),
     (lambda: _spec(rope_cos_sin=torch.zeros(4, 32)), "rope_cos_sin"),

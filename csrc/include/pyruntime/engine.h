@@ -70,8 +70,8 @@ struct EngineLayer {
   const float* mlp_norm = nullptr;   // [H]
   Matrix gate, up;                   // [I, H]
   Matrix down;                       // [H, I]
-  // Attention limited to the last sliding_window positions; 0: the whole sequence. The engine
-  // refuses other values for now (InvalidArgument), so no model runs with a window ignored.
+  // Attention limited to the last sliding_window positions (the token at pos attends keys
+  // [pos + 1 - sliding_window, pos]); 0: the whole sequence. The cache keeps every position.
   int64_t sliding_window = 0;
   // RMSNorm weights [D] of every q head and every k head, applied before RoPE; or null.
   const float* q_norm = nullptr;
