@@ -10,7 +10,11 @@ from pathlib import Path
 from pyruntime.errors import ModelLoadError
 
 SUPPORTED_ARCHITECTURES = (
-    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM")
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+GEMMA = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+# The MLP gate activations the engines have, by the names transformers' configs use.
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,18 @@ class ModelConfig:
     # Per layer: the sliding window of its attention (the token at pos attends keys
     # [pos + 1 - window, pos]), 0 for full attention. Empty: every layer full.
     layer_windows: tuple[int, ...] = ()
+    # RoPE of the sliding layers where it differs from `rope` (Gemma 3's local base).
+    local_rope: RopeConfig | None = None
+    activation: str = "silu"  # the MLP's gate activation: silu or gelu_tanh
+    # Gemma: RMSNorm computes x * (1 + w) (folded into the weights at load), embeddings are
+    # scaled by sqrt(hidden), the attention's and the MLP's outputs are normed before their
+    # residual adds, scores use query_pre_attn_scalar, and Gemma 2 soft-caps scores and logits.
+    norm_weight_offset: float = 0.0
+    embed_scale: float = 1.0
+    post_norms: bool = False
+    attn_scale: float | None = None  # None: head_dim ** -0.5
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
 
@@ -117,6 +133,23 @@ class ModelConfig:
         if sliding is not None and sliding <= 0:
             raise ModelLoadError(f"{source}: field 'sliding_window' must be positive, got {sliding}")
         windows = _layer_windows(d, arch, layers, sliding, source)
+        gemma = arch in GEMMA
+        act_field = "hidden_activation" if gemma else "hidden_act"
+        act = get(act_field, str, default="gelu_pytorch_tanh" if gemma else "silu", required=False)
+        if act not in ACTIVATIONS:
+            raise ModelLoadError(f"{source}: {act_field} {act!r} is not supported ({', '.join(ACTIVATIONS)})")
+        if get("use_bidirectional_attention", bool, default=False, required=False):
+            raise ModelLoadError(f"{source}: use_bidirectional_attention=true is not supported (causal attention only)")
+        softcaps = [get(f, float, default=0.0, required=False) for f in ("attn_logit_softcapping", "final_logit_softcapping")]
+        for name, v in zip(("attn_logit_softcapping", "final_logit_softcapping"), softcaps):
+            if v < 0 or not math.isfinite(v):
+                raise ModelLoadError(f"{source}: field {name!r} must be a positive number, got {v}")
+        scalar = get("query_pre_attn_scalar", float, default=float(head_dim), required=False) if gemma else None
+        if scalar is not None and not scalar > 0:
+            raise ModelLoadError(f"{source}: field 'query_pre_attn_scalar' must be positive, got {scalar}")
+        rope, local_rope = _rope_configs(d, source)
+        if arch == "Gemma3ForCausalLM" and local_rope is None:
+            local_rope = RopeConfig(theta=10000.0)  # transformers' default local base
         return cls(
             architecture=arch,
             vocab_size=get("vocab_size", int),
@@ -132,8 +165,16 @@ class ModelConfig:
             attention_bias=attention_bias,
             o_bias=o_bias,
             rotary_dim=rotary_dim,
-            qk_norm=arch == "Qwen3ForCausalLM",
-            rope=_rope_config(d, source),
+            qk_norm=arch in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"),
+            rope=rope,
+            local_rope=local_rope if any(windows) else None,
+            activation=ACTIVATIONS[act],
+            norm_weight_offset=1.0 if gemma else 0.0,
+            embed_scale=math.sqrt(hidden) if gemma else 1.0,
+            post_norms=gemma,
+            attn_scale=scalar**-0.5 if scalar is not None else None,
+            attn_softcap=softcaps[0] if gemma else 0.0,
+            final_softcap=softcaps[1] if gemma else 0.0,
             sliding_window=sliding if any(windows) else None,
             layer_windows=windows if any(windows) else (),
             eos_token_ids=eos_ids,
@@ -166,7 +207,29 @@ def _layer_windows(d: dict, arch: str, layers: int, sliding: int | None, source:
         return tuple(sliding if i >= first else 0 for i in range(layers))
     if arch in ("MistralForCausalLM", "Phi3ForCausalLM"):
         return (sliding,) * layers
+    if arch in GEMMA:  # as transformers fills layer_types in: every 2nd (Gemma 2) or 6th (Gemma 3) full
+        pattern = 2 if arch == "Gemma2ForCausalLM" else d.get("sliding_window_pattern", 6)
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern <= 0:
+            raise ModelLoadError(f"{source}: field 'sliding_window_pattern' must be a positive int, got {pattern!r}")
+        return tuple(sliding if (i + 1) % pattern else 0 for i in range(layers))
     return ()  # Llama's attention has no window (transformers ignores the field there too)
+
+
+def _rope_configs(d: dict, source: str) -> tuple[RopeConfig, RopeConfig | None]:
+    """The RoPE of the full-attention layers and, where the config gives the sliding layers their
+    own (Gemma 3: rope_parameters per layer type, or rope_local_base_freq), theirs."""
+    params = d.get("rope_parameters") or {}
+    if isinstance(params, dict) and ("full_attention" in params or "sliding_attention" in params):
+        per_type = {k: v for k, v in params.items()}
+        unknown = sorted(set(per_type) - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise ModelLoadError(f"{source}: rope_parameters for {unknown} are not supported")
+        full = _rope_config({**d, "rope_parameters": per_type.get("full_attention") or {}}, source)
+        local = per_type.get("sliding_attention")
+        return full, None if local is None else _rope_config({**d, "rope_parameters": local, "rope_scaling": None}, source)
+    local_base = d.get("rope_local_base_freq")
+    local = None if local_base is None else _rope_config({"rope_theta": local_base}, source)
+    return _rope_config(d, source), local
 
 
 def _rope_config(d: dict, source: str) -> RopeConfig:

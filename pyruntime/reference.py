@@ -48,10 +48,11 @@ class TorchReference(Engine):
         self.layers = [
             dict(attn_norm=l.attn_norm, mlp_norm=l.mlp_norm, qkv=parts(l.q, l.k, l.v), qkv_bias=l.qkv_bias,
                  o=parts(l.o), o_bias=l.o_bias, gate_up=parts(l.gate, l.up), down=parts(l.down),
-                 q_norm=l.q_norm, k_norm=l.k_norm, window=l.sliding_window)
+                 q_norm=l.q_norm, k_norm=l.k_norm, window=l.sliding_window, post_attn_norm=l.post_attn_norm,
+                 post_mlp_norm=l.post_mlp_norm,
+                 cos_sin=spec.rope_cos_sin if l.rope_cos_sin is None else l.rope_cos_sin)
             for l in spec.layers
         ]
-        self.cos_sin = spec.rope_cos_sin
         self.scale = spec.attn_scale
         self.q_size, self.kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
 
@@ -74,16 +75,23 @@ class TorchReference(Engine):
     def _run_layers(self, tokens: torch.Tensor, attend) -> torch.Tensor:
         """The residual stream through every layer; attend(i, q, k, v) -> [T, Hq*D]. Returns the
         final-normed hidden states [T, H]."""
-        eps, layers = self.spec.norm_eps, self.layers
+        s, layers = self.spec, self.layers
+        eps = s.norm_eps
         residual = self.embed[tokens.to(self.device)]  # [T, H]
+        if s.embed_scale != 1.0:
+            residual = residual * s.embed_scale
         x = ops.rms_norm(residual, layers[0]["attn_norm"], eps)
         for i, layer in enumerate(layers):
             q, k, v = self._attention_inputs(layer, x)
             x = _linear(attend(i, q, k, v), layer["o"])
             if layer["o_bias"] is not None:
                 x += layer["o_bias"]
+            if layer["post_attn_norm"] is not None:
+                x = ops.rms_norm(x, layer["post_attn_norm"], eps)
             ops.fused_add_rms_norm(x, residual, layer["mlp_norm"], eps)
-            x = _gated_mlp(x, layer["gate_up"], layer["down"])
+            x = _gated_mlp(x, layer["gate_up"], layer["down"], s.activation)
+            if layer["post_mlp_norm"] is not None:
+                x = ops.rms_norm(x, layer["post_mlp_norm"], eps)
             next_norm = layers[i + 1]["attn_norm"] if i + 1 < len(layers) else self.final_norm
             ops.fused_add_rms_norm(x, residual, next_norm, eps)
         return x
@@ -95,15 +103,39 @@ class TorchReference(Engine):
 
         def attend(i, q, k, v):
             kc, vc = cache.k[i, row : row + 1], cache.v[i, row : row + 1]
+            layer = self.layers[i]
             ops.rotary_embedding_and_cache(positions, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), kc, vc,
-                                           self.cos_sin)
-            if self.layers[i]["window"]:
-                return _window_attention(q, kc[0], vc[0], positions[0], self.layers[i]["window"], self.scale)
+                                           layer["cos_sin"])
+            if layer["window"] or self.spec.attn_softcap:
+                return self._torch_attention(q, kc[0], vc[0], positions[0], layer["window"])
             return ops.prefill_attention(q.contiguous(), kc[0], vc[0], start_pos, self.scale).reshape(t, -1)
 
         x = self._run_layers(tokens, attend)
-        logits = _linear(x if all_logits else x[-1:], self.lm_head).float()
+        logits = self._logits(x if all_logits else x[-1:])
         return logits if all_logits else logits[0]
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = _linear(x, self.lm_head).float()
+        cap = self.spec.final_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    def _torch_attention(self, q, k, v, positions, window):
+        """Attention in plain torch (float32) where the compiled ops have no such attention (a
+        sliding window, soft-capped scores): q [T, Hq, D] at positions [T] against one
+        sequence's cache k, v [Hkv, S, D]; the token at pos attends keys [pos + 1 - window, pos]
+        (window 0: [0, pos]). Returns [T, Hq * D] in q's dtype."""
+        keys = torch.arange(k.shape[1], device=k.device)
+        pos = positions.to(k.device).view(-1, 1)
+        mask = (keys <= pos) & ((keys > pos - window) if window else True)
+        group = q.shape[1] // k.shape[0]
+        kf = k.float().repeat_interleave(group, 0)
+        vf = v.float().repeat_interleave(group, 0)
+        scores = q.transpose(0, 1).float() @ kf.transpose(1, 2) * self.scale  # [Hq, T, S]
+        cap = self.spec.attn_softcap
+        if cap:
+            scores = cap * torch.tanh(scores / cap)
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        return (probs @ vf).transpose(0, 1).reshape(q.shape[0], -1).to(q.dtype)
 
     def _forward(self, tokens, positions, rows, first_logit):
         """One decode group: token i at positions[i] of cache row rows[i] (rows consecutive)."""
@@ -114,28 +146,16 @@ class TorchReference(Engine):
 
         def attend(i, q, k, v):
             kc, vc = cache.k[i, r0:r1], cache.v[i, r0:r1]
-            ops.rotary_embedding_and_cache(pos, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), kc, vc, self.cos_sin)
-            if self.layers[i]["window"]:
-                return torch.cat([_window_attention(q[b : b + 1], kc[b], vc[b], pos[b], self.layers[i]["window"],
-                                                    self.scale) for b in range(n)])
+            layer = self.layers[i]
+            ops.rotary_embedding_and_cache(pos, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), kc, vc,
+                                           layer["cos_sin"])
+            if layer["window"] or self.spec.attn_softcap:
+                return torch.cat([self._torch_attention(q[b : b + 1], kc[b], vc[b], pos[b], layer["window"])
+                                  for b in range(n)])
             return ops.gqa_decode_attention(q.contiguous(), kc, vc, seq_lens, self.scale).view(n, self.q_size)
 
         x = self._run_layers(tokens, attend)
-        return _linear(x[first_logit:], self.lm_head).float()
-
-
-def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, window: int,
-                      scale: float) -> torch.Tensor:
-    """Sliding-window attention in plain torch (float32): q [T, Hq, D] at positions [T] against
-    one sequence's cache k, v [Hkv, S, D]; the token at pos attends keys [pos + 1 - window, pos].
-    Returns [T, Hq * D] in q's dtype."""
-    keys = torch.arange(k.shape[1], device=k.device)
-    pos = positions.to(k.device).view(-1, 1)
-    mask = (keys <= pos) & (keys > pos - window)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1).float(), k.float(), v.float(), attn_mask=mask, scale=scale,
-        enable_gqa=q.shape[1] != k.shape[0])
-    return out.transpose(0, 1).reshape(q.shape[0], -1).to(q.dtype)
+        return self._logits(x[first_logit:])
 
 
 def _linear(x: torch.Tensor, parts) -> torch.Tensor:
@@ -147,9 +167,11 @@ def _linear(x: torch.Tensor, parts) -> torch.Tensor:
     return ys[0] if len(ys) == 1 else torch.cat(ys, -1)
 
 
-def _gated_mlp(x: torch.Tensor, gate_up, down) -> torch.Tensor:
-    """down(silu(gate x) * up x): the fused op where no input is quantized."""
-    if len(gate_up) == 1 and len(down) == 1 and gate_up[0][1] is None and down[0][1] is None:
+def _gated_mlp(x: torch.Tensor, gate_up, down, activation) -> torch.Tensor:
+    """down(act(gate x) * up x): the fused op (SiLU) where no input is quantized."""
+    silu = activation == C.Activation.silu
+    if silu and len(gate_up) == 1 and len(down) == 1 and gate_up[0][1] is None and down[0][1] is None:
         return ops.gated_mlp(x, gate_up[0][0], down[0][0])
     gate, up = _linear(x, gate_up).chunk(2, dim=-1)
-    return _linear(torch.nn.functional.silu(gate) * up, down)
+    act = torch.nn.functional.silu(gate) if silu else torch.nn.functional.gelu(gate, approximate="tanh")
+    return _linear(act * up, down)

@@ -2,8 +2,9 @@
 
 Hugging Face tensor names are mapped onto the runtime's roles (pyruntime.spec turns them into
 the model description): per layer q, k, v, o, gate, up, down (Phi-3's fused qkv_proj and
-gate_up_proj split into row views, no copy), the q, k, v biases as one vector, and Qwen3's
-q_norm / k_norm.
+gate_up_proj split into row views, no copy), the q, k, v biases as one vector, Qwen3's and Gemma
+3's q_norm / k_norm, Gemma's four norms per layer. Norm weights are float32, with Gemma's
+`x * (1 + w)` folded in (1 + w stored).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class LayerWeights:
     down: torch.Tensor  # [H, I]
     q_norm: torch.Tensor | None = None  # [D]: RMSNorm of every q head before RoPE (qk-norm)
     k_norm: torch.Tensor | None = None  # [D]: of every k head
+    post_attn_norm: torch.Tensor | None = None  # [H]: of the attention's output (Gemma)
+    post_mlp_norm: torch.Tensor | None = None  # [H]: of the MLP's output (Gemma)
 
 
 @dataclass
@@ -116,6 +119,11 @@ def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype | None, prog
     def load(name, shape):
         return src.get(name, shape).to(dtype).contiguous()
 
+    def norm(name, shape):
+        return (src.get(name, shape).float() + cfg.norm_weight_offset).contiguous()
+
+    gemma = cfg.post_norms
+
     embed = load("model.embed_tokens.weight", (V, H))
     layers = []
     for i in tqdm(range(cfg.num_layers), desc="loading weights", unit="layer", disable=not progress, leave=False):
@@ -133,22 +141,26 @@ def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype | None, prog
             qkv_bias = torch.cat([load(p + f"self_attn.{n}_proj.bias", (s,)) for n, s in (("q", q), ("k", kv), ("v", kv))])
         layers.append(
             LayerWeights(
-                attn_norm=load(p + "input_layernorm.weight", (H,)),
+                attn_norm=norm(p + "input_layernorm.weight", (H,)),
                 q=wq,
                 k=wk,
                 v=wv,
                 qkv_bias=qkv_bias,
                 o=load(p + "self_attn.o_proj.weight", (H, q)),
                 o_bias=load(p + "self_attn.o_proj.bias", (H,)) if cfg.o_bias else None,
-                mlp_norm=load(p + "post_attention_layernorm.weight", (H,)),
+                # Gemma's post_attention_layernorm norms the attention's output; its MLP's input
+                # norm is pre_feedforward_layernorm.
+                mlp_norm=norm(p + ("pre_feedforward_layernorm" if gemma else "post_attention_layernorm") + ".weight", (H,)),
                 gate=gate,
                 up=up,
                 down=load(p + "mlp.down_proj.weight", (H, I)),
-                q_norm=load(p + "self_attn.q_norm.weight", (cfg.head_dim,)) if cfg.qk_norm else None,
-                k_norm=load(p + "self_attn.k_norm.weight", (cfg.head_dim,)) if cfg.qk_norm else None,
+                q_norm=norm(p + "self_attn.q_norm.weight", (cfg.head_dim,)) if cfg.qk_norm else None,
+                k_norm=norm(p + "self_attn.k_norm.weight", (cfg.head_dim,)) if cfg.qk_norm else None,
+                post_attn_norm=norm(p + "post_attention_layernorm.weight", (H,)) if gemma else None,
+                post_mlp_norm=norm(p + "post_feedforward_layernorm.weight", (H,)) if gemma else None,
             )
         )
-    final_norm = load("model.norm.weight", (H,))
+    final_norm = norm("model.norm.weight", (H,))
     if cfg.tie_word_embeddings or "lm_head.weight" not in src:
         if not cfg.tie_word_embeddings:
             raise ModelLoadError(f"{folder}: tensor 'lm_head.weight' is missing (and tie_word_embeddings is false)")

@@ -229,9 +229,11 @@ inline void for_head_tiles(int64_t group, F&& f) {
 // \param ahead  request the keys further on from memory meanwhile (the first head tile does)
 // \param skip   keys [0, skip) of the block are masked out (before a sliding window; skip < nb,
 //               and the block is read contiguously: key j is row j)
+// \param softcap scores become softcap tanh(score / softcap) where > 0
 template <int D, bool KTiled, typename SK, typename SV>
 inline void attend_block(const float* qf, int64_t group, const BlockStreams<SK>& kb,
-                         const BlockStreams<SV>& vb, int nb, SplitRecord rec, bool ahead, int skip = 0) {
+                         const BlockStreams<SV>& vb, int nb, SplitRecord rec, bool ahead, float softcap,
+                         int skip = 0) {
   float* corr = rec.scores + group * kBlock;  // [G]
   for_head_tiles(group, [&](auto ht, int64_t g0) {
     constexpr int HT = decltype(ht)::value;
@@ -244,6 +246,8 @@ inline void attend_block(const float* qf, int64_t group, const BlockStreams<SK>&
   // Online softmax: scores become probabilities relative to the running maximum.
   for (int64_t g = 0; g < group; ++g) {
     float* s = rec.scores + g * kBlock;
+    if (softcap > 0.0f)
+      for (int j = 0; j < kBlock; j += W) soft_cap(VecF::load(s + j), softcap).store(s + j);
     for (int j = 0; j < skip; ++j) s[j] = kNegInf;
     for (int j = nb; j < kBlock; ++j) s[j] = kNegInf;
     VecF mx = VecF::set1(kNegInf);
@@ -275,9 +279,10 @@ inline void attend_block(const float* qf, int64_t group, const BlockStreams<SK>&
 // \param qf      [G, D] float32, already scaled
 // \param k       [len, D] rows, or with KTiled key tiles (len's tiles); v [len, D]
 // \param scratch [2, kBlock, D] float32
+// \param softcap scores capped as attend_block does (0: not)
 template <typename T, int D, bool KTiled>
 void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_t len,
-                  SplitRecord rec, float* scratch, int skip = 0) {
+                  SplitRecord rec, float* scratch, float softcap, int skip) {
   static_assert(D % W == 0, "head sizes are multiples of the vector width");
   std::fill(rec.acc, rec.acc + group * D, 0.0f);
   std::fill(rec.m, rec.m + group, kNegInf);
@@ -287,7 +292,7 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
   const auto contiguous = [&](int64_t j0, int nb, int masked) {
     if (nb == kBlock) {
       attend_block<D, KTiled>(qf, group, contiguous_block<KTiled>(k + j0 * D, D),
-                              contiguous_block<KTiled>(v + j0 * D, D), nb, rec, true, masked);
+                              contiguous_block<KTiled>(v + j0 * D, D), nb, rec, true, softcap, masked);
       return;
     }
     const auto padded = [&](const T* src, float* dst) {
@@ -297,9 +302,9 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
     };
     const BlockStreams<float> vb = padded(v, scratch + kBlock * D);
     if constexpr (KTiled)
-      attend_block<D, true>(qf, group, contiguous_block<true>(k + j0 * D, D), vb, nb, rec, false, masked);
+      attend_block<D, true>(qf, group, contiguous_block<true>(k + j0 * D, D), vb, nb, rec, false, softcap, masked);
     else
-      attend_block<D, false>(qf, group, padded(k, scratch), vb, nb, rec, false, masked);
+      attend_block<D, false>(qf, group, padded(k, scratch), vb, nb, rec, false, softcap, masked);
   };
   int64_t first = 0;  // the first key of the streamed part, a block boundary
   if (skip > 0) {
@@ -315,7 +320,7 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
       vb.start[i] = v + (first + i * rows + r0) * D;
     }
     kb.stride = vb.stride = D;
-    attend_block<D, KTiled>(qf, group, kb, vb, kBlock, rec, true);
+    attend_block<D, KTiled>(qf, group, kb, vb, kBlock, rec, true, softcap);
   }
   for (int64_t j0 = first + kStreams * rows; j0 < len; j0 += kBlock)
     contiguous(j0, static_cast<int>(std::min<int64_t>(kBlock, len - j0)), 0);
@@ -326,7 +331,7 @@ template <typename TQ, typename TC, int D>
 void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_cache,
                            const TC* v_cache, const int64_t* cache_rows, const int32_t* seq_lens,
                            const int32_t* first_keys, int64_t batch, int64_t num_q_heads, int64_t num_kv_heads,
-                           int64_t max_seq, float scale, const DecodePlan& plan,
+                           int64_t max_seq, float scale, float softcap, const DecodePlan& plan,
                            float* workspace, bool k_tiled) {
   const int64_t group = num_q_heads / num_kv_heads;
   const int64_t rec_floats = record_floats(group, D);
@@ -358,10 +363,10 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
           }
           if (k_tiled)
             attend_split<TC, D, true>(qf, group, k_cache + kv_off, v_cache + kv_off, end - begin,
-                                      record_at(rec, group, D), scratch, skip);
+                                      record_at(rec, group, D), scratch, softcap, skip);
           else
             attend_split<TC, D, false>(qf, group, k_cache + kv_off, v_cache + kv_off, end - begin,
-                                       record_at(rec, group, D), scratch, skip);
+                                       record_at(rec, group, D), scratch, softcap, skip);
         }
     // Exact combine of the splits: rescale each by exp(m_s - max m) and normalise.
 #pragma omp for schedule(static)
@@ -415,13 +420,14 @@ void detail::gqa_decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, c
                                const TC* v_cache, const int64_t* cache_rows,
                                const int32_t* seq_lens, const int32_t* first_keys, int64_t batch,
                                int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
-                               float scale, const DecodePlan& plan, float* workspace, bool k_tiled) {
+                               float scale, float softcap, const DecodePlan& plan, float* workspace,
+                               bool k_tiled) {
   switch (head_dim) {
 #define PYRUNTIME_HEAD_DIM_CASE(D)                                                         \
   case D:                                                                                  \
     return decode_attention_team<TQ, TC, D>(out, q, q_stride, k_cache, v_cache, cache_rows, \
                                             seq_lens, first_keys, batch, num_q_heads, num_kv_heads,     \
-                                            max_seq, scale, plan, workspace, k_tiled);
+                                            max_seq, scale, softcap, plan, workspace, k_tiled);
     PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_CASE)
 #undef PYRUNTIME_HEAD_DIM_CASE
     default:
@@ -441,7 +447,7 @@ void gqa_decode_attention(T* out, const T* q, const T* k_cache, const T* v_cache
 #pragma omp parallel num_threads(static_cast<int>(plan.threads))
   detail::gqa_decode_attention_team<T, T>(out, q, num_q_heads * head_dim, k_cache, v_cache, nullptr,
                                   seq_lens, nullptr, batch, num_q_heads, num_kv_heads, max_seq, head_dim,
-                                  scale, plan, workspace);
+                                  scale, 0.0f, plan, workspace);
 }
 
 template void gqa_decode_attention<float>(float*, const float*, const float*, const float*,
@@ -454,7 +460,7 @@ template void gqa_decode_attention<bf16>(bf16*, const bf16*, const bf16*, const 
 #define PYRUNTIME_INSTANTIATE_TEAM(TQ, TC)                                                  \
   template void detail::gqa_decode_attention_team<TQ, TC>(TQ*, const TQ*, int64_t, const TC*, const TC*, \
                                                   const int64_t*, const int32_t*, const int32_t*, int64_t, \
-                                                  int64_t, int64_t, int64_t, int64_t, float,    \
+                                                  int64_t, int64_t, int64_t, int64_t, float, float, \
                                                   const DecodePlan&, float*, bool);
 PYRUNTIME_INSTANTIATE_TEAM(float, float)
 PYRUNTIME_INSTANTIATE_TEAM(bf16, bf16)

@@ -35,7 +35,8 @@ inline void store_key_tiled(T* head, int64_t pos, const float* k, int64_t head_d
 // loops are orphaned worksharing loops, each ending in a barrier). Query i reads q at
 // q + i * q_stride and attends keys [first_keys[i], seq_lens[i]) (from 0 when first_keys is
 // null; a sliding window's first key otherwise) of cache row cache_rows[i] (row i when
-// cache_rows is null). plan: plan_gqa_decode of the same seq_lens and first_keys.
+// cache_rows is null). plan: plan_gqa_decode of the same seq_lens and first_keys. softcap > 0:
+// every score q.k * scale becomes softcap tanh(score / softcap) (Gemma 2); 0: left as it is.
 // head_dim must be supported (checked by the caller: this is inside a parallel region).
 // k_tiled: k_cache holds key tiles (max_seq a multiple of kTileKeys), else rows.
 template <typename TQ, typename TC>
@@ -43,12 +44,14 @@ void gqa_decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC*
                                const TC* v_cache, const int64_t* cache_rows,
                                const int32_t* seq_lens, const int32_t* first_keys, int64_t batch,
                                int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq, int64_t head_dim,
-                               float scale, const DecodePlan& plan, float* workspace, bool k_tiled = false);
+                               float scale, float softcap, const DecodePlan& plan, float* workspace,
+                               bool k_tiled = false);
 
 // prefill_attention, run by every thread of the enclosing OpenMP parallel region (one
 // orphaned worksharing loop, ending in a barrier). Token t of the chunk sits at position
 // start_pos + t; q of token t at q + t * q_stride, its output at out + t * out_stride. It
-// attends keys [0, pos], or [pos + 1 - window, pos] with a window > 0 (sliding window).
+// attends keys [0, pos], or [pos + 1 - window, pos] with a window > 0 (sliding window); scores
+// soft-capped as gqa_decode_attention_team's where softcap > 0.
 // \param k_cache, v_cache the sequence's [num_kv_heads, max_seq, head_dim]
 // \param workspace prefill_attention_workspace_floats(threads of the region, ...) floats
 // \param k_tiled   k_cache holds key tiles, else rows
@@ -56,7 +59,7 @@ template <typename TQ, typename TC>
 void prefill_attention_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride,
                             const TC* k_cache, const TC* v_cache, int64_t tokens, int64_t start_pos,
                             int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq,
-                            int64_t head_dim, float scale, int64_t window, float* workspace,
+                            int64_t head_dim, float scale, int64_t window, float softcap, float* workspace,
                             bool k_tiled = false);
 
 }  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail

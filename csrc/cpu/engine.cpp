@@ -184,11 +184,37 @@ struct EngineImpl final : Engine::Impl {
           for (int64_t t = t0; t < n; ++t) detail::rms_norm_row(x + t * H, resid.data() + t * H, w, H, s.eps);
         }
       };
+      // resid += rms_norm(y) * w for every token (y overwritten): a post-norm's residual add.
+      auto add_normed = [&](float* y, const float* w) {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n; ++t) {
+          float* yt = y + t * H;
+          float* rt = resid.data() + t * H;
+          detail::rms_norm_row(yt, yt, w, H, s.eps);
+          for (int64_t i = 0; i < H; i += W) {
+            const int m = static_cast<int>(std::min<int64_t>(W, H - i));
+            store_n(load_n(rt + i, m) + load_n(yt + i, m), rt + i, m);
+          }
+        }
+      };
+      // The residual add of a projection [parts] x: straight into the residual, or through y and
+      // its post-norm (Gemma 2/3).
+      auto project_residual = [&](const float* post_norm, const float* x_in, std::initializer_list<const Matrix*> parts,
+                                  const float* bias) {
+        if (!post_norm) return project(std::true_type{}, resid.data(), x_in, parts, bias, n);
+        project(std::false_type{}, post.data(), x_in, parts, bias, n);
+        add_normed(post.data(), post_norm);
+      };
       float* gate = tmp.data() + static_cast<int64_t>(tid) * 2 * s.max_tokens * chunk;
       float* up = gate + s.max_tokens * chunk;
 
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < n; ++t) matrix_row_to_f32(resid.data() + t * H, s.embed, tokens[t]);
+      for (int64_t t = 0; t < n; ++t) {
+        float* row = resid.data() + t * H;
+        matrix_row_to_f32(row, s.embed, tokens[t]);
+        if (s.embed_scale != 1.0f)
+          for (int64_t i = 0; i < H; ++i) row[i] *= s.embed_scale;
+      }
       mark(-1, Op::Embed);
 
       for (int l = 0; l < static_cast<int>(s.layers.size()); ++l) {
@@ -207,7 +233,7 @@ struct EngineImpl final : Engine::Impl {
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < n * (Hq + Hkv); ++item) {
           const int64_t t = item / (Hq + Hkv), h = item % (Hq + Hkv), pos = positions[t];
-          const float* cos = s.cos_sin + pos * s.rot_dim;
+          const float* cos = (L.cos_sin ? L.cos_sin : s.cos_sin) + pos * s.rot_dim;
           float* base = qkv.data() + t * qkv_dim;
           if (h < Hq) {
             float* q = base + h * D;
@@ -234,15 +260,15 @@ struct EngineImpl final : Engine::Impl {
                                                     kc + rows[0] * Hkv * s.max_seq * D,
                                                     vc + rows[0] * Hkv * s.max_seq * D, n, positions[0],
                                                     Hq, Hkv, s.max_seq, D, scale, L.sliding_window,
-                                                    prefill_ws.data(), k_tiled);
+                                                    s.attn_softcap, prefill_ws.data(), k_tiled);
         else
           detail::gqa_decode_attention_team<float, TC>(
               attn.data(), qkv.data(), qkv_dim, kc, vc, rows, seq_lens.data(),
-              wi < 0 ? nullptr : first_keys.data() + wi * s.max_tokens, n, Hq, Hkv, s.max_seq, D, scale, plan,
-              attn_ws.data(), k_tiled);
+              wi < 0 ? nullptr : first_keys.data() + wi * s.max_tokens, n, Hq, Hkv, s.max_seq, D, scale,
+              s.attn_softcap, plan, attn_ws.data(), k_tiled);
         mark(l, Op::Attention);
 
-        project(std::true_type{}, resid.data(), attn.data(), {&L.o}, L.o_bias, n);  // residual add
+        project_residual(L.post_attn_norm, attn.data(), {&L.o}, L.o_bias);
         mark(l, Op::OProj);
 
         norm(L.mlp_norm, 0);
@@ -255,17 +281,18 @@ struct EngineImpl final : Engine::Impl {
                     s.int8_activations);
           with_rows(L.up, [&](const auto& w) { product(std::false_type{}, up, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); },
                     s.int8_activations);
+          const bool gelu = s.activation == Activation::GeluTanh;
           for (int64_t t = 0; t < n; ++t)
             for (int64_t i = 0; i < i1 - i0; i += W) {
               const int m = static_cast<int>(std::min<int64_t>(W, i1 - i0 - i));
-              store_n(silu(load_n(gate + t * chunk + i, m)) * load_n(up + t * chunk + i, m),
-                      act.data() + t * I + i0 + i, m);
+              const VecF g = load_n(gate + t * chunk + i, m);
+              store_n((gelu ? gelu_tanh(g) : silu(g)) * load_n(up + t * chunk + i, m), act.data() + t * I + i0 + i, m);
             }
         }
 #pragma omp barrier
         mark(l, Op::GateUpSilu);
 
-        project(std::true_type{}, resid.data(), act.data(), {&L.down}, nullptr, n);  // residual add
+        project_residual(L.post_mlp_norm, act.data(), {&L.down}, nullptr);
         mark(l, Op::Down);
       }
 
@@ -274,6 +301,14 @@ struct EngineImpl final : Engine::Impl {
         mark(-1, Op::FinalNorm);
 
         project(std::false_type{}, logits, x + first_logit * H, {&s.lm_head}, nullptr, n_logits);
+        if (s.final_softcap > 0.0f) {
+          const int64_t total = n_logits * s.vocab;
+#pragma omp for schedule(static)
+          for (int64_t i = 0; i < total; i += W) {
+            const int m = static_cast<int>(std::min<int64_t>(W, total - i));
+            store_n(soft_cap(load_n(logits + i, m), s.final_softcap), logits + i, m);
+          }
+        }
         mark(-1, Op::LMHead);
       }
     }
@@ -313,6 +348,8 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   m.qkv.assign(N * m.qkv_dim, 0.0f);
   m.attn.assign(N * q_dim, 0.0f);
   m.act.assign(N * I, 0.0f);
+  for (const EngineLayer& L : sp.layers)
+    if (L.post_attn_norm || L.post_mlp_norm) m.post.assign(N * H, 0.0f);
   m.tmp.assign(static_cast<int64_t>(m.threads) * 2 * N * m.chunk, 0.0f);
   m.seq_lens.assign(N, 0);
   for (const EngineLayer& L : sp.layers) {

@@ -21,6 +21,7 @@ struct Engine::Impl {
   float scale = 1.0f;
   // Activations, float32, for spec.max_tokens tokens.
   std::vector<float> resid, xn, qkv, attn, act, tmp;  // tmp: per-thread gate and up slices
+  std::vector<float> post;  // a projection's output before its post-norm [max_tokens, H] (or empty)
   std::vector<float> xn_own;  // per-thread normed rows of decode calls [threads, kMaxRowTileTokens, H]
   std::vector<float> pack;                            // per-thread packed weight panel (GEMM)
   int64_t pack_floats = 0;

@@ -1,5 +1,6 @@
 // The CPU engine's public face: the spec checked once, here, then the step of the active
 // instruction-set level (csrc/cpu/engine.cpp, compiled per level) built and called.
+#include <cmath>
 #include <string>
 
 #include "engine_impl.h"
@@ -49,6 +50,14 @@ Matrix Matrix::rows_view(int64_t r0, int64_t n) const {
   return m;
 }
 
+const char* activation_name(Activation a) {
+  switch (a) {
+    case Activation::SiLU: return "silu";
+    case Activation::GeluTanh: return "gelu_tanh";
+  }
+  return "unknown";
+}
+
 const char* op_name(Op op) {
   static const char* names[] = {"embed",     "attn_norm",  "qkv_proj", "rope_kv_cache",
                                 "attention", "o_proj",     "mlp_norm", "gate_up_silu",
@@ -89,6 +98,12 @@ Engine::Engine(EngineSpec s) {
                   "engine: kv_dtype must be float32 or bfloat16");
   PYRUNTIME_CHECK(s.cos_sin && s.final_norm, "engine: cos_sin and final_norm are required");
   PYRUNTIME_CHECK(!s.layers.empty(), "engine: no layers");
+  PYRUNTIME_CHECK(std::isfinite(s.embed_scale) && s.embed_scale > 0.0f, "engine: embed_scale must be positive");
+  PYRUNTIME_CHECK(s.activation == Activation::SiLU || s.activation == Activation::GeluTanh,
+                  "engine: unknown activation");
+  PYRUNTIME_CHECK(std::isfinite(s.attn_softcap) && s.attn_softcap >= 0.0f && std::isfinite(s.final_softcap) &&
+                      s.final_softcap >= 0.0f,
+                  "engine: attn_softcap and final_softcap must be >= 0 (0: no capping)");
   const int64_t q_dim = s.num_heads * D, kv_dim = s.num_kv_heads * D;
   check_matrix(s.embed, s.vocab, H, "embed");
   check_matrix(s.lm_head, s.vocab, H, "lm_head");

@@ -126,7 +126,7 @@ inline void key_panel_from_tiles(float* kt, const TC* k, int64_t j0, int nb) {
 template <typename TQ, typename TC, int D, bool KTiled>
 void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, const TC* k,
                         const TC* v, int64_t t0, int64_t t1, int64_t start_pos, int64_t h,
-                        int64_t group, float scale, int64_t window, float* scratch) {
+                        int64_t group, float scale, int64_t window, float softcap, float* scratch) {
   const int64_t m = (t1 - t0) * group;  // rows: token-major, then the group's heads
   float* qs = scratch;
   float* o = qs + kQueryTokens * group * D;
@@ -180,6 +180,8 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
     for (int64_t i = 0; i < m; ++i) {
       float* si = s + i * kKeys;
       const int64_t pos = start_pos + t0 + i / group;
+      if (softcap > 0.0f)
+        for (int j = 0; j < kKeys; j += W) soft_cap(VecF::load(si + j), softcap).store(si + j);
       const int valid = static_cast<int>(std::clamp<int64_t>(pos + 1 - j0, 0, nb));
       for (int j = valid; j < kKeys; ++j) si[j] = kNegInf;
       if (window > 0) {
@@ -221,8 +223,8 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
 template <typename TQ, typename TC, int D>
 void prefill_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, const TC* k_cache,
                   const TC* v_cache, int64_t tokens, int64_t start_pos, int64_t num_q_heads,
-                  int64_t num_kv_heads, int64_t max_seq, float scale, int64_t window, float* workspace,
-                  bool k_tiled) {
+                  int64_t num_kv_heads, int64_t max_seq, float scale, int64_t window, float softcap,
+                  float* workspace, bool k_tiled) {
   const int64_t group = num_q_heads / num_kv_heads;
   const int64_t blocks = ceil_div(tokens, kQueryTokens);
   float* scratch = workspace + omp_get_thread_num() * scratch_floats(group, D);
@@ -235,7 +237,7 @@ void prefill_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, co
       const int64_t kv = h * max_seq * D;
       const auto attend = k_tiled ? attend_query_block<TQ, TC, D, true> : attend_query_block<TQ, TC, D, false>;
       attend(out, out_stride, q, q_stride, k_cache + kv, v_cache + kv, t0, t1, start_pos, h, group, scale, window,
-             scratch);
+             softcap, scratch);
     }
 }
 
@@ -251,12 +253,12 @@ void detail::prefill_attention_team(TQ* out, int64_t out_stride, const TQ* q, in
                                     const TC* k_cache, const TC* v_cache, int64_t tokens,
                                     int64_t start_pos, int64_t num_q_heads, int64_t num_kv_heads,
                                     int64_t max_seq, int64_t head_dim, float scale, int64_t window,
-                                    float* workspace, bool k_tiled) {
+                                    float softcap, float* workspace, bool k_tiled) {
   switch (head_dim) {
 #define PYRUNTIME_HEAD_DIM_CASE(D)                                                                   \
   case D:                                                                                            \
     return prefill_team<TQ, TC, D>(out, out_stride, q, q_stride, k_cache, v_cache, tokens, start_pos, \
-                                   num_q_heads, num_kv_heads, max_seq, scale, window, workspace, k_tiled);
+                                   num_q_heads, num_kv_heads, max_seq, scale, window, softcap, workspace, k_tiled);
     PYRUNTIME_FOR_EACH_HEAD_DIM(PYRUNTIME_HEAD_DIM_CASE)
 #undef PYRUNTIME_HEAD_DIM_CASE
     default:
@@ -279,7 +281,7 @@ void prefill_attention(T* out, const T* q, const T* k_cache, const T* v_cache, i
   const int64_t row = num_q_heads * head_dim;
 #pragma omp parallel num_threads(static_cast<int>(threads))
   detail::prefill_attention_team<T, T>(out, row, q, row, k_cache, v_cache, tokens, start_pos, num_q_heads,
-                                       num_kv_heads, max_seq, head_dim, scale, 0, workspace);
+                                       num_kv_heads, max_seq, head_dim, scale, 0, 0.0f, workspace);
 }
 
 template void prefill_attention<float>(float*, const float*, const float*, const float*, int64_t, int64_t,
@@ -290,7 +292,7 @@ template void prefill_attention<bf16>(bf16*, const bf16*, const bf16*, const bf1
 #define PYRUNTIME_INSTANTIATE_TEAM(TQ, TC)                                                           \
   template void detail::prefill_attention_team<TQ, TC>(TQ*, int64_t, const TQ*, int64_t, const TC*, \
                                                        const TC*, int64_t, int64_t, int64_t, int64_t, \
-                                                       int64_t, int64_t, float, int64_t, float*, bool);
+                                                       int64_t, int64_t, float, int64_t, float, float*, bool);
 PYRUNTIME_INSTANTIATE_TEAM(float, float)
 PYRUNTIME_INSTANTIATE_TEAM(bf16, bf16)
 PYRUNTIME_INSTANTIATE_TEAM(float, bf16)

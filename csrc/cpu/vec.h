@@ -448,4 +448,21 @@ inline VecF silu(VecF x) {
   return x * reciprocal(one + (VecF::zero() - x).exp());
 }
 
+// tanh(x) = 1 - 2 / (exp(2x) + 1) (exp saturates: +-1 at the ends), to a few 1e-7 absolute.
+inline VecF tanh(VecF x) {
+  const VecF one = VecF::set1(1.0f);
+  return one - VecF::set1(2.0f) * reciprocal((x + x).exp() + one);
+}
+
+// GELU, tanh approximation (PyTorch's approximate="tanh"): x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+inline VecF gelu_tanh(VecF x) {
+  const VecF inner = VecF::set1(0.7978845608028654f) * (x + VecF::set1(0.044715f) * x * x * x);
+  return VecF::set1(0.5f) * x * (VecF::set1(1.0f) + tanh(inner));
+}
+
+// cap tanh(x / cap): soft-capping (Gemma 2's attention and final logits).
+inline VecF soft_cap(VecF x, float cap) {
+  return VecF::set1(cap) * tanh(x * VecF::set1(1.0f / cap));
+}
+
 }  // namespace pyruntime::cpu::PYRUNTIME_ISA

@@ -108,6 +108,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::enum_<pyruntime::cpu::WeightFormat> formats(m, "WeightFormat", "how a weight matrix is stored");
   for (pyruntime::cpu::WeightFormat f : pyruntime::all_weight_formats())
     formats.value(pyruntime::cpu::weight_format_name(f), f);  // the names are static strings
+  py::enum_<pyruntime::Activation>(m, "Activation", "the MLP's gate activation")
+      .value("silu", pyruntime::Activation::SiLU)
+      .value("gelu_tanh", pyruntime::Activation::GeluTanh);
   py::class_<WeightMatrix>(m, "WeightMatrix", "one weight matrix [rows, cols]: format, tensors, layout")
       .def(py::init<pyruntime::cpu::WeightFormat, at::Tensor, OptTensor>(), py::arg("format"), py::arg("data"),
            py::arg("scales") = py::none())
@@ -124,7 +127,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init([](at::Tensor attn_norm, WeightMatrix q, WeightMatrix k, WeightMatrix v, WeightMatrix o,
                        at::Tensor mlp_norm, WeightMatrix gate, WeightMatrix up, WeightMatrix down,
                        OptTensor qkv_bias, OptTensor o_bias, int64_t sliding_window, OptTensor q_norm,
-                       OptTensor k_norm) {
+                       OptTensor k_norm, OptTensor post_attn_norm, OptTensor post_mlp_norm,
+                       OptTensor rope_cos_sin) {
              LayerSpec l;
              l.attn_norm = std::move(attn_norm);
              l.q = std::move(q);
@@ -140,12 +144,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              l.sliding_window = sliding_window;
              l.q_norm = std::move(q_norm);
              l.k_norm = std::move(k_norm);
+             l.post_attn_norm = std::move(post_attn_norm);
+             l.post_mlp_norm = std::move(post_mlp_norm);
+             l.rope_cos_sin = std::move(rope_cos_sin);
              return l;
            }),
            py::kw_only(), py::arg("attn_norm"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"),
            py::arg("mlp_norm"), py::arg("gate"), py::arg("up"), py::arg("down"), py::arg("qkv_bias") = py::none(),
            py::arg("o_bias") = py::none(), py::arg("sliding_window") = 0, py::arg("q_norm") = py::none(),
-           py::arg("k_norm") = py::none())
+           py::arg("k_norm") = py::none(), py::arg("post_attn_norm") = py::none(),
+           py::arg("post_mlp_norm") = py::none(), py::arg("rope_cos_sin") = py::none())
       .def_readonly("attn_norm", &LayerSpec::attn_norm)
       .def_readonly("q", &LayerSpec::q)
       .def_readonly("k", &LayerSpec::k)
@@ -159,12 +167,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("down", &LayerSpec::down)
       .def_readonly("sliding_window", &LayerSpec::sliding_window)
       .def_readonly("q_norm", &LayerSpec::q_norm)
-      .def_readonly("k_norm", &LayerSpec::k_norm);
+      .def_readonly("k_norm", &LayerSpec::k_norm)
+      .def_readonly("post_attn_norm", &LayerSpec::post_attn_norm)
+      .def_readonly("post_mlp_norm", &LayerSpec::post_mlp_norm)
+      .def_readonly("rope_cos_sin", &LayerSpec::rope_cos_sin);
   py::class_<ModelSpec>(m, "ModelSpec", "the typed model description every engine is built from")
       .def(py::init([](std::string architecture, int64_t hidden, int64_t inter, int64_t num_heads,
                        int64_t num_kv_heads, int64_t head_dim, int64_t vocab, double norm_eps, double attn_scale,
                        at::Tensor rope_cos_sin, int64_t rotary_dim, bool rope_neox, WeightMatrix embed,
-                       std::vector<LayerSpec> layers, at::Tensor final_norm, WeightMatrix lm_head) {
+                       std::vector<LayerSpec> layers, at::Tensor final_norm, WeightMatrix lm_head,
+                       double embed_scale, pyruntime::Activation activation, double attn_softcap,
+                       double final_softcap) {
              ModelSpec s;
              s.architecture = std::move(architecture);
              s.hidden = hidden;
@@ -182,12 +195,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              s.layers = std::move(layers);
              s.final_norm = std::move(final_norm);
              s.lm_head = std::move(lm_head);
+             s.embed_scale = embed_scale;
+             s.activation = activation;
+             s.attn_softcap = attn_softcap;
+             s.final_softcap = final_softcap;
              return s;
            }),
            py::kw_only(), py::arg("architecture"), py::arg("hidden"), py::arg("inter"), py::arg("num_heads"),
            py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("vocab"), py::arg("norm_eps"),
            py::arg("attn_scale"), py::arg("rope_cos_sin"), py::arg("rotary_dim"), py::arg("rope_neox"),
-           py::arg("embed"), py::arg("layers"), py::arg("final_norm"), py::arg("lm_head"))
+           py::arg("embed"), py::arg("layers"), py::arg("final_norm"), py::arg("lm_head"),
+           py::arg("embed_scale") = 1.0, py::arg("activation") = pyruntime::Activation::SiLU,
+           py::arg("attn_softcap") = 0.0, py::arg("final_softcap") = 0.0)
       .def_readonly("architecture", &ModelSpec::architecture)
       .def_readonly("hidden", &ModelSpec::hidden)
       .def_readonly("inter", &ModelSpec::inter)
@@ -204,6 +223,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("layers", &ModelSpec::layers)
       .def_readonly("final_norm", &ModelSpec::final_norm)
       .def_readonly("lm_head", &ModelSpec::lm_head)
+      .def_readonly("embed_scale", &ModelSpec::embed_scale)
+      .def_readonly("activation", &ModelSpec::activation)
+      .def_readonly("attn_softcap", &ModelSpec::attn_softcap)
+      .def_readonly("final_softcap", &ModelSpec::final_softcap)
       .def_property_readonly("num_layers", &ModelSpec::num_layers)
       .def_property_readonly("nbytes", &ModelSpec::nbytes, "bytes of the distinct weight tensors")
       .def("check", [](const ModelSpec& s) {

@@ -96,6 +96,11 @@ EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dt
   s.embed = spec_.embed.view();
   s.lm_head = spec_.lm_head.view();
   s.final_norm = spec_.final_norm.data_ptr<float>();
+  s.embed_scale = static_cast<float>(spec_.embed_scale);
+  s.activation = spec_.activation;
+  s.attn_softcap = static_cast<float>(spec_.attn_softcap);
+  s.final_softcap = static_cast<float>(spec_.final_softcap);
+  const auto ptr = [](const std::optional<at::Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; };
   for (const LayerSpec& L : spec_.layers) {
     cpu::EngineLayer e;
     e.attn_norm = L.attn_norm.data_ptr<float>();
@@ -110,8 +115,11 @@ EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dt
     e.qkv_bias = L.qkv_bias ? L.qkv_bias->data_ptr<float>() : nullptr;
     e.o_bias = L.o_bias ? L.o_bias->data_ptr<float>() : nullptr;
     e.sliding_window = L.sliding_window;
-    e.q_norm = L.q_norm ? L.q_norm->data_ptr<float>() : nullptr;
-    e.k_norm = L.k_norm ? L.k_norm->data_ptr<float>() : nullptr;
+    e.q_norm = ptr(L.q_norm);
+    e.k_norm = ptr(L.k_norm);
+    e.post_attn_norm = ptr(L.post_attn_norm);
+    e.post_mlp_norm = ptr(L.post_mlp_norm);
+    e.cos_sin = ptr(L.rope_cos_sin);
     s.layers.push_back(e);
   }
   try {
@@ -161,6 +169,9 @@ CudaEngineHandle::CudaEngineHandle(ModelSpec spec, int64_t max_seq, int64_t max_
   spec_.check("CudaEngine", at::kBFloat16, {WeightFormat::BFloat16});
   device_ = spec_.embed.device();
   TORCH_CHECK_VALUE(device_.is_cuda(), "CudaEngine: the weights must be on a CUDA device, got ", device_);
+  TORCH_CHECK_VALUE(spec_.embed_scale == 1.0 && spec_.activation == Activation::SiLU && spec_.attn_softcap == 0.0 &&
+                        spec_.final_softcap == 0.0,
+                    "CudaEngine: embed_scale, the gelu_tanh activation and soft-capping (Gemma) are not implemented");
   cuda::EngineSpec s;
   fill_shape(s, spec_, max_seq, max_tokens, "CudaEngine");
   s.dtype = DType::BFloat16;
@@ -187,6 +198,9 @@ CudaEngineHandle::CudaEngineHandle(ModelSpec spec, int64_t max_seq, int64_t max_
                       ": sliding-window attention is not implemented on CUDA (a max_seq_len <= the window "
                       "leaves every key in sight)");
     TORCH_CHECK_VALUE(!L.q_norm && !L.k_norm, "CudaEngine: ", p, "q_norm / k_norm (qk-norm) is not implemented");
+    TORCH_CHECK_VALUE(!L.post_attn_norm && !L.post_mlp_norm, "CudaEngine: ", p,
+                      "post_attn_norm / post_mlp_norm (post-norms) are not implemented");
+    TORCH_CHECK_VALUE(!L.rope_cos_sin, "CudaEngine: ", p, "rope_cos_sin (a layer's own RoPE) is not implemented");
     cuda::EngineLayer e;
     e.attn_norm = L.attn_norm.data_ptr();
     e.mlp_norm = L.mlp_norm.data_ptr();

@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <sstream>
 
@@ -220,7 +221,19 @@ void ModelSpec::check(const std::string& owner, at::ScalarType vector_dtype,
     if (L.k_norm) c.vector(*L.k_norm, head_dim, p + "k_norm");
     TORCH_CHECK_VALUE(L.sliding_window >= 0, owner, ": ", p, "sliding_window must be >= 0, got ",
                       L.sliding_window);
+    if (L.post_attn_norm) c.vector(*L.post_attn_norm, H, p + "post_attn_norm");
+    if (L.post_mlp_norm) c.vector(*L.post_mlp_norm, H, p + "post_mlp_norm");
+    if (L.rope_cos_sin)
+      TORCH_CHECK_VALUE(L.rope_cos_sin->device() == c.device && L.rope_cos_sin->scalar_type() == at::kFloat &&
+                            L.rope_cos_sin->is_contiguous() && L.rope_cos_sin->sizes() == rope_cos_sin.sizes(),
+                        owner, ": ", p, "rope_cos_sin must be a contiguous float32 tensor shaped as the model's ",
+                        rope_cos_sin.sizes(), " on ", c.device, ", got ", L.rope_cos_sin->scalar_type(), " ",
+                        L.rope_cos_sin->sizes(), " on ", L.rope_cos_sin->device());
   }
+  TORCH_CHECK_VALUE(std::isfinite(embed_scale) && embed_scale > 0, owner, ": embed_scale must be positive, got ",
+                    embed_scale);
+  for (auto [v, name] : {std::pair{attn_softcap, "attn_softcap"}, {final_softcap, "final_softcap"}})
+    TORCH_CHECK_VALUE(std::isfinite(v) && v >= 0, owner, ": ", name, " must be >= 0 (0: no capping), got ", v);
 }
 
 int64_t ModelSpec::nbytes() const {
@@ -242,8 +255,8 @@ int64_t ModelSpec::nbytes() const {
     for (const WeightMatrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) add_matrix(*m);
     if (L.qkv_bias) add(*L.qkv_bias);
     if (L.o_bias) add(*L.o_bias);
-    if (L.q_norm) add(*L.q_norm);
-    if (L.k_norm) add(*L.k_norm);
+    for (const auto* t : {&L.q_norm, &L.k_norm, &L.post_attn_norm, &L.post_mlp_norm})
+      if (*t) add(**t);
   }
   return total;
 }

@@ -15,6 +15,7 @@
 
 namespace pyruntime {
 
+using cpu::Activation;
 using cpu::WeightFormat;
 
 // The tensor element type a format's data is stored as (uint8 bytes for the GGUF blocks).
@@ -49,8 +50,8 @@ struct WeightMatrix {
   std::string repr() const;
 };
 
-// One decoder block: [norm -> attention (q, k, v; optionally q and k heads normed) -> o -> residual add -> norm -> gated MLP
-// (down(silu(gate x) * up x)) -> residual add]. Every projection is its own matrix in its own
+// One decoder block: [norm -> attention (q, k, v; optionally q and k heads normed) -> o (-> post-norm)
+// -> residual add -> norm -> gated MLP (down(act(gate x) * up x)) (-> post-norm) -> residual add]. Every projection is its own matrix in its own
 // format (a quantized file may hold v in another format than q and k); the engines run q, k, v
 // (and gate, up) as one product over their stacked rows.
 struct LayerSpec {
@@ -66,6 +67,11 @@ struct LayerSpec {
   int64_t sliding_window = 0;           // attend to the last W positions; 0: all of them
   // RMSNorm weights [D] applied to every q head and every k head before RoPE (Qwen3's qk-norm).
   std::optional<at::Tensor> q_norm, k_norm;
+  // RMSNorm weights [H] of the attention's output and of the MLP's before their residual adds
+  // (Gemma 2/3's post-norms).
+  std::optional<at::Tensor> post_attn_norm, post_mlp_norm;
+  // This layer's own RoPE table, shaped as ModelSpec::rope_cos_sin (Gemma 3's sliding layers).
+  std::optional<at::Tensor> rope_cos_sin;
 };
 
 struct ModelSpec {
@@ -81,6 +87,10 @@ struct ModelSpec {
   int64_t rotary_dim = 0;
   bool rope_neox = true;
   WeightMatrix embed;              // [vocab, H]
+  double embed_scale = 1.0;        // embedding rows times this (Gemma: sqrt(H))
+  Activation activation = Activation::SiLU;  // the MLP's gate activation
+  double attn_softcap = 0.0;       // > 0: attention scores become cap tanh(score / cap) (Gemma 2)
+  double final_softcap = 0.0;      // > 0: so do the logits
   std::vector<LayerSpec> layers;
   at::Tensor final_norm;           // [H]
   WeightMatrix lm_head;            // [vocab, H] (the embedding's own tensors when tied)

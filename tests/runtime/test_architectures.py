@@ -38,6 +38,18 @@ ARCHS = {
     "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=64, tie_word_embeddings=True),
     "phi3": lambda: transformers.Phi3Config(**COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                                             sliding_window=64),
+    # Embeddings times sqrt(hidden), norms x * (1 + w), post-norms, GELU(tanh), query_pre_attn_scalar,
+    # soft-capped scores and logits (small caps, so that they bite), every 2nd layer a window of 50.
+    "gemma2": lambda: transformers.Gemma2Config(**{**COMMON, "num_hidden_layers": 3}, head_dim=32,
+                                                query_pre_attn_scalar=24, sliding_window=50,
+                                                attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
+    # As Gemma 2 without caps, with qk-norm, a local RoPE base on the sliding layers and a global one
+    # with linear scaling on the full ones, the layer pattern from the config (3: two sliding, one full).
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        **{**COMMON, "num_hidden_layers": 3}, head_dim=32, query_pre_attn_scalar=24, sliding_window=50,
+        sliding_window_pattern=3,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
     "head-dim-64": lambda: transformers.LlamaConfig(**{**COMMON, "num_attention_heads": 2, "num_key_value_heads": 1}),
 }
 
@@ -51,10 +63,12 @@ def tiny(request, tmp_path_factory, llm):
     torch.manual_seed(0)
     cfg = ARCHS[request.param]()
     model = _model_class(cfg).eval()
-    with torch.no_grad():  # non-trivial norms and biases
+    # Non-trivial norms and biases; Gemma's norms scale by 1 + w, so their w lie around 0.
+    norm_mean = 0.0 if request.param.startswith("gemma") else 1.0
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith(".bias"):
-                p.normal_(1.0 if "norm" in name else 0.0, 0.2)
+                p.normal_(norm_mean if "norm" in name else 0.0, 0.2)
     folder = tmp_path_factory.mktemp(request.param)
     shard = "300KB" if request.param == "llama" else "10GB"  # one sharded checkpoint
     model.save_pretrained(folder, max_shard_size=shard)

@@ -54,6 +54,10 @@ struct Matrix {
   Matrix rows_view(int64_t r0, int64_t n) const;
 };
 
+// The MLP's gate activation: down(act(gate x) * up x).
+enum class Activation { SiLU, GeluTanh };
+const char* activation_name(Activation a);
+
 // Rows per block of the interleaved int8 layout.
 constexpr int64_t kInt8BlockRows = 4;
 
@@ -76,6 +80,13 @@ struct EngineLayer {
   // RMSNorm weights [D] of every q head and every k head, applied before RoPE; or null.
   const float* q_norm = nullptr;
   const float* k_norm = nullptr;
+  // RMSNorm weights [H] of the attention's output and of the MLP's, before each is added to the
+  // residual (Gemma 2/3); or null.
+  const float* post_attn_norm = nullptr;
+  const float* post_mlp_norm = nullptr;
+  // This layer's RoPE table [max_seq, rot_dim] (Gemma 3's local base on sliding layers); null:
+  // the model's (EngineSpec::cos_sin).
+  const float* cos_sin = nullptr;
 };
 
 struct EngineSpec : EngineShape {
@@ -87,6 +98,10 @@ struct EngineSpec : EngineShape {
   bool int8_activations = true;
   const float* cos_sin = nullptr;  // [max_seq, rot_dim]: cos half, then sin half
   Matrix embed;                    // [vocab, H]
+  float embed_scale = 1.0f;        // the embedding rows times this (Gemma: sqrt(H))
+  Activation activation = Activation::SiLU;
+  float attn_softcap = 0.0f;   // > 0: attention scores become cap tanh(score / cap)
+  float final_softcap = 0.0f;  // > 0: so do the logits
   std::vector<EngineLayer> layers;
   const float* final_norm = nullptr;  // [H]
   Matrix lm_head;                     // [vocab, H]
