@@ -17,14 +17,31 @@ GEMMA = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+
+
 @dataclass(frozen=True)
 class RopeConfig:
+    """RoPE and its scaling as transformers' modeling_rope_utils defines each type. `dynamic`
+    (NTK) changes nothing up to max_position_embeddings, which is as far as pyruntime runs a
+    model; `longrope` takes its long factors when the engine's max_seq_len exceeds
+    original_max_position_embeddings, its short ones otherwise (chosen once, as llama.cpp does;
+    transformers chooses per forward call by the length of the sequence so far)."""
+
     theta: float = 10000.0
-    kind: str = "default"  # default, linear, llama3
+    kind: str = "default"  # one of ROPE_TYPES
     factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
     original_max_position_embeddings: int = 8192
+    beta_fast: float = 32.0  # yarn
+    beta_slow: float = 1.0  # yarn
+    truncate: bool = True  # yarn
+    mscale: float = 0.0  # yarn
+    mscale_all_dim: float = 0.0  # yarn
+    attention_factor: float | None = None  # yarn, longrope: cos and sin times this (None: from factor)
+    short_factor: tuple[float, ...] = ()  # longrope
+    long_factor: tuple[float, ...] = ()  # longrope
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,10 @@ class ModelConfig:
         if scalar is not None and not scalar > 0:
             raise ModelLoadError(f"{source}: field 'query_pre_attn_scalar' must be positive, got {scalar}")
         rope, local_rope = _rope_configs(d, source)
+        for r in (rope, local_rope):
+            if r is not None and r.kind == "longrope" and not len(r.short_factor) == len(r.long_factor) == rotary_dim // 2:
+                raise ModelLoadError(f"{source}: longrope short_factor and long_factor must list {rotary_dim // 2} "
+                                     f"values (half the rotary dimension), got {len(r.short_factor)} and {len(r.long_factor)}")
         if arch == "Gemma3ForCausalLM" and local_rope is None:
             local_rope = RopeConfig(theta=10000.0)  # transformers' default local base
         return cls(
@@ -243,27 +264,89 @@ def _rope_config(d: dict, source: str) -> RopeConfig:
     kind = params.get("rope_type", params.get("type", "default"))
     if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
         raise ModelLoadError(f"{source}: rope_theta must be a positive number, got {theta!r}")
-    if kind not in ("default", "linear", "llama3"):
-        raise ModelLoadError(f"{source}: rope scaling type {kind!r} is not supported (default, linear, llama3)")
+    if kind not in ROPE_TYPES:
+        raise ModelLoadError(f"{source}: rope scaling type {kind!r} is not supported ({', '.join(ROPE_TYPES)})")
+    # The pretraining length: Phi-3 writes it beside the RoPE parameters, and it wins there (as in
+    # transformers); else the parameters', else max_position_embeddings.
+    original = d.get("original_max_position_embeddings") if kind in ("yarn", "longrope", "llama3") else None
+    original = original or params.get("original_max_position_embeddings") or (
+        d.get("max_position_embeddings", 8192) if kind in ("yarn", "longrope") else 8192)
+    factor = params.get("factor")
+    if factor is None and kind in ("yarn", "longrope"):  # from the lengths, as transformers does
+        factor = d.get("max_position_embeddings", original) / original
     try:
-        return RopeConfig(
+        rope = RopeConfig(
             theta=float(theta),
             kind=kind,
-            factor=float(params.get("factor", 1.0)),
+            factor=float(1.0 if factor is None else factor),
             low_freq_factor=float(params.get("low_freq_factor", 1.0)),
             high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-            original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
+            original_max_position_embeddings=int(original),
+            beta_fast=float(params.get("beta_fast") or 32.0),
+            beta_slow=float(params.get("beta_slow") or 1.0),
+            truncate=bool(params.get("truncate", True)),
+            mscale=float(params.get("mscale") or 0.0),
+            mscale_all_dim=float(params.get("mscale_all_dim") or 0.0),
+            attention_factor=None if params.get("attention_factor") is None else float(params["attention_factor"]),
+            short_factor=tuple(float(x) for x in params.get("short_factor") or ()),
+            long_factor=tuple(float(x) for x in params.get("long_factor") or ()),
         )
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"{source}: bad rope scaling parameters ({e})") from None
+    if kind in ("linear", "dynamic", "yarn") and not rope.factor > 0:
+        raise ModelLoadError(f"{source}: rope scaling factor must be positive, got {rope.factor}")
+    if kind == "longrope" and not (rope.short_factor and rope.long_factor):
+        raise ModelLoadError(f"{source}: longrope needs short_factor and long_factor lists")
+    return rope
 
 
-def inv_frequencies(rope: RopeConfig, rotary_dim: int):
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def attention_factor(rope: RopeConfig) -> float:
+    """What cos and sin are multiplied by (yarn, longrope; 1 for the other types)."""
+    if rope.attention_factor is not None:
+        return rope.attention_factor
+    if rope.kind == "yarn":
+        if rope.mscale and rope.mscale_all_dim:
+            return _yarn_mscale(rope.factor, rope.mscale) / _yarn_mscale(rope.factor, rope.mscale_all_dim)
+        return _yarn_mscale(rope.factor)
+    if rope.kind == "longrope" and rope.factor > 1.0:
+        return math.sqrt(1 + math.log(rope.factor) / math.log(rope.original_max_position_embeddings))
+    return 1.0
+
+
+def inv_frequencies(rope: RopeConfig, rotary_dim: int, max_pos: int = 0):
     """Inverse frequencies [rotary_dim / 2], with the configured scaling, computed in float32
-    in the same order as transformers so that both agree to the last bit."""
+    in the same order as transformers so that both agree to the last bit. max_pos: the positions
+    the engine runs (longrope's choice of factors)."""
     import torch
 
-    inv = 1.0 / (rope.theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    if rope.kind == "longrope":
+        factors = rope.long_factor if max_pos > rope.original_max_position_embeddings else rope.short_factor
+        if len(factors) != rotary_dim // 2:
+            raise ModelLoadError(f"longrope factors must list {rotary_dim // 2} values, got {len(factors)}")
+        return 1.0 / (torch.tensor(factors, dtype=torch.float32) * rope.theta**exponents)
+    if rope.kind == "yarn":
+        pos_freqs = rope.theta ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim)
+        extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (rope.factor * pos_freqs)
+
+        def correction_dim(rotations):
+            return (rotary_dim * math.log(rope.original_max_position_embeddings / (rotations * 2 * math.pi))) / (
+                2 * math.log(rope.theta))
+
+        low, high = correction_dim(rope.beta_fast), correction_dim(rope.beta_slow)
+        if rope.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, rotary_dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = torch.clamp((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+        extrapolation_factor = 1 - ramp
+        return interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor
+    inv = 1.0 / (rope.theta**exponents)
     if rope.kind == "linear":
         inv = inv / rope.factor
     elif rope.kind == "llama3":
@@ -284,6 +367,10 @@ def cos_sin_cache(rope: RopeConfig, rotary_dim: int, max_pos: int):
     """float32 [max_pos, rotary_dim]: cos of position x frequency, then sin."""
     import torch
 
-    inv = inv_frequencies(rope, rotary_dim)
+    inv = inv_frequencies(rope, rotary_dim, max_pos)
     freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv)
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).contiguous()
+    scale = attention_factor(rope)
+    cos, sin = freqs.cos(), freqs.sin()
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
+    return torch.cat([cos, sin], dim=-1).contiguous()

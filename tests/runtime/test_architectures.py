@@ -25,6 +25,18 @@ ARCHS = {
         **COMMON, rope_theta=500000.0,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 64}),
+    "llama-dynamic-rope": lambda: transformers.LlamaConfig(
+        **COMMON, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}),
+    "qwen2-yarn": lambda: transformers.Qwen2Config(
+        **COMMON, rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                   "rope_theta": 10000.0}),
+    # longrope past original_max_position_embeddings (the long factors), on half of each head.
+    "phi3-longrope": lambda: transformers.Phi3Config(
+        **COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2, original_max_position_embeddings=32,
+        partial_rotary_factor=0.5,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
+                         "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0]}),
     "llama-linear-rope": lambda: transformers.LlamaConfig(**COMMON, rope_scaling={"rope_type": "linear", "factor": 2.0}),
     "llama-attention-bias": lambda: transformers.LlamaConfig(**COMMON, attention_bias=True),
     "mistral": lambda: transformers.MistralConfig(**COMMON, head_dim=32),
@@ -140,9 +152,10 @@ def _greedy(model, ids, n):
 
 
 def test_greedy_decode_matches_transformers(tiny):
+    # A prompt past phi3-longrope's original length: transformers then keeps to the long factors.
     name, model, folder = tiny
     llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", progress=False)
-    ids = _ids(5, 1)
+    ids = _ids(40, 1)
     got = llm.generate(ids, max_new_tokens=32, ignore_eos=True)
     assert got.token_ids == _greedy(model, ids, 32)
 
