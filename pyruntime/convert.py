@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from pyruntime.errors import ModelLoadError
 
@@ -45,63 +44,106 @@ class _Meta:
             raise ModelLoadError(f"{self._path}: GGUF metadata {key!r} cannot be read ({e})") from None
 
 
-def _reverse_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undoes llama.cpp's interleaving of q/k rows back to Hugging Face's rotate-half order."""
-    rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+# GGUF architecture -> the Hugging Face architecture it converts to. Mistral's files are `llama`.
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "phi3": "Phi3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+# Layers of the 27B Gemma 2 and Gemma 3, whose query_pre_attn_scalar is hidden / heads (llama.cpp
+# tells them by their layer count too; GGUF files do not carry the scalar).
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 
 
-def _hf_name(name: str) -> str | None:
-    fixed = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-             "output.weight": "lm_head.weight"}
-    if name in fixed:
-        return fixed[name]
-    parts = name.split(".")
-    if len(parts) != 4 or parts[0] != "blk" or parts[3] != "weight":
-        return None
-    layer = {
-        "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-        "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-        "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-        "ffn_down": "mlp.down_proj",
-    }.get(parts[2])
-    return None if layer is None else f"model.layers.{parts[1]}.{layer}.weight"
-
-
-def _config(meta: _Meta, has_output: bool, vocab: int) -> dict:
+def _config(meta: _Meta, tensors: dict, vocab: int) -> dict:
+    """config.json of a GGUF file's metadata, in transformers' terms (what pyruntime.config reads)."""
     arch = meta.get("general.architecture", required=True)
-    if arch != "llama":
-        raise ModelLoadError(f"{meta._path}: GGUF architecture {arch!r} is not supported by convert (supported: llama)")
-    p = "llama."
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(f"{meta._path}: GGUF architecture {arch!r} is not supported by convert "
+                             f"(supported: {', '.join(ARCHITECTURES)})")
+    p = arch + "."
     hidden = int(meta.get(p + "embedding_length", required=True))
     heads = int(meta.get(p + "attention.head_count", required=True))
+    layers = int(meta.get(p + "block_count", required=True))
+    head_dim = int(meta.get(p + "attention.key_length", hidden // heads))
+    gemma = arch.startswith("gemma")
     cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [ARCHITECTURES[arch]],
+        "model_type": arch,
         "hidden_size": hidden,
         "intermediate_size": int(meta.get(p + "feed_forward_length", required=True)),
-        "num_hidden_layers": int(meta.get(p + "block_count", required=True)),
+        "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": int(meta.get(p + "attention.head_count_kv", heads)),
-        "head_dim": int(meta.get(p + "attention.key_length", hidden // heads)),
+        "head_dim": head_dim,
         "rms_norm_eps": float(meta.get(p + "attention.layer_norm_rms_epsilon", 1e-5)),
         "rope_theta": float(meta.get(p + "rope.freq_base", 10000.0)),
         "max_position_embeddings": int(meta.get(p + "context_length", 2048)),
         "vocab_size": vocab,
-        "tie_word_embeddings": not has_output,
-        "hidden_act": "silu",
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "hidden_activation" if gemma else "hidden_act": "gelu_pytorch_tanh" if gemma else "silu",
         "torch_dtype": "float32",
     }
+    rot = meta.get(p + "rope.dimension_count")
+    if rot is not None and int(rot) != head_dim:
+        cfg["partial_rotary_factor"] = int(rot) / head_dim
+    window = meta.get(p + "attention.sliding_window")
+    if window:
+        cfg["sliding_window"] = int(window)
+        pattern = meta.get(p + "attention.sliding_window_pattern")
+        if isinstance(pattern, list):  # per layer: true where the layer slides
+            sliding = [bool(x) for x in pattern]
+        else:  # every Nth layer full (llama.cpp's defaults: Gemma 2 every 2nd, Gemma 3 every 6th), else none
+            n = int(pattern) if pattern is not None else {"gemma2": 2, "gemma3": 6}.get(arch, 0)
+            sliding = [n == 0 or (i + 1) % n != 0 for i in range(layers)]
+        cfg["layer_types"] = ["sliding_attention" if x else "full_attention" for x in sliding]
+    if arch == "llama" and "blk.0.attn_q.bias" in tensors:
+        cfg["attention_bias"] = True
+    if gemma:
+        scale = meta.get(p + "attention.scale")
+        cfg["query_pre_attn_scalar"] = (
+            1.0 / float(scale) ** 2 if scale else hidden / heads if layers == _GEMMA_27B_LAYERS[arch] else head_dim)
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if meta.get(p + key) is not None:
+                cfg[key] = float(meta.get(p + key))
+        if arch == "gemma3":
+            cfg["rope_local_base_freq"] = float(meta.get(p + "rope.freq_base_swa", 10000.0))
     scaling = meta.get(p + "rope.scaling.type")
+    factor = float(meta.get(p + "rope.scaling.factor", 1.0))
+    original = meta.get(p + "rope.scaling.original_context_length")
     if scaling == "linear":
-        cfg["rope_scaling"] = {"type": "linear", "factor": float(meta.get(p + "rope.scaling.factor", 1.0))}
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
+    elif scaling == "yarn":
+        cfg["rope_scaling"] = {"rope_type": "yarn", "factor": factor,
+                               "original_max_position_embeddings": int(original or cfg["max_position_embeddings"])}
+        for key, name in (("rope.scaling.yarn_beta_fast", "beta_fast"), ("rope.scaling.yarn_beta_slow", "beta_slow")):
+            if meta.get(p + key) is not None:
+                cfg["rope_scaling"][name] = float(meta.get(p + key))
     elif scaling not in (None, "none"):
-        raise ModelLoadError(f"{meta._path}: rope scaling {scaling!r} is not supported by convert")
+        raise ModelLoadError(f"{meta._path}: rope scaling {scaling!r} is not supported by convert (linear, yarn)")
+    if "rope_factors_long.weight" in tensors:  # Phi-3's longrope: the factors are tensors
+        cfg["rope_scaling"] = {
+            "rope_type": "longrope",
+            "long_factor": _floats(tensors["rope_factors_long.weight"]),
+            "short_factor": _floats(tensors.get("rope_factors_short.weight", tensors["rope_factors_long.weight"])),
+        }
+        if meta.get(p + "rope.scaling.attn_factor") is not None:
+            cfg["rope_scaling"]["attention_factor"] = float(meta.get(p + "rope.scaling.attn_factor"))
+        if original is not None:
+            cfg["original_max_position_embeddings"] = int(original)
+    elif "rope_freqs.weight" in tensors:  # Llama 3.1's scaling, written as a factor per frequency
+        factors = _floats(tensors["rope_freqs.weight"])
+        # inv_freq / factor for every position: longrope's form with one set of factors and no
+        # attention factor.
+        cfg["rope_scaling"] = {"rope_type": "longrope", "long_factor": factors, "short_factor": factors,
+                               "attention_factor": 1.0, "original_max_position_embeddings": cfg["max_position_embeddings"]}
     for key, name in (("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")):
         v = meta.get(key)
         if v is not None:
             cfg[name] = int(v)
     return cfg
+
+
+def _floats(t) -> list[float]:
+    """A small float32 tensor of the file (RoPE factors) as a list."""
+    return [float(x) for x in np.asarray(t.data, dtype=np.float32).reshape(-1)]
 
 
 def _spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
@@ -200,7 +242,7 @@ def _tokenizer_config(meta: _Meta, tokens, add_bos: bool) -> dict:
         "unk_token": name("tokenizer.ggml.unknown_token_id"),
         "pad_token": name("tokenizer.ggml.padding_token_id"),
         "clean_up_tokenization_spaces": False,
-        "model_max_length": int(meta.get("llama.context_length", 2048)),
+        "model_max_length": int(meta.get(f"{meta.get('general.architecture')}.context_length", 2048)),
     }
     templates = _chat_templates(meta)
     if list(templates) == ["default"]:
@@ -224,40 +266,66 @@ def _chat_templates(meta: _Meta) -> dict[str, str]:
 def _read_gguf(gguf_path: Path, progress: bool, dequantize_tensors: bool):
     """config, tokenizer, tokenizer config and (dequantize_tensors) float32 tensors (Hugging
     Face names) of a GGUF file."""
-    from gguf.quants import dequantize
-
     from pyruntime.gguf_weights import open_gguf
 
     reader = open_gguf(gguf_path)
     meta = _Meta(reader, gguf_path)
-    names = {t.name for t in reader.tensors}
     tokens = meta.get("tokenizer.ggml.tokens", required=True)
-    cfg = _config(meta, "output.weight" in names, len(tokens))
+    cfg = _config(meta, {t.name: t for t in reader.tensors}, len(tokens))
     tokenizer, tok_cfg = _tokenizer(meta)
-
     tensors = {}
-    for t in tqdm(reader.tensors if dequantize_tensors else [], desc=f"converting {gguf_path.name}", unit="tensor", disable=not progress, leave=False):
-        hf = _hf_name(t.name)
-        if hf is None:
-            raise ModelLoadError(f"{gguf_path}: tensor {t.name!r} is not supported by convert")
-        try:
-            w = dequantize(t.data, t.tensor_type)
-        except (NotImplementedError, ValueError, KeyError) as e:
-            raise ModelLoadError(f"{gguf_path}: tensor {t.name!r} has quantisation {t.tensor_type!r} that cannot be read ({e})") from None
-        shape = tuple(int(x) for x in reversed(t.shape))
-        w = np.asarray(w, dtype=np.float32).reshape(shape)
-        if t.name.endswith("attn_q.weight"):
-            w = _reverse_permute(w, cfg["num_attention_heads"])
-        elif t.name.endswith("attn_k.weight"):
-            w = _reverse_permute(w, cfg["num_key_value_heads"])
-        tensors[hf] = torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True))
+    if dequantize_tensors:
+        from pyruntime.config import ModelConfig
+        from pyruntime.gguf_weights import load_gguf_weights
 
+        model_cfg = ModelConfig.from_dict(cfg, str(gguf_path))
+        tensors = _hf_tensors(model_cfg, load_gguf_weights(gguf_path, model_cfg, torch.float32, progress=progress))
     return cfg, tokenizer, tok_cfg, tensors
+
+
+def _hf_tensors(cfg, w) -> dict[str, torch.Tensor]:
+    """The weights under their Hugging Face names, as transformers' model of cfg.architecture
+    loads them (Phi-3's fused projections joined, Gemma's norms back to w of x * (1 + w))."""
+    gemma = cfg.post_norms
+
+    def norm(v):
+        return v - 1.0 if gemma else v
+
+    out = {"model.embed_tokens.weight": w.embed, "model.norm.weight": norm(w.final_norm)}
+    if w.lm_head is not w.embed:
+        out["lm_head.weight"] = w.lm_head
+    for i, l in enumerate(w.layers):
+        p = f"model.layers.{i}."
+        if cfg.architecture == "Phi3ForCausalLM":
+            out[p + "self_attn.qkv_proj.weight"] = torch.cat([l.q, l.k, l.v])
+            out[p + "mlp.gate_up_proj.weight"] = torch.cat([l.gate, l.up])
+        else:
+            out.update({p + "self_attn.q_proj.weight": l.q, p + "self_attn.k_proj.weight": l.k,
+                        p + "self_attn.v_proj.weight": l.v, p + "mlp.gate_proj.weight": l.gate,
+                        p + "mlp.up_proj.weight": l.up})
+        out[p + "self_attn.o_proj.weight"] = l.o
+        out[p + "mlp.down_proj.weight"] = l.down
+        out[p + "input_layernorm.weight"] = norm(l.attn_norm)
+        if l.qkv_bias is not None:
+            for name, b in zip("qkv", l.qkv_bias.split([cfg.q_size, cfg.kv_size, cfg.kv_size])):
+                out[p + f"self_attn.{name}_proj.bias"] = b
+        if l.o_bias is not None:
+            out[p + "self_attn.o_proj.bias"] = l.o_bias
+        if l.q_norm is not None:
+            out[p + "self_attn.q_norm.weight"] = norm(l.q_norm)
+            out[p + "self_attn.k_norm.weight"] = norm(l.k_norm)
+        if gemma:
+            out[p + "post_attention_layernorm.weight"] = norm(l.post_attn_norm)
+            out[p + "pre_feedforward_layernorm.weight"] = norm(l.mlp_norm)
+            out[p + "post_feedforward_layernorm.weight"] = norm(l.post_mlp_norm)
+        else:
+            out[p + "post_attention_layernorm.weight"] = l.mlp_norm
+    return {k: v.contiguous().clone() for k, v in out.items()}
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True, dequantize: bool = False,
                  link: bool = False) -> Path:
-    """Writes a Hugging Face style folder for a Llama-family GGUF file; returns out_dir. The
+    """Writes a Hugging Face style folder for a GGUF file (architectures: ARCHITECTURES); returns out_dir. The
     weights: model.gguf, a copy of the file (link=True: a symbolic link to it), or with
     dequantize=True model.safetensors in float32."""
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)

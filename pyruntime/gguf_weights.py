@@ -5,6 +5,7 @@ from the gguf package's own table (gguf.get_tensor_name_map), not from a list wr
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -36,7 +37,18 @@ def open_gguf(path: Path):
     """The gguf package's reader over `path` (memory-mapped), each tensor's record checked
     first, so that a bad one is named: an unknown type id, rows not a whole number of blocks,
     data past the end of the file (a truncated file). ModelLoadError for those and for a file
-    the reader cannot parse."""
+    the reader cannot parse. The last few readers are kept (by the file's identity, size and
+    time): parsing the metadata of a large vocabulary takes seconds, and loading a file reads it
+    twice (pyruntime.convert, then the weights)."""
+    try:
+        st = Path(path).resolve().stat()
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read the GGUF file ({e})") from None
+    return _open_gguf(Path(path).resolve(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_gguf(path: Path, *identity):
     import gguf
     from gguf.constants import GGML_QUANT_SIZES
 
@@ -87,6 +99,7 @@ class GGUFSource:
         n_blocks = int(blocks.contents()) if blocks is not None else 0
         self.names = gguf.get_tensor_name_map(archs[arch], n_blocks)
         self.tensors = {t.name: t for t in self.reader.tensors}
+        self.used: set[str] = set()  # the tensors read so far
         self.qtypes = gguf.GGMLQuantizationType
 
     def gguf_name(self, hf_name: str) -> str | None:
@@ -103,6 +116,7 @@ class GGUFSource:
         got = tuple(int(x) for x in reversed(t.shape))
         if got != tuple(shape):
             raise ModelLoadError(f"{self.path}: tensor {t.name!r} has shape {got}, expected {tuple(shape)}")
+        self.used.add(t.name)
         return t
 
     def vector(self, hf_name: str, size: int) -> torch.Tensor:
@@ -157,33 +171,63 @@ class GGUFSource:
 
 def load_gguf_weights(path: Path, cfg: ModelConfig, load: torch.dtype | None, progress: bool = True) -> ModelWeights:
     """load None: every matrix in its file type (GGUFSource.matrix); a dtype: every matrix
-    dequantized to float32, then converted to it. Norms and biases float32."""
+    dequantized to float32, then converted to it. Norms and biases float32 (Gemma's norms hold
+    1 + w already: llama.cpp's converter adds the 1). q and k rows are put back in Hugging
+    Face's order where llama.cpp's converter interleaved them (the `llama` architecture)."""
     src = GGUFSource(path)
     H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     q, kv = cfg.q_size, cfg.kv_size
+    permuted = cfg.architecture == "LlamaForCausalLM"
+    gemma = cfg.post_norms
 
     def mat(name, shape, heads=0):
+        heads = heads if permuted else 0
         if load is None:
             return src.matrix(name, shape, heads)
         return src.floats(name, shape, heads).to(load)
+
+    def rows(m, r0, r1):
+        """Rows [r0, r1) of a matrix as it was loaded (a view)."""
+        if isinstance(m, C.WeightMatrix):
+            return C.WeightMatrix(m.format, m.data[r0:r1])
+        return m[r0:r1]
 
     embed = mat("model.embed_tokens.weight", (V, H))
     layers = []
     for i in tqdm(range(cfg.num_layers), desc=f"mapping {path.name}", unit="layer", disable=not progress, leave=False):
         p = f"model.layers.{i}."
+        if cfg.architecture == "Phi3ForCausalLM":  # fused q, k, v and gate, up
+            qkv = mat(p + "self_attn.qkv_proj.weight", (q + 2 * kv, H))
+            wq, wk, wv = rows(qkv, 0, q), rows(qkv, q, q + kv), rows(qkv, q + kv, q + 2 * kv)
+            gate_up = mat(p + "mlp.gate_up_proj.weight", (2 * I, H))
+            gate, up = rows(gate_up, 0, I), rows(gate_up, I, 2 * I)
+        else:
+            wq = mat(p + "self_attn.q_proj.weight", (q, H), cfg.num_heads)
+            wk = mat(p + "self_attn.k_proj.weight", (kv, H), cfg.num_kv_heads)
+            wv = mat(p + "self_attn.v_proj.weight", (kv, H))
+            gate, up = mat(p + "mlp.gate_proj.weight", (I, H)), mat(p + "mlp.up_proj.weight", (I, H))
+        qkv_bias = None
+        if cfg.attention_bias:
+            qkv_bias = torch.cat([src.vector(p + f"self_attn.{n}_proj.bias", s) for n, s in (("q", q), ("k", kv), ("v", kv))])
         layers.append(LayerWeights(
             attn_norm=src.vector(p + "input_layernorm.weight", H),
-            q=mat(p + "self_attn.q_proj.weight", (q, H), cfg.num_heads),
-            k=mat(p + "self_attn.k_proj.weight", (kv, H), cfg.num_kv_heads),
-            v=mat(p + "self_attn.v_proj.weight", (kv, H)),
-            qkv_bias=None,
+            q=wq, k=wk, v=wv, qkv_bias=qkv_bias,
             o=mat(p + "self_attn.o_proj.weight", (H, q)),
-            o_bias=None,
-            mlp_norm=src.vector(p + "post_attention_layernorm.weight", H),
-            gate=mat(p + "mlp.gate_proj.weight", (I, H)),
-            up=mat(p + "mlp.up_proj.weight", (I, H)),
+            o_bias=src.vector(p + "self_attn.o_proj.bias", H) if cfg.o_bias else None,
+            mlp_norm=src.vector(p + ("pre_feedforward_layernorm" if gemma else "post_attention_layernorm") + ".weight", H),
+            gate=gate, up=up,
             down=mat(p + "mlp.down_proj.weight", (H, I)),
+            q_norm=src.vector(p + "self_attn.q_norm.weight", cfg.head_dim) if cfg.qk_norm else None,
+            k_norm=src.vector(p + "self_attn.k_norm.weight", cfg.head_dim) if cfg.qk_norm else None,
+            post_attn_norm=src.vector(p + "post_attention_layernorm.weight", H) if gemma else None,
+            post_mlp_norm=src.vector(p + "post_feedforward_layernorm.weight", H) if gemma else None,
         ))
     final_norm = src.vector("model.norm.weight", H)
     lm_head = mat("lm_head.weight", (V, H)) if "lm_head.weight" in src else embed
+    # RoPE factors went into the config (pyruntime.convert); anything else unread is a part of the
+    # model this runtime would silently leave out.
+    unread = sorted(set(src.tensors) - src.used - {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"})
+    if unread:
+        raise ModelLoadError(f"{path}: tensors {unread[:4]}{' ...' if len(unread) > 4 else ''} are not part of a "
+                             f"{cfg.architecture} as pyruntime runs it")
     return ModelWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=lm_head)
