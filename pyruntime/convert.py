@@ -21,6 +21,8 @@ from pyruntime.errors import ModelLoadError
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2's: as Llama 3's, with digits one at a time.
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 _TOKEN_CONTROL, _TOKEN_USER_DEFINED = 3, 4
 
 
@@ -215,15 +217,17 @@ def _bpe_tokenizer(meta: _Meta, tokens):
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
     if pre == "smollm":
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    elif pre == "llama-bpe":
+    elif pre in ("llama-bpe", "qwen2"):
         tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT if pre == "llama-bpe" else _QWEN2_SPLIT), behavior="isolated",
+                                 invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ])
     elif pre in ("default", "gpt-2", "gpt2"):
         tok.pre_tokenizer = byte_level
     else:
-        raise ModelLoadError(f"{meta._path}: GGUF pre-tokenizer {pre!r} is not supported by convert (smollm, llama-bpe, gpt-2)")
+        raise ModelLoadError(
+            f"{meta._path}: GGUF pre-tokenizer {pre!r} is not supported by convert (smollm, llama-bpe, qwen2, gpt-2)")
     tok.decoder = decoders.ByteLevel()
     return tok
 
