@@ -93,14 +93,26 @@ def _ids(n: int, seed: int) -> list[int]:
     return torch.randint(3, 49152, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
+def _want(model, ids) -> torch.Tensor:
+    """transformers' logits of every token of ids."""
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
+
+
+def _token_by_token(eng, ids, prompt: int) -> torch.Tensor:
+    """The engine's logits of ids[prompt - 1:]: a prompt of `prompt` tokens, then a decode step a token."""
+    got = [eng.prefill(torch.tensor(ids[:prompt]), 0, 0)[None]]
+    got += [eng.decode(torch.tensor([ids[i]]), torch.tensor([i])) for i in range(prompt, len(ids))]
+    return torch.cat(got)
+
+
 def test_logits_match_transformers(tiny):
     name, model, folder = tiny
     if name == "llama":
         assert (folder / "model.safetensors.index.json").exists()
     llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", progress=False)
     ids = _ids(300, 0)  # two prompt chunks of the engine
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0]
+    want = _want(model, ids)
     got = llm.logits(ids)
     assert (got - want).abs().max().item() < 1e-4
 
@@ -110,24 +122,16 @@ def test_token_by_token_logits_match_transformers(tiny, max_seq_len):
     name, model, folder = tiny
     llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", max_seq_len=max_seq_len, progress=False)
     ids = _ids(300, 6)
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0]
-    eng = llm.engine
-    got = [eng.prefill(torch.tensor(ids[:20]), 0, 0)]
-    for i in range(20, 300):
-        got.append(eng.decode(torch.tensor([ids[i]]), torch.tensor([i]))[0])
-    got = torch.stack(got)
-    assert (got - want[19:]).abs().max().item() < 1e-4
+    got = _token_by_token(llm.engine, ids, 20)
+    assert (got - _want(model, ids)[19:]).abs().max().item() < 1e-4
 
 
 def test_reference_matches_transformers(tiny):
     name, model, folder = tiny
     ids = _ids(300, 7)
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0]
     llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", progress=False)
     ref = TorchReference(llm.engine.spec, llm.max_seq_len, torch.float32, int8_activations=False)
-    assert (ref.prefill(torch.tensor(ids), 0, 0, all_logits=True) - want).abs().max().item() < 1e-4
+    assert (ref.prefill(torch.tensor(ids), 0, 0, all_logits=True) - _want(model, ids)).abs().max().item() < 1e-4
 
 
 def test_bfloat16_cache_token_by_token(tiny):
@@ -135,14 +139,9 @@ def test_bfloat16_cache_token_by_token(tiny):
     # (or one missed) moves them by ~1.
     name, model, folder = tiny
     ids = _ids(300, 8)
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0]
     llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="bfloat16", progress=False)
-    got = [llm.engine.prefill(torch.tensor(ids[:100]), 0, 0, all_logits=True)]
-    for i in range(100, 300):
-        got.append(llm.engine.decode(torch.tensor([ids[i]]), torch.tensor([i])))
-    err = (torch.cat(got) - want).abs().max().item()
-    assert err < 1e-2
+    got = _token_by_token(llm.engine, ids, 100)
+    assert (got - _want(model, ids)[99:]).abs().max().item() < 1e-2
 
 
 def _greedy(model, ids, n):
