@@ -41,6 +41,14 @@ def requantize(src, dst, qtype):
     return dst
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The converted folders of the throwaway files go to this module's own directory."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYRUNTIME_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="module", params=["bundled", "Q4_0", "Q5_1", "Q8_0", "BF16", "F16"])
 def gguf_file(request, tmp_path_factory):
     src = models.bundled_gguf("smollm2-135m-instruct")
