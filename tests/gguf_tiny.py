@@ -13,13 +13,18 @@ CORPUS = [
 ] * 20
 
 
-def train_sentencepiece():
+def train_sentencepiece(add_dummy_prefix: bool = True, processor: bool = False):
+    """(pieces, scores, types) of a tiny BPE sentencepiece model; with processor, the
+    SentencePieceProcessor too. add_dummy_prefix False: no space before the text and no
+    normalization of spaces (as Gemma's vocabulary)."""
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
         character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
+        **({} if add_dummy_prefix else dict(add_dummy_prefix=False, remove_extra_whitespaces=False,
+                                             normalization_rule_name="identity")),
     )
     proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
     pieces = [proc.id_to_piece(i) for i in range(proc.get_piece_size())]
@@ -32,7 +37,7 @@ def train_sentencepiece():
             types[i] = 3
         elif proc.is_byte(i):
             types[i] = 6
-    return pieces, scores, types
+    return (pieces, scores, types, proc) if processor else (pieces, scores, types)
 
 
 def permute(w, n_head):
@@ -40,11 +45,13 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_llama_gguf(path, chat_template=None):
-    """chat_template: a string, or a list of {"name", "template"} (named variants)."""
+def write_tiny_llama_gguf(path, chat_template=None, add_space_prefix: bool = True):
+    """chat_template: a string, or a list of {"name", "template"} (named variants).
+    add_space_prefix False: a vocabulary without sentencepiece's dummy prefix, said so in the
+    metadata (tokenizer.ggml.add_space_prefix), as Gemma's files are."""
     import gguf
 
-    pieces, scores, types = train_sentencepiece()
+    pieces, scores, types = train_sentencepiece(add_space_prefix)
     vocab, hidden, inter, heads, kv_heads, layers = len(pieces), 64, 96, 2, 1, 2
     head_dim = hidden // heads
     w = gguf.GGUFWriter(str(path), arch="llama")
@@ -64,6 +71,8 @@ def write_tiny_llama_gguf(path, chat_template=None):
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
+    if not add_space_prefix:
+        w.add_add_space_prefix(False)
     if chat_template is not None:
         w.add_chat_template(chat_template)
     rng = np.random.default_rng(0)

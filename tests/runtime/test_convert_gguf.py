@@ -42,3 +42,17 @@ def test_converted_logits_match_transformers(spm_gguf, converted):
     with torch.no_grad():
         want = ref(torch.tensor([ids])).logits[0]
     assert (llm.logits(ids) - want).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("text", ["Hello world!", "  spaces  and\nnewlines", "unseen wörds ✓", "12345"])
+def test_sentencepiece_without_space_prefix_matches_sentencepiece(tmp_path, text):
+    # A vocabulary trained without the dummy prefix (Gemma's), its file saying add_space_prefix
+    # false: ids as sentencepiece itself gives them (after the BOS the file asks for).
+    from tests.gguf_tiny import train_sentencepiece
+
+    path = write_tiny_llama_gguf(tmp_path / "no-prefix.gguf", add_space_prefix=False)
+    ours = pyruntime.tokenizer.Tokenizer(convert_gguf(path, tmp_path / "out", progress=False))
+    proc = train_sentencepiece(add_dummy_prefix=False, processor=True)[3]
+    ids = ours.encode(text)
+    assert ids == [1] + proc.encode(text)
+    assert ours.decode(ids, skip_special_tokens=True) == proc.decode(proc.encode(text))
