@@ -105,11 +105,12 @@ def weight_bytes_read(spec) -> int:
 def decode_bytes_per_token(llm, context: float) -> float:
     """Bytes one decode step of one sequence reads with `context` positions in its KV cache: the
     weights (weight_bytes_read of the engine's spec: the embedding's one row, not its table)
-    and every position's K and V in every layer."""
+    and the K and V of every position each layer attends (a sliding window's last positions)."""
     cfg = llm.config
     elem = torch.finfo(llm.kv_dtype).bits // 8
-    kv_per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * elem
-    return weight_bytes_read(llm.engine.spec) + kv_per_pos * context
+    per_pos = 2 * cfg.num_kv_heads * cfg.head_dim * elem
+    seen = sum(min(context, layer.sliding_window or context) for layer in llm.engine.spec.layers)
+    return weight_bytes_read(llm.engine.spec) + per_pos * seen
 
 
 def run_bench(llm, prompt_tokens: int = 128, new_tokens: int = 128, reps: int = 3) -> dict:

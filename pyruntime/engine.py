@@ -41,23 +41,41 @@ def check_supported(cfg: ModelConfig, source) -> None:
 
 class Engine:
     """What every engine shares: the KV cache it owns (KVCache, one row per sequence; grown by
-    ensure_rows), prompt chunks and decode groups cut to the compiled step's limits. Subclasses
+    ensure_rows; layer_slots positions per layer and sequence: a ring on the CPU engine's
+    sliding-window layers), prompt chunks and decode groups cut to the compiled step's limits. Subclasses
     provide _forward(tokens, positions, rows, first_logit) -> float32 logits."""
 
     # Decode steps run in groups of at most this many sequences: the row-wise kernels then
     # give every sequence exactly the result it would get alone.
     decode_group = C.max_row_tile_tokens
 
-    def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, device):
+    def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, device,
+                 layer_slots: list[int] | None = None):
+        """layer_slots: positions each layer's cache keeps per sequence (default: max_seq_len)."""
         self.spec = spec
         self.max_seq_len = max_seq_len
         self.kv_dtype = kv_dtype
         self.device = torch.device(device)
+        self.layer_slots = list(layer_slots or [max_seq_len] * spec.num_layers)
         self.cache = self._new_cache(1)
 
     def _new_cache(self, rows: int) -> KVCache:
         s = self.spec
-        return KVCache(s.num_layers, rows, s.num_kv_heads, self.max_seq_len, s.head_dim, self.kv_dtype, self.device)
+        return KVCache(self.layer_slots, rows, s.num_kv_heads, s.head_dim, self.kv_dtype, self.device)
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes of the KV cache for one sequence (K and V of every layer's slots)."""
+        s = self.spec
+        return KVCache.bytes_for(self.layer_slots, 1, s.num_kv_heads, s.head_dim, self.kv_dtype)
+
+    def keeps(self, written: int, start: int) -> bool:
+        """Whether a cache row into which positions [0, written) were written still holds the
+        keys a continuation from position `start` attends: always, but on a layer whose cache
+        is a ring of S slots (a sliding window W) only if positions [start - W + 1, start) were
+        not overwritten since, i.e. start - W + 1 >= written - S."""
+        return all(s >= self.max_seq_len or max(0, start - layer.sliding_window + 1) >= written - s
+                   for s, layer in zip(self.layer_slots, self.spec.layers))
 
     def ensure_rows(self, rows: int) -> None:
         """A cache of at least `rows` sequences; growing it drops what it held."""
@@ -98,12 +116,14 @@ class Engine:
         return torch.cat(out) if len(out) > 1 else out[0]
 
     def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `layer`'s K and V as [B, Hkv, S, D] tensors in the public layout (position s of
-        row b at [b, :, s]), whatever order the engine keeps them in. Copies for the CPU engine's
-        key tiles; views otherwise."""
+        """Layer `layer`'s K and V as [B, Hkv, S, D] tensors in the public layout, whatever order
+        the engine keeps them in: S = layer_slots[layer], position p of row b at [b, :, p % S]
+        (S = max_seq_len, so simply [b, :, p], but on a CPU engine's sliding-window layer, whose
+        ring keeps the last S positions written). Copies for the CPU engine's key tiles; views
+        otherwise."""
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.spec.num_layers:
             raise ValueError(f"layer must be an int in [0, {self.spec.num_layers}), got {layer!r}")
-        return self.cache.k[layer], self.cache.v[layer]
+        return self.cache.layer(layer)
 
 
 class CpuEngine(Engine):
@@ -116,7 +136,7 @@ class CpuEngine(Engine):
         activations quantized to 8 bits (pyruntime.formats.quantize_activations); False: float32."""
         self.handle = C.Engine(spec, max_seq_len, kv_dtype, threads, MAX_TOKENS, int8_activations)
         self.max_tokens = self.handle.max_tokens
-        super().__init__(spec, max_seq_len, kv_dtype, "cpu")
+        super().__init__(spec, max_seq_len, kv_dtype, "cpu", self.handle.layer_slots)
 
     @property
     def threads(self) -> int:
@@ -146,7 +166,7 @@ class CpuEngine(Engine):
 
     def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = super().kv(layer)
-        if self.max_seq_len % KEY_TILE:
+        if self.max_seq_len % KEY_TILE:  # (every ring's slots are a multiple of it)
             return k, v
         # Key tiles (csrc/cpu/attention_internal.h): per head, tiles of KEY_TILE keys holding the
         # features row by row, pairs of features side by side in bfloat16.

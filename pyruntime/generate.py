@@ -19,7 +19,6 @@ from pyruntime.detokenize import TextStream
 from pyruntime.engine import Engine, check_supported, make_engine
 from pyruntime.formats import PRECISIONS
 from pyruntime.errors import ModelLoadError
-from pyruntime.kv_cache import KVCache
 from pyruntime.sampling import Sampler, SamplingParams
 from pyruntime.tokenizer import Tokenizer
 from pyruntime.weights import load_weights
@@ -176,9 +175,9 @@ class LLM:
     # ----------------------------------------------------------------- public API
     @property
     def kv_cache_bytes(self) -> int:
-        """Bytes of the KV cache for one sequence: 2 x layers x Hkv x D x max_seq_len x bytes."""
-        c = self.config
-        return KVCache.bytes_for(c.num_layers, 1, c.num_kv_heads, self.max_seq_len, c.head_dim, self.kv_dtype)
+        """Bytes of the KV cache for one sequence: 2 x Hkv x D x bytes x the positions each layer
+        keeps (max_seq_len; fewer on sliding-window layers, llm.engine.layer_slots)."""
+        return self.engine.kv_cache_bytes
 
     @property
     def weight_bytes(self) -> int:
@@ -349,6 +348,10 @@ class LLM:
         reuse = 0
         if b == 1:
             reuse = min(_common_prefix(self._cached_ids, prompts[0]), len(prompts[0]) - 1)
+            # A sliding-window layer's ring may have overwritten the keys the prompt's rest attends
+            # (the last decode step may have written one position past the cached tokens).
+            if reuse and not self.engine.keeps(len(self._cached_ids) + 1, reuse):
+                reuse = 0
         # Row 0 is rewritten from `reuse` on (a batch rewrites it all and leaves nothing reusable).
         self._cached_ids = prompts[0][:reuse]
         run.started = True

@@ -102,7 +102,8 @@ class TorchReference(Engine):
         positions = torch.arange(start_pos, start_pos + t, device=self.device).view(1, t)
 
         def attend(i, q, k, v):
-            kc, vc = cache.k[i, row : row + 1], cache.v[i, row : row + 1]
+            k_all, v_all = cache.layer(i)
+            kc, vc = k_all[row : row + 1], v_all[row : row + 1]
             layer = self.layers[i]
             ops.rotary_embedding_and_cache(positions, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), kc, vc,
                                            layer["cos_sin"])
@@ -145,7 +146,8 @@ class TorchReference(Engine):
         seq_lens = (positions + 1).to(device=self.device, dtype=torch.int32)
 
         def attend(i, q, k, v):
-            kc, vc = cache.k[i, r0:r1], cache.v[i, r0:r1]
+            k_all, v_all = cache.layer(i)
+            kc, vc = k_all[r0:r1], v_all[r0:r1]
             layer = self.layers[i]
             ops.rotary_embedding_and_cache(pos, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), kc, vc,
                                            layer["cos_sin"])

@@ -269,7 +269,7 @@ inline void attend_block(const float* qf, int64_t group, const BlockStreams<SK>&
   });
 }
 
-// Attends the G query heads of one KV head to keys [skip, len) of k/v, a block of kBlock keys
+// Adds to rec the G query heads of one KV head attending keys [skip, len) of k/v, a block of kBlock keys
 // at a time. With skip (0 < skip < kBlock, a sliding window's first key) the first block goes
 // alone, its leading keys masked. Then, from a block boundary, the first kStreams * r rows (r a
 // multiple of kBlock / kStreams, as many as len allows) as kStreams streams of r rows read side by
@@ -281,12 +281,9 @@ inline void attend_block(const float* qf, int64_t group, const BlockStreams<SK>&
 // \param scratch [2, kBlock, D] float32
 // \param softcap scores capped as attend_block does (0: not)
 template <typename T, int D, bool KTiled>
-void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_t len,
-                  SplitRecord rec, float* scratch, float softcap, int skip) {
+void attend_keys(const float* qf, int64_t group, const T* k, const T* v, int64_t len,
+                 SplitRecord rec, float* scratch, float softcap, int skip) {
   static_assert(D % W == 0, "head sizes are multiples of the vector width");
-  std::fill(rec.acc, rec.acc + group * D, 0.0f);
-  std::fill(rec.m, rec.m + group, kNegInf);
-  std::fill(rec.l, rec.l + group, 0.0f);
   // Keys [j0, j0 + nb) of k/v, contiguous; nb < kBlock through a zero-padded float32 copy of
   // the rows (key tiles are read in place).
   const auto contiguous = [&](int64_t j0, int nb, int masked) {
@@ -326,6 +323,22 @@ void attend_split(const float* qf, int64_t group, const T* k, const T* v, int64_
     contiguous(j0, static_cast<int>(std::min<int64_t>(kBlock, len - j0)), 0);
 }
 
+// The G query heads of one KV head attending the keys at positions [begin + skip, end) of a head
+// of `slots` slots (k_head, v_head), position p in slot p % slots: attend_keys over each run of
+// the ring that does not wrap (begin and slots are multiples of kBlock where it wraps).
+template <typename T, int D, bool KTiled>
+void attend_split(const float* qf, int64_t group, const T* k_head, const T* v_head, int64_t slots,
+                  int64_t begin, int64_t end, SplitRecord rec, float* scratch, float softcap, int skip) {
+  std::fill(rec.acc, rec.acc + group * D, 0.0f);
+  std::fill(rec.m, rec.m + group, kNegInf);
+  std::fill(rec.l, rec.l + group, 0.0f);
+  for (int64_t p = begin; p < end; skip = 0) {
+    const int64_t slot = p % slots, len = std::min(end - p, slots - slot);
+    attend_keys<T, D, KTiled>(qf, group, k_head + slot * D, v_head + slot * D, len, rec, scratch, softcap, skip);
+    p += len;
+  }
+}
+
 // Every thread of the enclosing parallel region calls this (orphaned worksharing loops).
 template <typename TQ, typename TC, int D>
 void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_cache,
@@ -354,7 +367,7 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
           if (begin >= end) continue;
           const int skip = s == 0 ? static_cast<int>(keys.first - keys.base) : 0;
           const int64_t row = cache_rows ? cache_rows[b] : b;
-          const int64_t kv_off = ((row * num_kv_heads + h) * max_seq + begin) * D;
+          const int64_t kv_off = (row * num_kv_heads + h) * max_seq * D;
           float* rec = records + ((b * num_kv_heads + h) * splits + s) * rec_floats;
           const TQ* qg = q + b * q_stride + h * group * D;
           for (int64_t i = 0; i < group; ++i) {
@@ -362,10 +375,10 @@ void decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC* k_c
             for (int d = 0; d < D; ++d) qf[i * D + d] *= scale;
           }
           if (k_tiled)
-            attend_split<TC, D, true>(qf, group, k_cache + kv_off, v_cache + kv_off, end - begin,
+            attend_split<TC, D, true>(qf, group, k_cache + kv_off, v_cache + kv_off, max_seq, begin, end,
                                       record_at(rec, group, D), scratch, softcap, skip);
           else
-            attend_split<TC, D, false>(qf, group, k_cache + kv_off, v_cache + kv_off, end - begin,
+            attend_split<TC, D, false>(qf, group, k_cache + kv_off, v_cache + kv_off, max_seq, begin, end,
                                        record_at(rec, group, D), scratch, softcap, skip);
         }
     // Exact combine of the splits: rescale each by exp(m_s - max m) and normalise.

@@ -35,7 +35,10 @@ inline void store_key_tiled(T* head, int64_t pos, const float* k, int64_t head_d
 // loops are orphaned worksharing loops, each ending in a barrier). Query i reads q at
 // q + i * q_stride and attends keys [first_keys[i], seq_lens[i]) (from 0 when first_keys is
 // null; a sliding window's first key otherwise) of cache row cache_rows[i] (row i when
-// cache_rows is null). plan: plan_gqa_decode of the same seq_lens and first_keys. softcap > 0:
+// cache_rows is null), whose heads hold max_seq slots each: position p in slot p % max_seq
+// (a ring on a sliding-window layer, where the window fits; a block of kBlock keys never
+// wraps: a ring's slots are a multiple of it). plan: plan_gqa_decode of the same seq_lens and
+// first_keys. softcap > 0:
 // every score q.k * scale becomes softcap tanh(score / softcap) (Gemma 2); 0: left as it is.
 // head_dim must be supported (checked by the caller: this is inside a parallel region).
 // k_tiled: k_cache holds key tiles (max_seq a multiple of kTileKeys), else rows.
@@ -52,7 +55,8 @@ void gqa_decode_attention_team(TQ* out, const TQ* q, int64_t q_stride, const TC*
 // start_pos + t; q of token t at q + t * q_stride, its output at out + t * out_stride. It
 // attends keys [0, pos], or [pos + 1 - window, pos] with a window > 0 (sliding window); scores
 // soft-capped as gqa_decode_attention_team's where softcap > 0.
-// \param k_cache, v_cache the sequence's [num_kv_heads, max_seq, head_dim]
+// \param k_cache, v_cache the sequence's [num_kv_heads, max_seq, head_dim], position p in slot
+//        p % max_seq as gqa_decode_attention_team's
 // \param workspace prefill_attention_workspace_floats(threads of the region, ...) floats
 // \param k_tiled   k_cache holds key tiles, else rows
 template <typename TQ, typename TC>

@@ -112,7 +112,6 @@ struct EngineImpl final : Engine::Impl {
     const int64_t H = s.hidden, I = s.inter, D = s.head_dim, Hq = s.num_heads, Hkv = s.num_kv_heads;
     TC* k_cache = static_cast<TC*>(k_cache_v);
     TC* v_cache = static_cast<TC*>(v_cache_v);
-    const int64_t layer_stride = cache_rows * Hkv * s.max_seq * D;
     // K in key tiles where they fit evenly (see attention_internal.h); rows otherwise.
     const bool k_tiled = s.max_seq % detail::kTileKeys == 0;
     for (int64_t i = 0; i < n; ++i) seq_lens[i] = static_cast<int32_t>(positions[i] + 1);
@@ -219,8 +218,11 @@ struct EngineImpl final : Engine::Impl {
 
       for (int l = 0; l < static_cast<int>(s.layers.size()); ++l) {
         const EngineLayer& L = s.layers[l];
-        TC* kc = k_cache + l * layer_stride;
-        TC* vc = v_cache + l * layer_stride;
+        // This layer's cache [cache_rows, Hkv, S, D]: position p in slot p % S (a ring where S
+        // < max_seq, on sliding-window layers).
+        const int64_t S = slots[l];
+        TC* kc = k_cache + cache_rows * Hkv * D * slot_offsets[l];
+        TC* vc = v_cache + cache_rows * Hkv * D * slot_offsets[l];
 
         norm(L.attn_norm, 0);
         mark(l, Op::AttnNorm);
@@ -244,12 +246,12 @@ struct EngineImpl final : Engine::Impl {
             float* k = base + q_dim + kh * D;
             if (L.k_norm) detail::rms_norm_row(k, k, L.k_norm, D, s.eps);
             detail::rotate_head(k, cos, cos + s.rot_dim / 2, s.rot_dim, s.is_neox);
-            const int64_t head = (rows[t] * Hkv + kh) * s.max_seq * D;
+            const int64_t head = (rows[t] * Hkv + kh) * S * D, slot = pos % S;
             if (k_tiled)
-              detail::store_key_tiled(kc + head, pos, k, D);
+              detail::store_key_tiled(kc + head, slot, k, D);
             else
-              detail::convert(kc + head + pos * D, k, D);
-            detail::convert(vc + head + pos * D, base + q_dim + kv_dim + kh * D, D);
+              detail::convert(kc + head + slot * D, k, D);
+            detail::convert(vc + head + slot * D, base + q_dim + kv_dim + kh * D, D);
           }
         }
         mark(l, Op::RopeCache);
@@ -257,14 +259,14 @@ struct EngineImpl final : Engine::Impl {
         const int wi = layer_window[l];
         if (causal_chunk)  // a prompt chunk: blocks of queries meet blocks of keys
           detail::prefill_attention_team<float, TC>(attn.data(), q_dim, qkv.data(), qkv_dim,
-                                                    kc + rows[0] * Hkv * s.max_seq * D,
-                                                    vc + rows[0] * Hkv * s.max_seq * D, n, positions[0],
-                                                    Hq, Hkv, s.max_seq, D, scale, L.sliding_window,
+                                                    kc + rows[0] * Hkv * S * D,
+                                                    vc + rows[0] * Hkv * S * D, n, positions[0],
+                                                    Hq, Hkv, S, D, scale, L.sliding_window,
                                                     s.attn_softcap, prefill_ws.data(), k_tiled);
         else
           detail::gqa_decode_attention_team<float, TC>(
               attn.data(), qkv.data(), qkv_dim, kc, vc, rows, seq_lens.data(),
-              wi < 0 ? nullptr : first_keys.data() + wi * s.max_tokens, n, Hq, Hkv, s.max_seq, D, scale,
+              wi < 0 ? nullptr : first_keys.data() + wi * s.max_tokens, n, Hq, Hkv, S, D, scale,
               s.attn_softcap, plan, attn_ws.data(), k_tiled);
         mark(l, Op::Attention);
 
@@ -359,6 +361,8 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
       if (wi == static_cast<int>(m.windows.size())) m.windows.push_back(L.sliding_window);
     }
     m.layer_window.push_back(wi);
+    m.slot_offsets.push_back(m.slots.empty() ? 0 : m.slot_offsets.back() + m.slots.back());
+    m.slots.push_back(kv_slots(L.sliding_window, sp.max_seq, N));
   }
   m.first_keys.assign(m.windows.size() * N, 0);
   m.pack_floats = detail::gemm_pack_floats(std::max({H, q_dim, I}));

@@ -31,6 +31,10 @@ struct Engine::Impl {
   std::vector<int64_t> windows;
   std::vector<int> layer_window;
   std::vector<int32_t> first_keys;
+  // KV cache: positions each layer keeps per sequence (kv_slots), and where each layer's part
+  // of the cache starts, in slots of one row (Hkv * D values each): layer l's part starts
+  // at cache_rows * Hkv * D * slot_offsets[l].
+  std::vector<int64_t> slots, slot_offsets;
   std::vector<float> attn_ws;
   std::vector<float> prefill_ws;  // causal prefill attention (max_tokens > kMaxRowTileTokens)
   bool profiling = false;

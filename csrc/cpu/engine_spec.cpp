@@ -155,6 +155,16 @@ void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, b
 }
 
 const EngineSpec& Engine::spec() const { return impl_->spec; }
+int64_t Engine::layer_slots(int layer) const {
+  PYRUNTIME_CHECK(layer >= 0 && layer < static_cast<int>(impl_->slots.size()),
+                  "engine.layer_slots: layer " + std::to_string(layer) + " is outside [0, " +
+                      std::to_string(impl_->slots.size()) + ")");
+  return impl_->slots[layer];
+}
+int64_t Engine::cache_row_elements() const {
+  const EngineSpec& s = impl_->spec;
+  return s.num_kv_heads * s.head_dim * (impl_->slot_offsets.back() + impl_->slots.back());
+}
 int Engine::threads() const { return impl_->threads; }
 Isa Engine::isa() const { return impl_->isa; }
 void Engine::set_profiling(bool on) {

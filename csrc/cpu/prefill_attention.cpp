@@ -91,13 +91,13 @@ inline void for_row_tiles(int64_t m, F&& f) {
   for (; i < m; ++i) f(std::integral_constant<int, 1>{}, i);
 }
 
-// The K^T panel [D, kKeys] (keys past nb zero) of keys [j0, j0 + nb) from key tiles: each tile
+// The K^T panel [D, kKeys] (keys past nb zero) of the nb keys at k from key tiles: each tile
 // row (bf16: pair of rows) is already features x keys.
 template <typename TC, int D>
-inline void key_panel_from_tiles(float* kt, const TC* k, int64_t j0, int nb) {
+inline void key_panel_from_tiles(float* kt, const TC* k, int nb) {
   constexpr int TK = detail::kTileKeys;
   for (int jt = 0; jt < kKeys; jt += TK) {
-    const TC* tile = k + (j0 + jt) * D;
+    const TC* tile = k + jt * D;
     for (int d = 0; d < D; d += 2)
       for (int c = 0; c < TK; c += W) {
         float* r0 = kt + d * kKeys + jt + c;
@@ -122,10 +122,11 @@ inline void key_panel_from_tiles(float* kt, const TC* k, int64_t j0, int nb) {
 }
 
 // One work item: query tokens [t0, t1) of the chunk, the query heads of KV head h; K in key
-// tiles (KTiled) or rows. With a window, the token at pos sees keys [pos + 1 - window, pos].
+// tiles (KTiled) or rows, position p in slot p % slots (a block of kKeys never wraps). With a
+// window, the token at pos sees keys [pos + 1 - window, pos].
 template <typename TQ, typename TC, int D, bool KTiled>
-void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, const TC* k,
-                        const TC* v, int64_t t0, int64_t t1, int64_t start_pos, int64_t h,
+void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, const TC* k_head,
+                        const TC* v_head, int64_t slots, int64_t t0, int64_t t1, int64_t start_pos, int64_t h,
                         int64_t group, float scale, int64_t window, float softcap, float* scratch) {
   const int64_t m = (t1 - t0) * group;  // rows: token-major, then the group's heads
   float* qs = scratch;
@@ -149,16 +150,19 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
   const int64_t lo = window > 0 ? std::max<int64_t>(0, start_pos + t0 + 1 - window) : 0;
   for (int64_t j0 = lo / kKeys * kKeys; j0 < end; j0 += kKeys) {
     const int nb = static_cast<int>(std::min<int64_t>(kKeys, end - j0));
+    // The block's keys and values: positions j0 .. j0 + nb in consecutive slots.
+    const TC* k = k_head + j0 % slots * D;
+    const TC* v = v_head + j0 % slots * D;
     // K^T panel and V block in float32; keys past nb are zero.
     if constexpr (KTiled) {
-      key_panel_from_tiles<TC, D>(kt, k, j0, nb);
+      key_panel_from_tiles<TC, D>(kt, k, nb);
     } else {
 #if defined(PYRUNTIME_VEC_AVX512)
     static_assert(kKeys % W == 0, "whole 16 x 16 tiles");
     for (int d0 = 0; d0 < D; d0 += W)
       for (int jt = 0; jt < kKeys; jt += W) {  // a tile of W keys x W features, transposed
         VecF tile[W];
-        for (int j = 0; j < W; ++j) tile[j] = jt + j < nb ? VecF::load(k + (j0 + jt + j) * D + d0) : VecF::zero();
+        for (int j = 0; j < W; ++j) tile[j] = jt + j < nb ? VecF::load(k + (jt + j) * D + d0) : VecF::zero();
         transpose16(tile);
         for (int dd = 0; dd < W; ++dd) tile[dd].store(kt + (d0 + dd) * kKeys + jt);
       }
@@ -166,7 +170,7 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
     alignas(64) float tmp[kKeys];
     for (int d0 = 0; d0 < D; d0 += W) {
       for (int j = 0; j < nb; ++j) {
-        const VecF kv = VecF::load(k + (j0 + j) * D + d0);
+        const VecF kv = VecF::load(k + j * D + d0);
         kv.store(tmp);  // one key's W features, scattered into W rows of the panel
         for (int dd = 0; dd < W; ++dd) kt[(d0 + dd) * kKeys + j] = tmp[dd];
       }
@@ -174,7 +178,7 @@ void attend_query_block(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stri
     }
 #endif
     }
-    detail::convert(vf, v + j0 * D, int64_t(nb) * D);
+    detail::convert(vf, v, int64_t(nb) * D);
     for_row_tiles(m, [&](auto rt, int64_t i0) { score_rows<D, decltype(rt)::value>(s + i0 * kKeys, qs + i0 * D, kt); });
     // Causal (and window) mask and online softmax, row by row.
     for (int64_t i = 0; i < m; ++i) {
@@ -236,8 +240,8 @@ void prefill_team(TQ* out, int64_t out_stride, const TQ* q, int64_t q_stride, co
       const int64_t t0 = qb * kQueryTokens, t1 = std::min(tokens, t0 + kQueryTokens);
       const int64_t kv = h * max_seq * D;
       const auto attend = k_tiled ? attend_query_block<TQ, TC, D, true> : attend_query_block<TQ, TC, D, false>;
-      attend(out, out_stride, q, q_stride, k_cache + kv, v_cache + kv, t0, t1, start_pos, h, group, scale, window,
-             softcap, scratch);
+      attend(out, out_stride, q, q_stride, k_cache + kv, v_cache + kv, max_seq, t0, t1, start_pos, h, group, scale,
+             window, softcap, scratch);
     }
 }
 

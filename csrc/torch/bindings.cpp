@@ -246,6 +246,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("threads", &pyruntime::EngineHandle::threads)
       .def_property_readonly("isa", &pyruntime::EngineHandle::isa)
       .def_property_readonly("max_tokens", &pyruntime::EngineHandle::max_tokens)
+      .def_property_readonly("layer_slots", &pyruntime::EngineHandle::layer_slots,
+                             "positions each layer's KV cache keeps per sequence (a ring on sliding-window layers)")
       .def_property_readonly("int8_activations", &pyruntime::EngineHandle::int8_activations,
                              "Q4_0, Q8_0, Q4_K, Q5_K, Q6_K products against activations quantised to 8 bits");
 #ifdef PYRUNTIME_WITH_CUDA

@@ -54,18 +54,19 @@ int64_t check_inputs(const at::Tensor& tokens, const at::Tensor& positions, cons
   return n;
 }
 
-// k_cache, v_cache: contiguous [num_layers, rows, Hkv, max_seq, D] of `dtype` on `device`;
-// logits: contiguous float32 [n - first_logit, vocab] on `device`.
-void check_outputs(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& logits,
-                   const EngineShape& s, int64_t num_layers, at::ScalarType dtype, at::Device device, int64_t n,
-                   int64_t first_logit, const char* owner) {
+// k_cache, v_cache: contiguous 1-D tensors of `dtype` on `device`, the same size, a positive
+// whole number of cache rows of row_elements values (the engine's layout: every layer's
+// [rows, Hkv, slots, D], one after another); logits: contiguous float32 [n - first_logit, vocab]
+// on `device`. Returns the cache rows.
+int64_t check_outputs(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& logits,
+                      const EngineShape& s, int64_t row_elements, at::ScalarType dtype, at::Device device, int64_t n,
+                      int64_t first_logit, const char* owner) {
   for (auto [t, name] : {std::pair{&k_cache, "k_cache"}, {&v_cache, "v_cache"}}) {
-    TORCH_CHECK_VALUE(t->device() == device && t->scalar_type() == dtype && t->is_contiguous() &&
-                          t->dim() == 5 && t->size(0) == num_layers && t->size(2) == s.num_kv_heads &&
-                          t->size(3) == s.max_seq && t->size(4) == s.head_dim,
-                      owner, ".forward: ", name, " must be a contiguous ", dtype, " tensor on ", device, " [",
-                      num_layers, ", rows, ", s.num_kv_heads, ", ", s.max_seq, ", ", s.head_dim, "], got ",
-                      t->scalar_type(), " ", t->sizes(), " on ", t->device());
+    TORCH_CHECK_VALUE(t->device() == device && t->scalar_type() == dtype && t->is_contiguous() && t->dim() == 1 &&
+                          t->numel() > 0 && t->numel() % row_elements == 0,
+                      owner, ".forward: ", name, " must be a contiguous 1-D ", dtype, " tensor on ", device,
+                      " of a whole number of cache rows (", row_elements, " values each), got ", t->scalar_type(),
+                      " ", t->sizes(), " on ", t->device());
   }
   TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), owner, ".forward: v_cache shape ", v_cache.sizes(),
                     " differs from k_cache ", k_cache.sizes());
@@ -74,6 +75,7 @@ void check_outputs(const at::Tensor& k_cache, const at::Tensor& v_cache, const a
                     owner, ".forward: logits must be a contiguous float32 tensor on ", device, " [",
                     n - first_logit, ", ", s.vocab, "], got ", logits.scalar_type(), " ", logits.sizes(), " on ",
                     logits.device());
+  return k_cache.numel() / row_elements;
 }
 
 }  // namespace
@@ -134,13 +136,13 @@ void EngineHandle::forward(const at::Tensor& tokens, const at::Tensor& positions
                            at::Tensor& logits, int64_t first_logit) {
   const cpu::EngineSpec& s = engine_->spec();
   const int64_t n = check_inputs(tokens, positions, rows, s.max_tokens, first_logit, "Engine");
-  check_outputs(k_cache, v_cache, logits, s, spec_.num_layers(), kv_dtype_, at::Device(at::kCPU), n, first_logit,
-                "Engine");
+  const int64_t cache_rows = check_outputs(k_cache, v_cache, logits, s, engine_->cache_row_elements(), kv_dtype_,
+                                           at::Device(at::kCPU), n, first_logit, "Engine");
   std::lock_guard<std::mutex> guard(mutex_);
   try {
     engine_->forward(tokens.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
                      rows.data_ptr<int64_t>(), n, k_cache.data_ptr(), v_cache.data_ptr(),
-                     k_cache.size(1), logits.data_ptr<float>(), first_logit);
+                     cache_rows, logits.data_ptr<float>(), first_logit);
   } catch (const InvalidArgument& e) {
     TORCH_CHECK_VALUE(false, e.what());
   }
@@ -163,6 +165,11 @@ int64_t EngineHandle::threads() const { return engine_->threads(); }
 std::string EngineHandle::isa() const { return cpu::isa_name(engine_->isa()); }
 int64_t EngineHandle::max_tokens() const { return engine_->spec().max_tokens; }
 bool EngineHandle::int8_activations() const { return engine_->spec().int8_activations; }
+std::vector<int64_t> EngineHandle::layer_slots() const {
+  std::vector<int64_t> out;
+  for (int l = 0; l < static_cast<int>(spec_.layers.size()); ++l) out.push_back(engine_->layer_slots(l));
+  return out;
+}
 
 #ifdef PYRUNTIME_WITH_CUDA
 CudaEngineHandle::CudaEngineHandle(ModelSpec spec, int64_t max_seq, int64_t max_tokens) : spec_(std::move(spec)) {
@@ -227,13 +234,14 @@ void CudaEngineHandle::forward(const at::Tensor& tokens, const at::Tensor& posit
                                int64_t stream) {
   const cuda::EngineSpec& s = engine_->spec();
   const int64_t n = check_inputs(tokens, positions, rows, s.max_tokens, first_logit, "CudaEngine");
-  check_outputs(k_cache, v_cache, logits, s, spec_.num_layers(), at::kBFloat16, device_, n, first_logit,
-                "CudaEngine");
+  const int64_t cache_rows =
+      check_outputs(k_cache, v_cache, logits, s, spec_.num_layers() * s.num_kv_heads * s.max_seq * s.head_dim,
+                    at::kBFloat16, device_, n, first_logit, "CudaEngine");
   const c10::cuda::CUDAGuard device_guard(device_);
   std::lock_guard<std::mutex> guard(mutex_);
   try {
     engine_->forward(tokens.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), n,
-                     k_cache.data_ptr(), v_cache.data_ptr(), k_cache.size(1), logits.data_ptr<float>(), first_logit,
+                     k_cache.data_ptr(), v_cache.data_ptr(), cache_rows, logits.data_ptr<float>(), first_logit,
                      reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(stream)));
   } catch (const InvalidArgument& e) {
     TORCH_CHECK_VALUE(false, e.what());

@@ -37,6 +37,8 @@ class EngineHandle {
   int64_t threads() const;
   int64_t max_tokens() const;
   bool int8_activations() const;
+  // Positions each layer's cache keeps per sequence (cpu::kv_slots: a ring on sliding-window layers).
+  std::vector<int64_t> layer_slots() const;
   // The instruction-set level of the CPU kernels this engine runs (cpu_isa.h).
   std::string isa() const;
 

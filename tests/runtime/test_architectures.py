@@ -70,23 +70,36 @@ def _model_class(cfg):
     return transformers.AutoModelForCausalLM.from_config(cfg)
 
 
-@pytest.fixture(scope="module", params=sorted(ARCHS))
-def tiny(request, tmp_path_factory, llm):
+def _build(name, tmp_path_factory, llm):
     torch.manual_seed(0)
-    cfg = ARCHS[request.param]()
+    cfg = ARCHS[name]()
     model = _model_class(cfg).eval()
     # Non-trivial norms and biases; Gemma's norms scale by 1 + w, so their w lie around 0.
-    norm_mean = 0.0 if request.param.startswith("gemma") else 1.0
+    norm_mean = 0.0 if name.startswith("gemma") else 1.0
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith(".bias"):
-                p.normal_(norm_mean if "norm" in name else 0.0, 0.2)
-    folder = tmp_path_factory.mktemp(request.param)
-    shard = "300KB" if request.param == "llama" else "10GB"  # one sharded checkpoint
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight") or pname.endswith(".bias"):
+                p.normal_(norm_mean if "norm" in pname else 0.0, 0.2)
+    folder = tmp_path_factory.mktemp(name)
+    shard = "300KB" if name == "llama" else "10GB"  # one sharded checkpoint
     model.save_pretrained(folder, max_shard_size=shard)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(llm.path / f, folder / f)
-    return request.param, model, folder
+    return name, model, folder
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def tiny(request, tmp_path_factory, llm):
+    return _build(request.param, tmp_path_factory, llm)
+
+
+# The families with sliding-window layers: their caches keep a ring of the last positions.
+WINDOWED = ["gemma2", "gemma3", "mistral-sliding-window", "phi3", "qwen2-sliding-window"]
+
+
+@pytest.fixture(scope="module", params=WINDOWED)
+def windowed(request, tmp_path_factory, llm):
+    return _build(request.param, tmp_path_factory, llm)
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -176,3 +189,73 @@ def test_batch_equals_each_alone_and_cache_continuation_equals_fresh(tiny):
     cold = fresh.generate(follow, max_new_tokens=12, ignore_eos=True)
     assert cold.stats.cached_prompt_tokens == 0
     assert warm.token_ids == cold.token_ids
+
+
+def _rings(llm) -> list[int]:
+    """The sliding layers' ring sizes (each less than max_seq_len: a real ring)."""
+    rings = [s for s, layer in zip(llm.engine.layer_slots, llm.engine.spec.layers) if layer.sliding_window]
+    assert rings and all(s < llm.max_seq_len for s in rings)
+    return rings
+
+
+@pytest.mark.parametrize("max_seq_len", [None, 333])  # key tiles; rows (a ring of 320 only where W <= 65)
+def test_ring_cache_wraps_and_matches_transformers(windowed, max_seq_len):
+    # Sequences longer than every ring (320 or 384 positions for these windows and 256-token
+    # chunks): a prompt chunk and decode steps write over the ring's oldest keys, and attend
+    # windows that run across its end.
+    name, model, folder = windowed
+    llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", max_seq_len=max_seq_len, progress=False)
+    if max_seq_len == 333 and name == "mistral-sliding-window":
+        assert llm.engine.layer_slots == [333, 333]  # a ring of 384 would not be smaller
+        return
+    rings = _rings(llm)
+    n = llm.max_seq_len
+    assert n > max(rings)
+    ids = _ids(n, 9)
+    want = _want(model, ids)
+    assert (llm.logits(ids) - want).abs().max().item() < 1e-4
+    got = _token_by_token(llm.engine, ids, 20)
+    assert (got - want[19:]).abs().max().item() < 1e-4
+    # K and V of float32 for the slots each layer keeps: fewer than max_seq_len on every layer.
+    c = llm.config
+    assert llm.kv_cache_bytes == 2 * 4 * c.num_kv_heads * c.head_dim * sum(llm.engine.layer_slots)
+    assert sum(llm.engine.layer_slots) < c.num_layers * n
+
+
+def test_ring_cache_public_layout(windowed):
+    # kv(layer) of a ring layer: position p at [:, :, p % S], the last S positions written,
+    # against a cache that keeps every position (TorchReference's).
+    name, model, folder = windowed
+    llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", progress=False)
+    ids = _ids(450, 10)
+    llm.logits(ids)
+    ref = TorchReference(llm.engine.spec, llm.max_seq_len, torch.float32, int8_activations=False)
+    ref.prefill(torch.tensor(ids), 0, 0)
+    for layer, s in enumerate(llm.engine.layer_slots):
+        k, v = llm.engine.kv(layer)
+        rk, rv = ref.kv(layer)
+        last = torch.arange(len(ids) - min(s, len(ids)), len(ids))
+        assert k.shape[2] == s
+        assert torch.allclose(k[0, :, last % s], rk[0, :, last], atol=1e-5)
+        assert torch.allclose(v[0, :, last % s], rv[0, :, last], atol=1e-5)
+
+
+def test_ring_cache_prompt_reuse(windowed):
+    # A continuation past the ring reuses the cache; a prompt sharing only an early prefix of
+    # a sequence longer than the ring does not (its keys were overwritten): both equal a fresh run.
+    name, model, folder = windowed
+    llm = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", progress=False)
+    fresh = pyruntime.LLM(folder, dtype="float32", kv_dtype="float32", progress=False)
+    rings = _rings(llm)
+    first = _ids(max(rings) + 40, 11)
+    a = llm.generate(first, max_new_tokens=10, ignore_eos=True)
+    follow = first + a.token_ids + _ids(7, 12)
+    warm = llm.generate(follow, max_new_tokens=10, ignore_eos=True)
+    assert warm.stats.cached_prompt_tokens == len(first) + 9  # the last answer token's K/V were not written
+    fresh.logits([1])  # forgets its cache
+    assert warm.token_ids == fresh.generate(follow, max_new_tokens=10, ignore_eos=True).token_ids
+    branch = first[:30] + _ids(5, 13)
+    again = llm.generate(branch, max_new_tokens=10, ignore_eos=True)
+    assert again.stats.cached_prompt_tokens == 0
+    fresh.logits([1])
+    assert again.token_ids == fresh.generate(branch, max_new_tokens=10, ignore_eos=True).token_ids

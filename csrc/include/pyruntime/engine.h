@@ -58,6 +58,18 @@ struct Matrix {
 enum class Activation { SiLU, GeluTanh };
 const char* activation_name(Activation a);
 
+// Positions a layer's KV cache keeps per sequence: max_seq for whole-sequence attention (window 0);
+// with a sliding window, a ring of window + max_tokens - 1 positions (a call's tokens of one
+// sequence, at most max_tokens consecutive positions, then never overwrite keys that one of
+// them attends) rounded up to kKvSlotAlign, or max_seq where that is not less. Position p sits
+// in slot p % slots.
+constexpr int64_t kKvSlotAlign = 64;  // the attention kernels' key block: a block never wraps
+inline int64_t kv_slots(int64_t sliding_window, int64_t max_seq, int64_t max_tokens) {
+  if (sliding_window <= 0) return max_seq;
+  const int64_t ring = (sliding_window + max_tokens - 1 + kKvSlotAlign - 1) / kKvSlotAlign * kKvSlotAlign;
+  return ring < max_seq ? ring : max_seq;
+}
+
 // Rows per block of the interleaved int8 layout.
 constexpr int64_t kInt8BlockRows = 4;
 
@@ -75,7 +87,8 @@ struct EngineLayer {
   Matrix gate, up;                   // [I, H]
   Matrix down;                       // [H, I]
   // Attention limited to the last sliding_window positions (the token at pos attends keys
-  // [pos + 1 - sliding_window, pos]); 0: the whole sequence. The cache keeps every position.
+  // [pos + 1 - sliding_window, pos]); 0: the whole sequence. Such a layer's cache keeps only
+  // kv_slots(sliding_window, ...) positions per sequence, as a ring (see Engine::forward).
   int64_t sliding_window = 0;
   // RMSNorm weights [D] of every q head and every k head, applied before RoPE; or null.
   const float* q_norm = nullptr;
@@ -152,15 +165,22 @@ class Engine {
 
   // Runs n tokens through the model. Token i sits at position positions[i] of cache row
   // rows[i]: its k and v are written there, and it attends to positions [0, positions[i]]
-  // of that row (positions below it must already hold keys, from earlier calls or from
-  // tokens of this call). Writes float32 logits [n - first_logit, vocab] of tokens
+  // of that row, or the layer's window of them (positions below it must already hold keys,
+  // from earlier calls or from tokens of this call; on a layer with a ring of S slots, keys
+  // written since position - S + window). The tokens of one row lie within max_tokens
+  // consecutive positions. Writes float32 logits [n - first_logit, vocab] of tokens
   // first_logit..n-1.
-  // \param k_cache, v_cache [num_layers, cache_rows, Hkv, max_seq, D] of spec.kv_dtype
+  // \param k_cache, v_cache every layer's [cache_rows, Hkv, layer_slots(l), D] of
+  //        spec.kv_dtype, one layer after another: cache_rows * cache_row_elements() values
   void forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
                int64_t first_logit);
 
   const EngineSpec& spec() const;
+  // Positions layer l's cache keeps per sequence (kv_slots of its window).
+  int64_t layer_slots(int layer) const;
+  // K (or V) values of one cache row over every layer: Hkv * D * the sum of layer_slots.
+  int64_t cache_row_elements() const;
   int threads() const;
   // The instruction-set level whose kernels this engine runs (the active one when it was built).
   Isa isa() const;

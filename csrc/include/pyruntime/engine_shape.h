@@ -34,7 +34,8 @@ inline void check_engine_shape(const EngineShape& s, const std::string& owner) {
   PYRUNTIME_CHECK(s.max_tokens > 0, owner + ": max_tokens must be positive");
 }
 
-// Token i sits at position positions[i] of cache row rows[i]; no two tokens share a slot.
+// Token i sits at position positions[i] of cache row rows[i]; no two tokens share a slot, and
+// the tokens of one row lie within max_tokens consecutive positions.
 inline void check_forward_args(const EngineShape& s, const int64_t* tokens, const int64_t* positions,
                                const int64_t* rows, int64_t n, int64_t cache_rows, int64_t first_logit,
                                const std::string& owner) {
@@ -52,10 +53,15 @@ inline void check_forward_args(const EngineShape& s, const int64_t* tokens, cons
     PYRUNTIME_CHECK(rows[i] >= 0 && rows[i] < cache_rows,
                     f + "rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) + " is outside [0, " +
                         std::to_string(cache_rows) + ")");
-    for (int64_t j = 0; j < i; ++j)
-      PYRUNTIME_CHECK(rows[j] != rows[i] || positions[j] != positions[i],
+    for (int64_t j = 0; j < i; ++j) {
+      if (rows[j] != rows[i]) continue;
+      PYRUNTIME_CHECK(positions[j] != positions[i], f + "tokens " + std::to_string(j) + " and " +
+                                                        std::to_string(i) + " write the same cache row and position");
+      PYRUNTIME_CHECK(positions[j] - positions[i] < s.max_tokens && positions[i] - positions[j] < s.max_tokens,
                       f + "tokens " + std::to_string(j) + " and " + std::to_string(i) +
-                          " write the same cache row and position");
+                          " of one cache row lie more than max_tokens (" + std::to_string(s.max_tokens) +
+                          ") positions apart");
+    }
   }
 }
 
