@@ -1,4 +1,4 @@
-"""`pyruntime generate | chat | bench | profile | convert`: the command line."""
+"""`pyruntime generate | chat | bench | profile | serve | convert`: the command line."""
 
 from __future__ import annotations
 
@@ -111,6 +111,19 @@ def cmd_convert(ns) -> int:
     return 0
 
 
+def cmd_serve(ns) -> int:
+    from pathlib import Path
+
+    from pyruntime.server import serve
+
+    if ns.model_arg:
+        ns.model = ns.model_arg
+    llm = _load(ns)
+    name = ns.served_model_name or (ns.model if ns.model == DEFAULT_MODEL else Path(ns.model).name)
+    serve(llm, name, host=ns.host, port=ns.port, max_batch=ns.max_batch, api_key=ns.api_key)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyruntime", description="Run Llama-family LLMs on pyruntime's kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--new-tokens", type=int, default=32)
     pr.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace (JSON) here")
     pr.set_defaults(func=cmd_profile)
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
+    sv.add_argument("model_arg", nargs="?", default=None, metavar="MODEL", help="as --model")
+    _model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV cache slots)")
+    sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
+    sv.add_argument("--served-model-name", default=None, help="the model id of /v1/models (default: the model's name)")
+    sv.set_defaults(func=cmd_serve)
     v = sub.add_parser("convert", help="convert a Llama-family GGUF file to a Hugging Face style folder")
     v.add_argument("gguf")
     v.add_argument("out_dir")

@@ -107,11 +107,13 @@ class Engine:
         return logits if all_logits else logits[0]
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """One step for cache rows 0..B-1: tokens int64 [B] at positions int64 [B]. Returns
-        float32 logits [B, V]."""
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One step for B sequences: tokens int64 [B] at positions int64 [B] of cache rows
+        int64 [B] (distinct; default 0..B-1). Returns float32 logits [B, V]."""
         b, n = tokens.shape[0], self.decode_group
-        out = [self._forward(tokens[g0 : g0 + n], positions[g0 : g0 + n], torch.arange(g0, min(b, g0 + n)), 0)
+        if rows is None:
+            rows = torch.arange(b)
+        out = [self._forward(tokens[g0 : g0 + n], positions[g0 : g0 + n], rows[g0 : g0 + n], 0)
                for g0 in range(0, b, n)]
         return torch.cat(out) if len(out) > 1 else out[0]
 

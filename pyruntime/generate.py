@@ -386,23 +386,30 @@ class LLM:
     def _accept(self, run: _Run, logits):
         """Samples the next token of every unfinished sequence from its logits row."""
         for s, row in zip(run.seqs, logits):
-            s.pending = ""
-            if s.finish_reason:
-                continue
-            token = s.sampler(row)
-            s.ids.append(token)
-            if run.logprobs is not None:
-                s.logprobs.append(self._logprob(row, token, run.logprobs))
-            if token in run.eos:
+            self._accept_one(s, row, run.max_new_tokens, run.logprobs, run.eos)
+
+    def _accept_one(self, s: _Sequence, row: torch.Tensor, max_new_tokens: int, logprobs: int | None,
+                    eos: tuple[int, ...]) -> None:
+        """Samples s's next token from its logits row (unless s is finished): its text in
+        s.pending, its log-probabilities (logprobs: how many alternatives; None: none), and
+        s.finish_reason once it is an EOS, completes a stop string or reaches max_new_tokens."""
+        s.pending = ""
+        if s.finish_reason:
+            return
+        token = s.sampler(row)
+        s.ids.append(token)
+        if logprobs is not None:
+            s.logprobs.append(self._logprob(row, token, logprobs))
+        if token in eos:
+            s.finish_reason = "stop"
+        else:
+            s.pending = s.text.push(token)
+            if s.text.stopped:
                 s.finish_reason = "stop"
-            else:
-                s.pending = s.text.push(token)
-                if s.text.stopped:
-                    s.finish_reason = "stop"
-                elif len(s.ids) >= run.max_new_tokens:
-                    s.finish_reason = "length"
-            if s.finish_reason:
-                s.pending += s.text.finish()
+            elif len(s.ids) >= max_new_tokens:
+                s.finish_reason = "length"
+        if s.finish_reason:
+            s.pending += s.text.finish()
 
     def _logprob(self, logits, token, n) -> TokenLogprob:
         lp = torch.log_softmax(logits.float(), dim=-1)

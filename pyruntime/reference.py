@@ -142,6 +142,8 @@ class TorchReference(Engine):
         """One decode group: token i at positions[i] of cache row rows[i] (rows consecutive)."""
         n, cache = tokens.shape[0], self.cache
         r0, r1 = int(rows[0]), int(rows[-1]) + 1
+        if not torch.equal(rows.cpu(), torch.arange(r0, r1)):
+            raise ValueError(f"TorchReference decodes consecutive cache rows only, got {rows.tolist()}")
         pos = positions.to(self.device).view(n, 1)
         seq_lens = (positions + 1).to(device=self.device, dtype=torch.int32)
 

@@ -6,7 +6,8 @@
 #  2. the same C++ tests, and the kernel and engine Python tests against an extension built
 #     with AddressSanitizer + UndefinedBehaviorSanitizer (PYRUNTIME_SKIP_SANITIZERS=1 skips;
 #     the whole-model runs at every level are left to ctest's cpu_engine_<level> there, and the
-#     disassembly check to the regular build's pytest);
+#     disassembly check to the regular build's pytest; of the architectures, a sliding-window
+#     model past its KV ring);
 #  3. the whole pytest suite on the regular build (extra arguments go to pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,8 +50,9 @@ if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
     ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 UBSAN_OPTIONS=halt_on_error=1 \
     PYRUNTIME_EXTENSION="$so" $PY -m pytest -q -p no:cacheprovider --durations=8 \
     tests/kernels tests/robustness/test_properties.py tests/runtime/test_engine.py \
-    tests/runtime/test_bad_models.py \
-    -k "not test_engine_greedy_matches_best_level and not test_no_instruction_outside_its_level"
+    tests/runtime/test_bad_models.py tests/runtime/test_architectures.py \
+    -k "not test_engine_greedy_matches_best_level and not test_no_instruction_outside_its_level and \
+        (not test_architectures or (test_ring_cache_wraps and gemma2))"
 fi
 
 step "pytest"
