@@ -199,15 +199,18 @@ class LLM:
 
     def generate(self, prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                 stop: str | list[str] | None = None, logprobs: int | None = None, ignore_eos: bool = False):
+                 stop: str | list[str] | None = None, logprobs: int | None = None, ignore_eos: bool = False,
+                 json_schema: dict | str | bool | None = None):
         """prompt: a string, a list of token ids, or a list of those (generated as one batch,
         returning a list). Returns a Completion per prompt. ignore_eos=True generates
-        max_new_tokens whatever the model says (for benchmarks)."""
+        max_new_tokens whatever the model says (for benchmarks). json_schema: the output is a
+        JSON document valid against this schema (True: any JSON object), unless max_new_tokens
+        cuts it short (finish_reason "length")."""
         batch = _is_batch(prompt)
         prompts = [self._prompt_ids(p) for p in (prompt if batch else [prompt])]
         args = self._check_args(prompts, max_new_tokens, stop, logprobs,
                                 SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed), ignore_eos)
-        run = self._new_run(prompts, *args)
+        run = self._new_run(prompts, *args, json_schema=json_schema)
         with self._lock:  # the whole call: no other call can supersede it halfway
             while not run.done:
                 self._step(run)
@@ -216,7 +219,8 @@ class LLM:
 
     def stream(self, prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,
-               stop: str | list[str] | None = None, ignore_eos: bool = False) -> Iterator[str]:
+               stop: str | list[str] | None = None, ignore_eos: bool = False,
+               json_schema: dict | str | bool | None = None) -> Iterator[str]:
         """Yields text pieces as tokens are produced; they join to generate(...).text.
 
         The stream takes the LLM at its first next() and holds no lock between pieces. A call
@@ -227,7 +231,7 @@ class LLM:
         prompts = [self._prompt_ids(prompt)]
         args = self._check_args(prompts, max_new_tokens, stop, None,
                                 SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed), ignore_eos)
-        return self._stream(self._new_run(prompts, *args))
+        return self._stream(self._new_run(prompts, *args, json_schema=json_schema))
 
     def _stream(self, run: _Run):
         while not run.done:
@@ -312,8 +316,17 @@ class LLM:
         eos = () if ignore_eos else self.eos_token_ids
         return max_new_tokens, stops, logprobs, params, eos
 
-    def _new_run(self, prompts, max_new_tokens, stops, logprobs, params, eos) -> _Run:
-        seqs = [_Sequence(p, Sampler(params, p), TextStream(self.tokenizer, stops),
+    def constraint(self, json_schema, eos: tuple[int, ...]):
+        """The sampling constraint of one sequence for json_schema (None: none)."""
+        if json_schema is None or json_schema is False:
+            return None
+        from pyruntime.grammar import JsonSchemaConstraint
+
+        return JsonSchemaConstraint(self.tokenizer, json_schema, max(self.config.vocab_size, self.tokenizer.vocab_size),
+                                    eos)
+
+    def _new_run(self, prompts, max_new_tokens, stops, logprobs, params, eos, json_schema=None) -> _Run:
+        seqs = [_Sequence(p, Sampler(params, p, self.constraint(json_schema, eos)), TextStream(self.tokenizer, stops),
                           logprobs=[] if logprobs is not None else None) for p in prompts]
         run = _Run(seqs, [Stats(prompt_tokens=len(p)) for p in prompts], max_new_tokens, logprobs, eos,
                    time.perf_counter())

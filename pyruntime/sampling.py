@@ -57,8 +57,11 @@ def _argmax(logits: torch.Tensor) -> int:
 class Sampler:
     """Per-sequence sampling state (its random generator and the tokens seen so far)."""
 
-    def __init__(self, params: SamplingParams, prompt_ids: list[int]):
+    def __init__(self, params: SamplingParams, prompt_ids: list[int], constraint=None):
+        """constraint: masks the logits before each choice and learns the token chosen
+        (pyruntime.grammar.JsonSchemaConstraint); None: any token."""
         self.params = params
+        self.constraint = constraint
         self.seen = set(prompt_ids)
         self.generator = None
         if not params.greedy:
@@ -68,6 +71,8 @@ class Sampler:
     def __call__(self, logits: torch.Tensor) -> int:
         """logits float32 [V] -> the next token id."""
         p = self.params
+        if self.constraint is not None:
+            logits = self.constraint.apply(logits)
         if p.repetition_penalty != 1.0 and self.seen:
             idx = torch.tensor(sorted(self.seen), dtype=torch.long)
             picked = logits[idx]
@@ -78,6 +83,8 @@ class Sampler:
         else:
             token = self._sample(logits / p.temperature)
         self.seen.add(token)
+        if self.constraint is not None:
+            self.constraint.accept(token)
         return token
 
     def _sample(self, logits: torch.Tensor) -> int:

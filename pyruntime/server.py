@@ -91,13 +91,28 @@ class OpenAIServer:
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(body, name):
                 raise APIError(400, f"{name} is not supported (only 0)", param=name)
-        fmt = (body.response_format or {}).get("type", "text")
-        if fmt != "text":
-            raise APIError(400, f"response_format {fmt!r} is not supported yet (only 'text')", param="response_format")
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > 4 or not all(stops):
             raise APIError(400, "stop must be a non-empty string or up to 4 of them", param="stop")
         return stops
+
+    @staticmethod
+    def json_schema(body: _Body):
+        """response_format as a constraint: None (text), True (json_object) or the schema."""
+        fmt = body.response_format or {"type": "text"}
+        kind = fmt.get("type")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return True
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                raise APIError(400, "response_format.json_schema must be {\"name\": ..., \"schema\": {...}}",
+                               param="response_format")
+            return spec.get("schema", {})
+        raise APIError(400, f"response_format type must be text, json_object or json_schema, got {kind!r}",
+                       param="response_format")
 
     def _requests(self, prompt: list[int], body: _Body, max_tokens: int | None, logprobs: int | None,
                   stops: list[str], on_event) -> list[Request]:
@@ -113,6 +128,7 @@ class OpenAIServer:
             raise APIError(400, f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the "
                                 f"context length {llm.max_seq_len}", param="max_tokens", code="context_length_exceeded")
         reqs = []
+        schema = self.json_schema(body)
         for i in range(body.n):
             seed = None if body.seed is None else body.seed + i
             try:
@@ -120,7 +136,7 @@ class OpenAIServer:
             except ValueError as e:
                 raise APIError(400, str(e)) from None
             reqs.append(Request(prompt, max_tokens, params, stops, logprobs, () if body.ignore_eos else llm.eos_token_ids,
-                                on_event=lambda e, i=i: on_event(i, e)))
+                                on_event=lambda e, i=i: on_event(i, e), json_schema=schema))
         return reqs
 
     def chat_prompt(self, body: ChatBody) -> list[int]:
@@ -182,7 +198,7 @@ class OpenAIServer:
         except ValueError as e:
             for r in reqs:
                 r.cancel()
-            raise APIError(400, str(e)) from None
+            raise APIError(400, str(e), param="response_format" if "json_schema" in str(e) else None) from None
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         if body.stream:

@@ -53,6 +53,7 @@ class Request:
     logprobs: int | None = None
     eos: tuple[int, ...] = ()
     on_event: Callable[[Event], None] = lambda e: None
+    json_schema: dict | str | bool | None = None  # the output valid against it (LLM.generate's)
     # Set by the scheduler.
     id: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens whose K/V came from the slot's earlier request
@@ -122,7 +123,8 @@ class Scheduler:
                              f"context length {llm.max_seq_len}")
         if req.max_new_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {req.max_new_tokens}")
-        req.seq = _Sequence(list(req.prompt), Sampler(req.params, req.prompt), TextStream(llm.tokenizer, req.stop),
+        sampler = Sampler(req.params, req.prompt, llm.constraint(req.json_schema, req.eos))
+        req.seq = _Sequence(list(req.prompt), sampler, TextStream(llm.tokenizer, req.stop),
                             logprobs=[] if req.logprobs is not None else None)
         with self._cond:
             if self._stopping:

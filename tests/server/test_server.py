@@ -1,6 +1,7 @@
 """`pyruntime serve` as its users meet it: a real server process on a free port, spoken to with
 the official `openai` client and httpx. Greedy answers equal LLM.generate's (the in-process
 reference, float32 as the server); 64 concurrent requests all answer correctly and are batched;
+JSON-schema output validates for 20 random schemas;
 a cancelled stream frees its slot at once; bad requests and bad keys get OpenAI's error JSON
 while other streams go on; shutdown with requests in flight ends them with an error."""
 
@@ -236,6 +237,33 @@ def test_cancelled_streams_free_their_slots(server):
     assert steps <= 2 * 7 and max(h["batch_sizes"][-steps:]) == 16
 
 
+def test_json_schema_output_validates_for_20_random_schemas(server, llm):
+    jsonschema = pytest.importorskip("jsonschema")
+    from tests.runtime.test_json_schema import SCHEMAS
+
+    def messages(schema):
+        return [{"role": "user", "content": f"Reply with a JSON object for this schema: {json.dumps(schema)}"}]
+
+    async def main():
+        c = server.async_client()
+        return await asyncio.gather(*[c.chat.completions.create(
+            model=MODEL, messages=messages(schema), max_tokens=200, temperature=0 if i % 2 == 0 else 1.0, seed=i,
+            response_format={"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema}})
+            for i, schema in enumerate(SCHEMAS)])
+
+    rs = asyncio.run(main())
+    for i, (r, schema) in enumerate(zip(rs, SCHEMAS)):
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+        if i % 2 == 0:  # greedy: as LLM.generate with the same schema
+            ids = _chat_ids(llm, messages(schema))
+            assert r.choices[0].message.content == llm.generate(ids, max_new_tokens=200, json_schema=schema).text
+    obj = server.client().chat.completions.create(
+        model=MODEL, max_tokens=200, temperature=0, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": "Describe Paris as a JSON object with a name and a country."}])
+    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+
+
 @pytest.mark.parametrize("body,param", [
     (dict(messages=MESSAGES, temperature=5), "temperature"),
     (dict(messages=[]), "messages"),
@@ -244,6 +272,8 @@ def test_cancelled_streams_free_their_slots(server):
     (dict(messages=MESSAGES, max_tokens=10**6), "max_tokens"),
     (dict(messages=[{"role": "user", "content": "word " * 5000}]), "messages"),
     (dict(messages=MESSAGES, response_format={"type": "yaml"}), "response_format"),
+    (dict(messages=MESSAGES, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "objectx"}}}), "response_format"),
     (dict(messages="hello"), "messages"),
 ])
 def test_bad_requests_get_400_while_a_stream_goes_on(server, client, body, param):
