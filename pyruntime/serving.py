@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from pyruntime._ext import C
 from pyruntime.detokenize import TextStream
 from pyruntime.engine import CpuEngine, CudaEngine
 from pyruntime.generate import LLM, TokenLogprob, _common_prefix, _Sequence
@@ -108,6 +109,9 @@ class Scheduler:
         self._error: str | None = None
         self.steps = 0  # decode steps run
         self.batch_sizes: list[int] = []  # sequences per decode step, the last 1000
+        # The engine runs on the scheduler's thread from now on: the OpenMP workers this thread
+        # started go (with more OpenMP threads than CPUs alive, libgomp makes every barrier sleep).
+        C.release_openmp_threads()
         self._thread = threading.Thread(target=self._loop, name="pyruntime-scheduler", daemon=True)
         self._thread.start()
 

@@ -34,6 +34,8 @@ void set_streaming_store_threshold(int64_t bytes) {
 
 int num_threads() { return omp_get_max_threads(); }
 
+bool release_openmp_threads() { return omp_pause_resource_all(omp_pause_soft) == 0; }
+
 void set_num_threads(int n) {
   if (g_default_threads == 0) g_default_threads = omp_get_max_threads();
   omp_set_num_threads(n > 0 ? n : g_default_threads);

@@ -89,6 +89,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bytes") = int64_t(1) << 30, pybind11::call_guard<pybind11::gil_scoped_release>(),
         "read bandwidth of this machine now (all kernel threads), GB/s");
   m.def("set_cpu_num_threads", &pyruntime::cpu::set_num_threads, "0 restores the default");
+  m.def("release_openmp_threads", &pyruntime::cpu::release_openmp_threads,
+        "release the OpenMP worker threads the calling thread started (before another thread runs the engine)");
   m.def("streaming_store_threshold", &pyruntime::cpu::streaming_store_threshold,
         "bytes per call from which CPU kernels write their outputs with streaming stores");
   m.def("set_streaming_store_threshold", &pyruntime::cpu::set_streaming_store_threshold, pybind11::arg("bytes"),
