@@ -68,7 +68,7 @@ def bench_engine(bw):
     spec, rnd = random_spec(gen)
     weight_bytes = weight_bytes_read(spec)  # the embedding's one row per token, not its table
     engine = C.CudaEngine(spec, MAX_SEQ, 512)
-    k, v = rnd(L, 1, HKV, MAX_SEQ, D), rnd(L, 1, HKV, MAX_SEQ, D)
+    k, v = rnd(L, 1, HKV, MAX_SEQ, D).view(-1), rnd(L, 1, HKV, MAX_SEQ, D).view(-1)  # flat, as the engine takes
     logits = torch.empty(1, V, device=DEV)
     stream = torch.cuda.current_stream().cuda_stream
     print(f"weights read per token {weight_bytes / 1e9:.2f} GB")

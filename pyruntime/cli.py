@@ -118,8 +118,17 @@ def cmd_serve(ns) -> int:
 
     if ns.model_arg:
         ns.model = ns.model_arg
-    llm = _load(ns)
     name = ns.served_model_name or (ns.model if ns.model == DEFAULT_MODEL else Path(ns.model).name)
+    if ns.ray:
+        from pyruntime.generate import _physical_cores
+        from pyruntime.ray_serve import serve_ray
+
+        threads = ns.threads or max(1, _physical_cores() // ns.replicas)
+        serve_ray(ns.model, name, ns.host, ns.port, ns.replicas, threads, ns.max_batch, ns.api_key,
+                  dict(dtype=ns.dtype, max_seq_len=ns.max_seq_len, device=ns.device, kv_dtype=ns.kv_dtype),
+                  address=ns.ray_address)
+        return 0
+    llm = _load(ns)
     serve(llm, name, host=ns.host, port=ns.port, max_batch=ns.max_batch, api_key=ns.api_key)
     return 0
 
@@ -159,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV cache slots)")
     sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
     sv.add_argument("--served-model-name", default=None, help="the model id of /v1/models (default: the model's name)")
+    sv.add_argument("--ray", action="store_true", help="serve as a Ray Serve deployment of --replicas replicas")
+    sv.add_argument("--replicas", type=int, default=2, help="with --ray: model replicas (processes)")
+    sv.add_argument("--ray-address", default=None,
+                    help="with --ray: an existing Ray cluster ('auto', or HEAD:6379); default: a local one")
     sv.set_defaults(func=cmd_serve)
     v = sub.add_parser("convert", help="convert a Llama-family GGUF file to a Hugging Face style folder")
     v.add_argument("gguf")

@@ -170,6 +170,10 @@ class LLM:
         del weights  # int8 / int4: the float32 copy goes; the engine keeps the quantised one
         self._lock = threading.Lock()  # held during a step's compute only
         self._cached_ids: list[int] = []  # tokens whose K/V are completely written in row 0 of the cache
+        # Positions of row 0 possibly written since it was last rewritten from position 0 (raised
+        # before each write, so an interrupted call leaves it right): a sliding-window ring may
+        # have overwritten the keys of earlier positions (Engine.keeps).
+        self._written = 0
         self._owner: _Run | None = None  # the run that last took the cache; None after logits()
 
     # ----------------------------------------------------------------- public API
@@ -264,6 +268,7 @@ class LLM:
         with self._lock:
             self._owner = None
             self._cached_ids = []
+            self._written = len(ids)
             out = self.engine.prefill(torch.tensor(ids), 0, 0, all_logits=True)
             self._cached_ids = list(ids)
         return out
@@ -361,9 +366,8 @@ class LLM:
         reuse = 0
         if b == 1:
             reuse = min(_common_prefix(self._cached_ids, prompts[0]), len(prompts[0]) - 1)
-            # A sliding-window layer's ring may have overwritten the keys the prompt's rest attends
-            # (the last decode step may have written one position past the cached tokens).
-            if reuse and not self.engine.keeps(len(self._cached_ids) + 1, reuse):
+            # A sliding-window layer's ring may have overwritten the keys the prompt's rest attends.
+            if reuse and not self.engine.keeps(self._written, reuse):
                 reuse = 0
         # Row 0 is rewritten from `reuse` on (a batch rewrites it all and leaves nothing reusable).
         self._cached_ids = prompts[0][:reuse]
@@ -372,6 +376,8 @@ class LLM:
         logits = []
         for row, p in enumerate(prompts):
             start = reuse if row == 0 else 0
+            if row == 0:
+                self._written = len(p) if start == 0 else max(self._written, len(p))
             logits.append(self.engine.prefill(torch.tensor(p[start:]), row, start))
         if b == 1:
             self._cached_ids = list(prompts[0])
@@ -387,6 +393,7 @@ class LLM:
         # A finished sequence re-feeds its last token at the same slot; nobody reads it.
         # For one sequence the slot is len(self._cached_ids): nothing valid is overwritten.
         positions = torch.tensor([len(s.prompt) + len(s.ids) - 1 for s in seqs])
+        self._written = max(self._written, int(positions[0]) + 1)
         t_step = time.perf_counter()
         logits = self.engine.decode(tokens, positions)
         if len(seqs) == 1:

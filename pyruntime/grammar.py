@@ -71,7 +71,7 @@ class JsonSchemaConstraint:
         allowed = ((self.mask.view(-1, 1) >> self._BITS) & 1).view(-1)[: logits.shape[-1]].bool()
         if allowed.shape[0] < logits.shape[-1]:
             allowed = torch.cat([allowed, allowed.new_zeros(logits.shape[-1] - allowed.shape[0])])
-        return logits.masked_fill(~allowed, float("-inf"))
+        return logits.masked_fill(~allowed.to(logits.device, non_blocking=True), float("-inf"))
 
     def accept(self, token: int) -> None:
         if not self.matcher.consume_token(token) and not self.matcher.is_stopped():

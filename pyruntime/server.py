@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
+import socket
 import time
 import uuid
 from typing import Any, Literal
@@ -178,6 +180,8 @@ class OpenAIServer:
         stops = self._check_common(body)
         if kind == "chat":
             max_tokens = body.max_completion_tokens or body.max_tokens
+            if body.top_logprobs is not None and not body.logprobs:
+                raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
             logprobs = (body.top_logprobs or 0) if body.logprobs else None
         else:
             max_tokens, logprobs = body.max_tokens, body.logprobs
@@ -208,9 +212,13 @@ class OpenAIServer:
         return await self._collect(queue, reqs, rid, created, kind, http)
 
     def _usage(self, reqs: list[Request]) -> dict:
-        prompt = sum({id(r.prompt): len(r.prompt) for r in reqs}.values())  # each prompt once, whatever n
+        # Each prompt once, whatever n (its cached tokens: the most any of its copies found).
+        prompt = sum({id(r.prompt): len(r.prompt) for r in reqs}.values())
+        cached: dict[int, int] = {}
+        for r in reqs:
+            cached[id(r.prompt)] = max(cached.get(id(r.prompt), 0), r.cached_prompt_tokens)
+        cached = sum(cached.values())
         completion = sum(r.completion_tokens for r in reqs)
-        cached = sum(r.cached_prompt_tokens for r in reqs)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                 "prompt_tokens_details": {"cached_tokens": cached}}
 
@@ -218,13 +226,16 @@ class OpenAIServer:
         texts = [""] * len(reqs)
         lps: list[list] = [[] for _ in reqs]
         finish: list[str | None] = [None] * len(reqs)
+        checked = time.monotonic()
         try:
             while not all(finish):
+                if time.monotonic() - checked > 1.0:  # nobody to answer any more: free the slots
+                    checked = time.monotonic()
+                    if await http.is_disconnected():
+                        raise APIError(400, "the client disconnected")
                 try:
                     i, e = await asyncio.wait_for(queue.get(), timeout=1.0)
                 except asyncio.TimeoutError:
-                    if await http.is_disconnected():  # nobody to answer: free the slots
-                        raise APIError(400, "the client disconnected") from None
                     continue
                 if e.finish_reason in ("error", "cancelled"):
                     raise APIError(503 if e.finish_reason == "error" else 500, e.error or "the request was cancelled",
@@ -255,6 +266,7 @@ class OpenAIServer:
                                "choices": choices, **extra})
 
         done = [False] * len(reqs)
+        sent = [0] * len(reqs)  # characters of each choice's text so far
         try:
             if kind == "chat":
                 yield {"data": chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -265,7 +277,8 @@ class OpenAIServer:
                     yield {"data": json.dumps(_error_body(e.error or "the request was cancelled", "server_error"))}
                     return
                 done[i] = e.finish_reason is not None
-                lp = None if e.logprob is None else _logprobs(kind, [e.logprob])
+                lp = None if e.logprob is None else _logprobs(kind, [e.logprob], sent[i])
+                sent[i] += len(e.text)
                 if kind == "chat":
                     delta = {"content": e.text} if e.text or not e.finish_reason else {}
                     choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": e.finish_reason}
@@ -280,15 +293,18 @@ class OpenAIServer:
                 r.cancel()
 
 
-def _logprobs(kind: str, items) -> dict:
+def _logprobs(kind: str, items, offset: int = 0) -> dict:
     """OpenAI's logprobs object: chat's {"content": [...]}, completions' parallel lists."""
     if kind == "chat":
         def entry(token, logprob):
             return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
         return {"content": [{**entry(t.token, t.logprob),
                              "top_logprobs": [entry(text, lp) for _, text, lp in t.top_logprobs]} for t in items]}
+    offsets = [offset]  # where each token's text starts in the choice's text
+    for t in items[:-1]:
+        offsets.append(offsets[-1] + len(t.token))
     return {"tokens": [t.token for t in items], "token_logprobs": [t.logprob for t in items],
-            "top_logprobs": [{text: lp for _, text, lp in t.top_logprobs} for t in items]}
+            "top_logprobs": [{text: lp for _, text, lp in t.top_logprobs} for t in items], "text_offset": offsets}
 
 
 def create_app(llm: LLM, model_name: str, max_batch: int = 16, api_key: str | None = None) -> FastAPI:
@@ -311,6 +327,13 @@ def create_app(llm: LLM, model_name: str, max_batch: int = 16, api_key: str | No
 
     app = FastAPI(title="pyruntime", lifespan=lifespan)
     app.state.server = server
+    replica = f"{socket.gethostname()}:{os.getpid()}"
+
+    @app.middleware("http")
+    async def name_the_replica(http: HTTPRequest, call_next):  # which process answered (Ray replicas)
+        response = await call_next(http)
+        response.headers["x-pyruntime-replica"] = replica
+        return response
 
     @app.exception_handler(APIError)
     async def api_error(_, exc: APIError):

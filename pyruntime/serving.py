@@ -99,7 +99,8 @@ class Scheduler:
         self.engine = llm.engine
         self.max_batch = max_batch
         self.engine.ensure_rows(max_batch)
-        llm._cached_ids = []  # its row 0 is a slot now
+        llm._cached_ids = []  # its row 0 is a slot now: no earlier call's K/V, no earlier stream goes on
+        llm._owner = None
         self._slots = [_Slot(row) for row in range(max_batch)]
         self._waiting: list[Request] = []
         self._running: list[Request] = []  # with a slot: prefilling (prefilled < len(prompt)) or decoding
@@ -254,8 +255,16 @@ class Scheduler:
 
     def _accept(self, req: Request, logits: torch.Tensor):
         s = req.seq
-        self.llm._accept_one(s, logits, req.max_new_tokens, req.logprobs, req.eos)
-        event = Event(s.ids[-1], s.pending, s.logprobs[-1] if s.logprobs else None, s.finish_reason)
+        try:
+            self.llm._accept_one(s, logits, req.max_new_tokens, req.logprobs, req.eos)
+        except Exception as e:  # this request's sampling (its constraint, its parameters): it alone ends
+            s.finish_reason = "error"
+            self._notify(req, Event(None, "", finish_reason="error", error=f"{type(e).__name__}: {e}"))
+            return
+        self._notify(req, Event(s.ids[-1], s.pending, s.logprobs[-1] if s.logprobs else None, s.finish_reason))
+
+    @staticmethod
+    def _notify(req: Request, event: Event):
         try:
             req.on_event(event)
         except Exception:  # a consumer's failure is its own: the request ends, the batch goes on
@@ -276,7 +285,4 @@ class Scheduler:
         self._release(req)
         if req.seq is not None and not req.seq.finish_reason:
             req.seq.finish_reason = event.finish_reason
-        try:
-            req.on_event(event)
-        except Exception:
-            pass
+        self._notify(req, event)

@@ -391,7 +391,7 @@ def test_cuda_engine_bad_calls(llm_cuda):
 def _greedy_logits(eng, tokens, device, vocab, cache_shape, steps=3):
     """Logits of a prompt (one call) and of `steps` greedy decode steps after it, on a fresh
     cache of one row on `device`; the calls go on that device's current stream."""
-    k = torch.zeros(cache_shape, dtype=torch.bfloat16, device=device)
+    k = torch.zeros(cache_shape, dtype=torch.bfloat16, device=device).view(-1)  # the engines take flat caches
     v = torch.zeros_like(k)
     stream = torch.cuda.current_stream(device).cuda_stream
     n, out = tokens.shape[0], []

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -32,23 +33,25 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, *args):
+    def __init__(self, *args, start_timeout=120):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # (a pipe nobody reads would fill and block the server)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pyruntime", "serve", MODEL, "--dtype", "float32", "--port", str(self.port),
-             "--max-batch", "16", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 120
+             "--max-batch", "16", *args], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + start_timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.proc.stdout.read()}")
+                self.log.seek(0)
+                raise RuntimeError(f"the server exited: {self.log.read().decode(errors='replace')[-4000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError("the server did not start in 120 s")
+        raise RuntimeError(f"the server did not start in {start_timeout} s")
 
     def health(self) -> dict:
         return httpx.get(self.url + "/health", timeout=10).json()
@@ -59,11 +62,11 @@ class Server:
     def async_client(self, key=KEY):
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=300)
 
-    def stop(self):
+    def stop(self, timeout=30):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
