@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 
 def deployment(model: str, model_name: str, replicas: int, threads: int, max_batch: int, api_key: str | None,
@@ -34,9 +35,11 @@ def serve_ray(model: str, model_name: str, host: str, port: int, replicas: int, 
               api_key: str | None, llm_kwargs: dict, address: str | None = None) -> None:
     """Starts (or joins, with address) a Ray cluster, deploys the replicas, and serves until
     SIGINT / SIGTERM; then shuts Serve and Ray down."""
-    import ray
-    from ray import serve
-
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise ValueError("--ray needs Ray Serve: pip install 'ray[serve]'") from None
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
         raise ValueError(f"replicas must be an int >= 1, got {replicas!r}")
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -44,6 +47,14 @@ def serve_ray(model: str, model_name: str, host: str, port: int, replicas: int, 
         serve.start(http_options={"host": host, "port": port})
         serve.run(deployment(model, model_name, replicas, threads, max_batch, api_key, llm_kwargs),
                   name="pyruntime", route_prefix="/")
+        # serve.run returns once the first replica answers; the others load their models meanwhile.
+        while True:
+            status = serve.status().applications["pyruntime"].deployments["pyruntime"]
+            if status.replica_states.get("RUNNING", 0) >= replicas:
+                break
+            if status.status.name == "DEPLOY_FAILED":
+                raise RuntimeError(f"the replicas failed to start: {status.message}")
+            time.sleep(0.5)
         print(f"pyruntime: {replicas} replica(s) of {model_name} serving on http://{host}:{port}", flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

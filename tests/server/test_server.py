@@ -53,6 +53,18 @@ class Server:
         self.stop()
         raise RuntimeError(f"the server did not start in {start_timeout} s")
 
+    def wait_for_output(self, text: str, timeout: float = 300) -> None:
+        """Until the server has printed `text` (e.g. that every replica is up)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.log.seek(0)
+            if text.encode() in self.log.read():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"the server did not print {text!r} in {timeout} s")
+
     def health(self) -> dict:
         return httpx.get(self.url + "/health", timeout=10).json()
 
