@@ -69,13 +69,21 @@ class Engine:
         s = self.spec
         return KVCache.bytes_for(self.layer_slots, 1, s.num_kv_heads, s.head_dim, self.kv_dtype)
 
-    def keeps(self, written: int, start: int) -> bool:
-        """Whether a cache row into which positions [0, written) were written still holds the
-        keys a continuation from position `start` attends: always, but on a layer whose cache
-        is a ring of S slots (a sliding window W) only if positions [start - W + 1, start) were
-        not overwritten since, i.e. start - W + 1 >= written - S."""
-        return all(s >= self.max_seq_len or max(0, start - layer.sliding_window + 1) >= written - s
-                   for s, layer in zip(self.layer_slots, self.spec.layers))
+    def reusable(self, cached: list[int], written: int, prompt: list[int]) -> int:
+        """How many leading tokens of `prompt` a cache row can skip: the row holds the K/V of
+        `cached` (from position 0) and positions [0, written) were written into it since it was
+        last rewritten from 0. Their common prefix, less the prompt's last token (its logits are
+        needed), or 0 where a sliding-window layer's ring of S slots (window W) no longer holds
+        the keys the rest attends: positions [start - W + 1, start) overwritten unless
+        start - W + 1 >= written - S."""
+        start = 0
+        for a, b in zip(cached, prompt[:-1]):
+            if a != b:
+                break
+            start += 1
+        keeps = all(s >= self.max_seq_len or max(0, start - layer.sliding_window + 1) >= written - s
+                    for s, layer in zip(self.layer_slots, self.spec.layers))
+        return start if keeps else 0
 
     def ensure_rows(self, rows: int) -> None:
         """A cache of at least `rows` sequences; growing it drops what it held."""

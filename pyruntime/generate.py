@@ -365,10 +365,7 @@ class LLM:
         b = len(prompts)
         reuse = 0
         if b == 1:
-            reuse = min(_common_prefix(self._cached_ids, prompts[0]), len(prompts[0]) - 1)
-            # A sliding-window layer's ring may have overwritten the keys the prompt's rest attends.
-            if reuse and not self.engine.keeps(self._written, reuse):
-                reuse = 0
+            reuse = self.engine.reusable(self._cached_ids, self._written, prompts[0])
         # Row 0 is rewritten from `reuse` on (a batch rewrites it all and leaves nothing reusable).
         self._cached_ids = prompts[0][:reuse]
         run.started = True
@@ -449,15 +446,6 @@ class LLM:
 
 def _is_batch(prompt) -> bool:
     return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(p, (str, list, tuple)) for p in prompt)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _to_device(weights, device):

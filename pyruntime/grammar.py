@@ -68,9 +68,8 @@ class JsonSchemaConstraint:
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """A copy of float32 logits [V] with every token the schema rules out at -inf."""
         self._fill(self.matcher, self._mask)
+        # (the mask covers n_vocab >= the logits' length: LLM.constraint's max of both vocabularies)
         allowed = ((self.mask.view(-1, 1) >> self._BITS) & 1).view(-1)[: logits.shape[-1]].bool()
-        if allowed.shape[0] < logits.shape[-1]:
-            allowed = torch.cat([allowed, allowed.new_zeros(logits.shape[-1] - allowed.shape[0])])
         return logits.masked_fill(~allowed.to(logits.device, non_blocking=True), float("-inf"))
 
     def accept(self, token: int) -> None:

@@ -19,14 +19,14 @@ class KVCache:
         self.slots = list(slots)
         self.batch = batch
         self.shapes = [(batch, num_kv_heads, s, head_dim) for s in self.slots]
+        self._begins = [batch * num_kv_heads * head_dim * sum(self.slots[:l]) for l in range(len(self.slots))]
         size = batch * num_kv_heads * head_dim * sum(self.slots)
         self.k = torch.zeros(size, dtype=dtype, device=device)
         self.v = torch.zeros(size, dtype=dtype, device=device)
 
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer `layer`'s K and V as views [batch, Hkv, S_l, D] of the cache."""
-        shape = self.shapes[layer]
-        begin = shape[0] * shape[1] * shape[3] * sum(self.slots[:layer])
+        shape, begin = self.shapes[layer], self._begins[layer]
         n = shape[0] * shape[1] * shape[2] * shape[3]
         return self.k[begin : begin + n].view(shape), self.v[begin : begin + n].view(shape)
 

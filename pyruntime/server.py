@@ -352,7 +352,7 @@ def create_app(llm: LLM, model_name: str, max_batch: int = 16, api_key: str | No
             raise APIError(503, "the server is shutting down", "server_error")
         sch = server.scheduler
         return {"status": "ok", "active": sch.active, "waiting": sch.waiting, "max_batch": sch.max_batch,
-                "decode_steps": sch.steps, "batch_sizes": sch.batch_sizes[-64:]}
+                "decode_steps": sch.steps, "batch_sizes": list(sch.batch_sizes)[-64:]}
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def models():

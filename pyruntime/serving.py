@@ -15,6 +15,7 @@ thread: hand it to your own loop, e.g. asyncio's call_soon_threadsafe)."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
@@ -26,7 +27,7 @@ import torch
 from pyruntime._ext import C
 from pyruntime.detokenize import TextStream
 from pyruntime.engine import CpuEngine, CudaEngine
-from pyruntime.generate import LLM, TokenLogprob, _common_prefix, _Sequence
+from pyruntime.generate import LLM, TokenLogprob, _Sequence
 from pyruntime.sampling import Sampler, SamplingParams
 
 
@@ -109,7 +110,7 @@ class Scheduler:
         self._stopping = False
         self._error: str | None = None
         self.steps = 0  # decode steps run
-        self.batch_sizes: list[int] = []  # sequences per decode step, the last 1000
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)  # sequences per decode step
         # The engine runs on the scheduler's thread from now on: the OpenMP workers this thread
         # started go (with more OpenMP threads than CPUs alive, libgomp makes every barrier sleep).
         C.release_openmp_threads()
@@ -202,12 +203,10 @@ class Scheduler:
             req = self._waiting.pop(0)
             best, reuse = None, 0
             for s in free:
-                n = min(_common_prefix(s.ids, req.prompt), len(req.prompt) - 1)
-                if n > reuse and self.engine.keeps(s.written, n):
+                n = self.engine.reusable(s.ids, s.written, req.prompt)
+                if n > reuse:
                     best, reuse = s, n
             slot = best or min(free, key=lambda s: s.freed_at)
-            if best is None:
-                reuse = 0
             slot.request = req
             slot.ids = list(req.prompt[:reuse])
             req.slot = slot
@@ -247,7 +246,7 @@ class Scheduler:
         rows = torch.tensor([r.slot.row for r in batch])
         logits = self.engine.decode(tokens, positions, rows)
         self.steps += 1
-        self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+        self.batch_sizes.append(len(batch))
         for r, row, pos in zip(batch, logits, positions.tolist()):
             r.slot.ids.append(r.seq.ids[-1])
             r.slot.written = max(r.slot.written, pos + 1)
