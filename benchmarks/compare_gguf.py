@@ -8,8 +8,9 @@ SmolLM2-135M (its Q4_1 file requantized to F32 first; its 576-wide rows are not 
 so llama.cpp puts those tensors of the k-quant files in other types) and, with --with-1b, a model
 of Llama-3.2-1B's shapes (hidden 2048, 16 layers, 32 query / 8 KV heads, intermediate 8192,
 vocabulary 128256) with random weights written by the gguf package, whose weights are far larger
-than the cache. pyruntime runs each file in its own types (dtype="gguf", float32 activations,
-bfloat16 KV cache); llama.cpp as llama-cpp-python builds it (8-bit activations, f16 KV cache),
+than the cache. pyruntime runs each file in its own types (dtype="gguf", bfloat16 KV cache; decode
+steps against 8-bit activations where the block type has integer products, prompts in float32);
+llama.cpp as llama-cpp-python builds it (8-bit activations, f16 KV cache),
 without its extra CPU buffer types unless --llama-extra-buffers (see compare.LlamaCpp).
 Figures: decode tokens/s at batch 1 (new tokens after a short prompt; for the 1B model also
 after contexts of 512 and 4096), prefill tokens/s of 512 tokens; medians of --reps

@@ -43,7 +43,7 @@ class Engine:
     """What every engine shares: the KV cache it owns (KVCache, one row per sequence; grown by
     ensure_rows; layer_slots positions per layer and sequence: a ring on the CPU engine's
     sliding-window layers), prompt chunks and decode groups cut to the compiled step's limits. Subclasses
-    provide _forward(tokens, positions, rows, first_logit) -> float32 logits."""
+    provide _forward(tokens, positions, rows, first_logit, prompt) -> float32 logits."""
 
     # Decode steps run in groups of at most this many sequences: the row-wise kernels then
     # give every sequence exactly the result it would get alone.
@@ -108,7 +108,7 @@ class Engine:
             positions = torch.arange(start_pos + c0, start_pos + c1)
             # Logits of every token, or of the prompt's last one: earlier chunks only fill the cache.
             first = 0 if all_logits else (c1 - c0 - 1 if c1 == t else c1 - c0)
-            logits = self._forward(tokens[c0:c1], positions, rows[: c1 - c0], first)
+            logits = self._forward(tokens[c0:c1], positions, rows[: c1 - c0], first, prompt=True)
             if logits.shape[0]:
                 out.append(logits)
         logits = torch.cat(out) if len(out) > 1 else out[0]
@@ -121,7 +121,7 @@ class Engine:
         b, n = tokens.shape[0], self.decode_group
         if rows is None:
             rows = torch.arange(b)
-        out = [self._forward(tokens[g0 : g0 + n], positions[g0 : g0 + n], rows[g0 : g0 + n], 0)
+        out = [self._forward(tokens[g0 : g0 + n], positions[g0 : g0 + n], rows[g0 : g0 + n], 0, prompt=False)
                for g0 in range(0, b, n)]
         return torch.cat(out) if len(out) > 1 else out[0]
 
@@ -142,7 +142,7 @@ class CpuEngine(Engine):
 
     def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, threads: int,
                  int8_activations: bool = True):
-        """int8_activations: products of q4_0, q8_0, q4_k, q5_k, q6_k matrices in integers against
+        """int8_activations: products of q4_0, q4_1, q8_0, q4_k, q5_k, q6_k matrices in integers against
         activations quantized to 8 bits (pyruntime.formats.quantize_activations); False: float32."""
         self.handle = C.Engine(spec, max_seq_len, kv_dtype, threads, MAX_TOKENS, int8_activations)
         self.max_tokens = self.handle.max_tokens
@@ -169,9 +169,9 @@ class CpuEngine(Engine):
         """(call, layer, op, begin_ns, end_ns) of every engine call since profiling was switched on."""
         return self.handle.profile()
 
-    def _forward(self, tokens, positions, rows, first_logit):
+    def _forward(self, tokens, positions, rows, first_logit, prompt):
         logits = torch.empty(tokens.shape[0] - first_logit, self.spec.vocab)
-        self.handle.forward(tokens, positions, rows, self.cache.k, self.cache.v, logits, first_logit)
+        self.handle.forward(tokens, positions, rows, self.cache.k, self.cache.v, logits, first_logit, prompt)
         return logits
 
     def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,8 +199,9 @@ class CudaEngine(Engine):
         self.max_tokens = self.handle.max_tokens
         super().__init__(spec, max_seq_len, torch.bfloat16, spec.embed.data.device)
 
-    def _forward(self, tokens, positions, rows, first_logit):
-        """tokens, positions, rows: int64 [n] on the CPU; float32 logits [n - first_logit, V] on the GPU."""
+    def _forward(self, tokens, positions, rows, first_logit, prompt):
+        """tokens, positions, rows: int64 [n] on the CPU; float32 logits [n - first_logit, V] on the GPU
+        (prompt: no difference here, every product is in bfloat16)."""
         logits = torch.empty(tokens.shape[0] - first_logit, self.spec.vocab, device=self.device)
         stream = torch.cuda.current_stream(self.device).cuda_stream
         self.handle.forward(tokens.cpu(), positions.cpu(), rows.cpu(), self.cache.k, self.cache.v, logits,

@@ -14,11 +14,11 @@ precisions an LLM can run at (dtype= of pyruntime.LLM: a weight format and a KV 
 - f16: GGUF's float16 matrices (rows of a multiple of 32 values), their bytes as the file holds
   them (uint8 [rows, 2 * cols]), read by the engines in blocks of 32 like the formats above.
 
-Decode steps multiply q4_0, q8_0, q4_k, q5_k and q6_k matrices in integers on the CPU (by
+Decode steps multiply q4_0, q4_1, q8_0, q4_k, q5_k and q6_k matrices in integers on the CPU (by
 default; int8_activations=False keeps float32): the activations are quantized to 8 bits in
 groups of `activation_group` values first, as llama.cpp does (quantize_activations is the
-definition). Prompt chunks of more than 16 tokens keep float32 activations (the float GEMM is
-the faster one there).
+definition). Prompts keep float32 activations (so a prompt's K/V do not depend on whether its
+prefix came from the cache); so do decode calls of more than 16 tokens.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _gguf_block(name: str) -> Format:
 
 # The formats with integer products (csrc/cpu/linear_q8.h) and their activation groups: a block
 # for the 32-value formats, a whole k-quant block (llama.cpp's Q8_K) for the k-quants.
-_ACTIVATION_GROUPS = {"q4_0": 32, "q8_0": 32, "q4_k": 256, "q5_k": 256, "q6_k": 256}
+_ACTIVATION_GROUPS = {"q4_0": 32, "q4_1": 32, "q8_0": 32, "q4_k": 256, "q5_k": 256, "q6_k": 256}
 
 
 def quantize_activations(x: torch.Tensor, group: int) -> torch.Tensor:

@@ -123,7 +123,7 @@ class LLM:
         default for GGUF files and bundled models), "float32" (the default for folders),
         "bfloat16", "int8" or "int4" (quantized once at load). kv_dtype: "float32" or
         "bfloat16" for the KV cache (default: the precision's, pyruntime.formats.PRECISIONS).
-        int8_activations: the CPU engine multiplies Q4_0, Q8_0, Q4_K, Q5_K and Q6_K matrices in
+        int8_activations: the CPU engine multiplies Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K matrices in
         integers against activations quantized to 8 bits (as llama.cpp); False keeps them float32."""
         if dtype is not None and dtype not in PRECISIONS:
             raise ValueError(f"dtype must be one of {', '.join(PRECISIONS)} or None, got {dtype!r}")

@@ -18,7 +18,7 @@ class TorchReference(Engine):
     q, k, v and gate, up joined (a copy: this is the oracle, not the fast path). With
     int8_activations (the CPU engine's default), the input of a decode call's product with a
     matrix whose format has integer products is first quantized as
-    pyruntime.formats.quantize_activations defines."""
+    pyruntime.formats.quantize_activations defines (prompts keep float32 activations)."""
 
     max_tokens = 1 << 30  # no chunking: each prefill is one pass
 
@@ -56,10 +56,10 @@ class TorchReference(Engine):
         self.scale = spec.attn_scale
         self.q_size, self.kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
 
-    def _attention_inputs(self, layer, x):
+    def _attention_inputs(self, layer, x, quantize):
         """x [T, H] -> q [T, Hq, D], k, v [T, Hkv, D] views of one fused projection."""
         s, q_size, kv_size = self.spec, self.q_size, self.kv_size
-        qkv = _linear(x, layer["qkv"])
+        qkv = _linear(x, layer["qkv"], quantize)
         if layer["qkv_bias"] is not None:
             qkv += layer["qkv_bias"]
         t = x.shape[0]
@@ -72,9 +72,9 @@ class TorchReference(Engine):
             v = v.contiguous()  # the cache op takes k and v alike
         return q, k, v
 
-    def _run_layers(self, tokens: torch.Tensor, attend) -> torch.Tensor:
-        """The residual stream through every layer; attend(i, q, k, v) -> [T, Hq*D]. Returns the
-        final-normed hidden states [T, H]."""
+    def _run_layers(self, tokens: torch.Tensor, attend, quantize: bool) -> torch.Tensor:
+        """The residual stream through every layer; attend(i, q, k, v) -> [T, Hq*D]; quantize:
+        a decode call's (_linear). Returns the final-normed hidden states [T, H]."""
         s, layers = self.spec, self.layers
         eps = s.norm_eps
         residual = self.embed[tokens.to(self.device)]  # [T, H]
@@ -82,14 +82,14 @@ class TorchReference(Engine):
             residual = residual * s.embed_scale
         x = ops.rms_norm(residual, layers[0]["attn_norm"], eps)
         for i, layer in enumerate(layers):
-            q, k, v = self._attention_inputs(layer, x)
-            x = _linear(attend(i, q, k, v), layer["o"])
+            q, k, v = self._attention_inputs(layer, x, quantize)
+            x = _linear(attend(i, q, k, v), layer["o"], quantize)
             if layer["o_bias"] is not None:
                 x += layer["o_bias"]
             if layer["post_attn_norm"] is not None:
                 x = ops.rms_norm(x, layer["post_attn_norm"], eps)
             ops.fused_add_rms_norm(x, residual, layer["mlp_norm"], eps)
-            x = _gated_mlp(x, layer["gate_up"], layer["down"], s.activation)
+            x = _gated_mlp(x, layer["gate_up"], layer["down"], s.activation, quantize)
             if layer["post_mlp_norm"] is not None:
                 x = ops.rms_norm(x, layer["post_mlp_norm"], eps)
             next_norm = layers[i + 1]["attn_norm"] if i + 1 < len(layers) else self.final_norm
@@ -111,12 +111,12 @@ class TorchReference(Engine):
                 return self._torch_attention(q, kc[0], vc[0], positions[0], layer["window"])
             return ops.prefill_attention(q.contiguous(), kc[0], vc[0], start_pos, self.scale).reshape(t, -1)
 
-        x = self._run_layers(tokens, attend)
-        logits = self._logits(x if all_logits else x[-1:])
+        x = self._run_layers(tokens, attend, quantize=False)
+        logits = self._logits(x if all_logits else x[-1:], quantize=False)
         return logits if all_logits else logits[0]
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = _linear(x, self.lm_head).float()
+    def _logits(self, x: torch.Tensor, quantize: bool) -> torch.Tensor:
+        logits = _linear(x, self.lm_head, quantize).float()
         cap = self.spec.final_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 
@@ -138,8 +138,9 @@ class TorchReference(Engine):
         probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         return (probs @ vf).transpose(0, 1).reshape(q.shape[0], -1).to(q.dtype)
 
-    def _forward(self, tokens, positions, rows, first_logit):
-        """One decode group: token i at positions[i] of cache row rows[i] (rows consecutive)."""
+    def _forward(self, tokens, positions, rows, first_logit, prompt):
+        """One decode group: token i at positions[i] of cache row rows[i] (rows consecutive);
+        prompt: float32 activations, as the engines' prompts (prefill overrides the chunking)."""
         n, cache = tokens.shape[0], self.cache
         r0, r1 = int(rows[0]), int(rows[-1]) + 1
         if not torch.equal(rows.cpu(), torch.arange(r0, r1)):
@@ -158,24 +159,24 @@ class TorchReference(Engine):
                                   for b in range(n)])
             return ops.gqa_decode_attention(q.contiguous(), kc, vc, seq_lens, self.scale).view(n, self.q_size)
 
-        x = self._run_layers(tokens, attend)
-        return self._logits(x[first_logit:])
+        x = self._run_layers(tokens, attend, quantize=not prompt)
+        return self._logits(x[first_logit:], quantize=not prompt)
 
 
-def _linear(x: torch.Tensor, parts) -> torch.Tensor:
+def _linear(x: torch.Tensor, parts, quantize: bool) -> torch.Tensor:
     """x times the stacked matrices of parts (TorchReference's), each part's input quantized to
-    8 bits first where it has an activation group and x is a decode call's few tokens (the
-    engines' prompt chunks keep float32 activations)."""
-    decode = x.shape[0] <= C.max_row_tile_tokens
-    ys = [ops.linear(x if g is None or not decode else quantize_activations(x, g).to(x.dtype), w) for w, g in parts]
+    8 bits first where it has an activation group and `quantize` says x is a decode call's
+    (never more than C.max_row_tile_tokens tokens; the engines' prompts keep float32 activations)."""
+    ys = [ops.linear(x if g is None or not quantize else quantize_activations(x, g).to(x.dtype), w) for w, g in parts]
     return ys[0] if len(ys) == 1 else torch.cat(ys, -1)
 
 
-def _gated_mlp(x: torch.Tensor, gate_up, down, activation) -> torch.Tensor:
+def _gated_mlp(x: torch.Tensor, gate_up, down, activation, quantize: bool) -> torch.Tensor:
     """down(act(gate x) * up x): the fused op (SiLU) where no input is quantized."""
     silu = activation == C.Activation.silu
-    if silu and len(gate_up) == 1 and len(down) == 1 and gate_up[0][1] is None and down[0][1] is None:
+    plain = not quantize or (gate_up[0][1] is None and down[0][1] is None)
+    if silu and len(gate_up) == 1 and len(down) == 1 and plain:
         return ops.gated_mlp(x, gate_up[0][0], down[0][0])
-    gate, up = _linear(x, gate_up).chunk(2, dim=-1)
+    gate, up = _linear(x, gate_up, quantize).chunk(2, dim=-1)
     act = torch.nn.functional.silu(gate) if silu else torch.nn.functional.gelu(gate, approximate="tanh")
-    return _linear(act * up, down)
+    return _linear(act * up, down, quantize)

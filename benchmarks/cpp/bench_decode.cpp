@@ -270,7 +270,7 @@ int run(int argc, char** argv) {
     tokens.clear(); positions.clear(); rows.assign(n, 0);
     for (int64_t i = 0; i < n; ++i) { tokens.push_back(1 + (c0 + i) % (V - 1)); positions.push_back(c0 + i); }
     engine.forward(tokens.data(), positions.data(), rows.data(), n, kc, vc, 1, logits.data(),
-                   c0 + n == prompt ? n - 1 : n);
+                   c0 + n == prompt ? n - 1 : n, /*prompt=*/true);
   }
   int64_t tok = argmax();
   const double ttft = seconds(t0, clock::now());

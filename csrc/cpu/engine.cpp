@@ -107,8 +107,9 @@ struct EngineImpl final : Engine::Impl {
 
   void run(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
            void* k_cache_v, void* v_cache_v, int64_t cache_rows, float* logits,
-           int64_t first_logit) override {
+           int64_t first_logit, bool prompt) override {
     const EngineSpec& s = spec;
+    const bool int8_activations = s.int8_activations && !prompt;
     const int64_t H = s.hidden, I = s.inter, D = s.head_dim, Hq = s.num_heads, Hkv = s.num_kv_heads;
     TC* k_cache = static_cast<TC*>(k_cache_v);
     TC* v_cache = static_cast<TC*>(v_cache_v);
@@ -162,7 +163,7 @@ struct EngineImpl final : Engine::Impl {
           if (lo < hi)
             with_rows(*m, [&](const auto& w) {
               product(accumulate, y + base, rows, x, m->cols, w, tokens, m->cols, lo, hi);
-            }, s.int8_activations);
+            }, int8_activations);
           base += m->rows;
         }
         if (bias)
@@ -280,9 +281,9 @@ struct EngineImpl final : Engine::Impl {
         thread_range(I, W, tid, nt, i0, i1);
         if (i1 > i0) {
           with_rows(L.gate, [&](const auto& w) { product(std::false_type{}, gate, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); },
-                    s.int8_activations);
+                    int8_activations);
           with_rows(L.up, [&](const auto& w) { product(std::false_type{}, up, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); },
-                    s.int8_activations);
+                    int8_activations);
           const bool gelu = s.activation == Activation::GeluTanh;
           for (int64_t t = 0; t < n; ++t)
             for (int64_t i = 0; i < i1 - i0; i += W) {

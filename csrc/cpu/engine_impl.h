@@ -45,7 +45,7 @@ struct Engine::Impl {
   virtual ~Impl() = default;
   virtual void run(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                    void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
-                   int64_t first_logit) = 0;
+                   int64_t first_logit, bool prompt) = 0;
 };
 
 

@@ -137,11 +137,11 @@ Engine::~Engine() = default;
 
 void Engine::forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                      void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
-                     int64_t first_logit) {
+                     int64_t first_logit, bool prompt) {
   const EngineSpec& s = impl_->spec;
   PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n), "engine.forward: null cache or logits");
   check_forward_args(s, tokens, positions, rows, n, cache_rows, first_logit, "engine");
-  impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit);
+  impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit, prompt);
 }
 
 void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations) {

@@ -1,6 +1,7 @@
-// Integer products of GGUF block rows (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) with activations quantised
+// Integer products of GGUF block rows (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) with activations quantised
 // to 8 bits, as llama.cpp does, for decode calls (prompt chunks of more than kMaxRowTileTokens
-// tokens take the float32 GEMM, faster on these CPUs with 256-bit integer instructions): each token's x is cut into groups of Q8Dot<F>::kGroup values
+// tokens take the float32 GEMM, faster on these CPUs with 256-bit integer instructions): each
+// token's x is cut into groups of Q8Dot<F>::kGroup values
 // (32 for the 32-value formats, 256 for the k-quants), each group stored as int8 with one float
 // scale (the group's largest |x| maps to 127, rounded to nearest even) and the sums of every 16
 // of its values. A block's dot product is then exact integer arithmetic on the block's own
@@ -8,7 +9,9 @@
 // scaled once per block by the weight's and the activation's float scales; the k-quants' mins
 // and the 32-value formats' offsets come from the activation sums. The SIMD levels use AVX2's
 // 256-bit integer instructions (also on the AVX-512 levels); the scalar level the same integer
-// arithmetic in plain C++, so every level computes the same sums.
+// arithmetic in plain C++, so every level computes the same sums. On CPUs with AVX512-VNNI,
+// Q4_0, Q4_1 and Q8_0 take linear_q8_lanes.h's kernel instead (a weight row per vector lane:
+// the same integer sums, one decoding of each block for every token of the call).
 // Block layouts: block_rows.h (ggml-common.h's block_q4_0 ...).
 #pragma once
 
@@ -18,6 +21,7 @@
 #include <vector>
 
 #include "block_rows.h"
+#include "linear_q8_lanes.h"
 #include "vec.h"
 #include "weight_rows.h"
 
@@ -142,6 +146,35 @@ struct Q8Dot<WeightFormat::Q4_0> {  // d * (q - 8): sum = d dx (q . xq - 8 sum x
       int sum = 0;
       for (int j = 0; j < 16; ++j) sum += ((blk[2 + j] & 15) - 8) * xq[j] + ((blk[2 + j] >> 4) - 8) * xq[16 + j];
       acc[i] += dw * x[i].d[b] * static_cast<float>(sum);
+    }
+#endif
+  }
+};
+
+template <>
+struct Q8Dot<WeightFormat::Q4_1> {  // d * q + m: sum = d dx (q . xq) + m dx sum xq
+  static constexpr int kGroup = 32;
+  template <int NT>
+  static void block(const uint8_t* blk, const Q8Token* x, int64_t b, Q8Acc* acc) {
+    const float dw = f16_at(blk), mw = f16_at(blk + 2);
+#if defined(PYRUNTIME_Q8_SIMD)
+    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
+    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
+    for (int i = 0; i < NT; ++i) {
+      const __m256i dot = dot_u8s8(q, load256(x[i].q + 32 * b));
+      const float dx = x[i].d[b];
+      const float min_term = mw * (dx * static_cast<float>(x[i].s[2 * b] + x[i].s[2 * b + 1]));
+      acc[i] = _mm256_fmadd_ps(cvt(dot), _mm256_set1_ps(dw * dx), acc[i]);
+      acc[i] = _mm256_add_ps(acc[i], _mm256_zextps128_ps256(_mm_set_ss(min_term)));
+    }
+#else
+    for (int i = 0; i < NT; ++i) {
+      const int8_t* xq = x[i].q + 32 * b;
+      int sum = 0;
+      for (int j = 0; j < 16; ++j) sum += (blk[4 + j] & 15) * xq[j] + (blk[4 + j] >> 4) * xq[16 + j];
+      const float dx = x[i].d[b];
+      acc[i] += dw * dx * static_cast<float>(sum);
+      acc[i] += mw * (dx * static_cast<float>(x[i].s[2 * b] + x[i].s[2 * b + 1]));
     }
 #endif
   }
@@ -302,8 +335,8 @@ struct Q8Dot<WeightFormat::Q6_K> {  // d sc (q - 32) per sub-block of 16: sum = 
 
 // The block formats with an integer product here.
 template <WeightFormat F>
-constexpr bool kHasQ8Dot = F == WeightFormat::Q4_0 || F == WeightFormat::Q8_0 || F == WeightFormat::Q4_K ||
-                           F == WeightFormat::Q5_K || F == WeightFormat::Q6_K;
+constexpr bool kHasQ8Dot = F == WeightFormat::Q4_0 || F == WeightFormat::Q4_1 || F == WeightFormat::Q8_0 ||
+                           F == WeightFormat::Q4_K || F == WeightFormat::Q5_K || F == WeightFormat::Q6_K;
 
 // BlockRows whose products run in integers against 8-bit activations (the engine's choice).
 template <WeightFormat F>
@@ -338,6 +371,23 @@ inline void q8_tile(float* y, int64_t y_stride, const Q8Token* x, const BlockRow
     }
 }
 
+// The lane kernels' view of `tokens` quantised tokens (their offset and min terms added), in
+// this thread's own buffers.
+template <WeightFormat F>
+inline const LaneToken* lane_tokens(const Q8Token* toks, int64_t tokens, int64_t blocks) {
+  thread_local std::vector<int32_t> offset;
+  thread_local std::vector<float> dsum;
+  thread_local std::vector<LaneToken> lanes;
+  if (static_cast<int64_t>(offset.size()) < tokens * blocks) offset.resize(tokens * blocks);  // grows, then stays
+  if (static_cast<int64_t>(dsum.size()) < tokens * blocks) dsum.resize(tokens * blocks);
+  if (static_cast<int64_t>(lanes.size()) < tokens) lanes.resize(tokens);
+  for (int64_t t = 0; t < tokens; ++t) {
+    lane_terms<F>(offset.data() + t * blocks, dsum.data() + t * blocks, toks[t].s, toks[t].d, blocks);
+    lanes[t] = {toks[t].q, toks[t].d, offset.data() + t * blocks, dsum.data() + t * blocks};
+  }
+  return lanes.data();
+}
+
 // Tokens per tile: every weight block decoded serves this many tokens.
 constexpr int kQ8TileTokens = 4;
 // How far ahead of the rows being read the integer products request rows: three times the float
@@ -365,6 +415,17 @@ inline void q8_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride
     toks[t] = {xq.data() + t * in, xd.data() + t * (in / G), xs.data() + t * (in / 16)};
     quantize_q8(xq.data() + t * in, xd.data() + t * (in / G), xs.data() + t * (in / 16), x + t * x_stride, in, G);
   }
+#if defined(PYRUNTIME_VEC_AVX512)
+  if constexpr (vnni::kHasLaneDot<F>)
+    if (vnni::available())  // a row per lane (linear_q8_lanes.h)
+      return vnni::lane_rows<F>(y, y_stride, Accumulate, lane_tokens<F>(toks.data(), tokens, in / G), w, tokens,
+                                in, row_begin, row_end);
+#endif
+#if defined(PYRUNTIME_Q8_SIMD)
+  if constexpr (lanes8::kHasLaneDot<F>)
+    return lanes8::lane_rows<F>(y, y_stride, Accumulate, lane_tokens<F>(toks.data(), tokens, in / G), w, tokens,
+                                in, row_begin, row_end);
+#endif
   const int64_t blocks = in / Block<F>::kValues;
   // R rows side by side, every row's tokens in tiles of up to kQ8TileTokens; the first tile of a
   // block of rows prefetches the rows ahead.

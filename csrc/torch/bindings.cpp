@@ -241,7 +241,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("int8_activations") = true)
       .def("forward", &pyruntime::EngineHandle::forward, py::arg("tokens"), py::arg("positions"),
            py::arg("rows"), py::arg("k_cache"), py::arg("v_cache"), py::arg("logits"),
-           py::arg("first_logit"), py::call_guard<py::gil_scoped_release>())
+           py::arg("first_logit"), py::arg("prompt") = false, py::call_guard<py::gil_scoped_release>())
       .def("set_profiling", &pyruntime::EngineHandle::set_profiling)
       .def("profile", &pyruntime::EngineHandle::profile)
       .def_property_readonly("spec", &pyruntime::EngineHandle::spec)
@@ -251,7 +251,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("layer_slots", &pyruntime::EngineHandle::layer_slots,
                              "positions each layer's KV cache keeps per sequence (a ring on sliding-window layers)")
       .def_property_readonly("int8_activations", &pyruntime::EngineHandle::int8_activations,
-                             "Q4_0, Q8_0, Q4_K, Q5_K, Q6_K products against activations quantised to 8 bits");
+                             "Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K products against activations quantised to 8 bits");
 #ifdef PYRUNTIME_WITH_CUDA
   py::class_<pyruntime::CudaEngineHandle>(m, "CudaEngine",
                                           "whole forward steps on a CUDA device, decode steps as CUDA graphs")

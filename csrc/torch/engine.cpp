@@ -133,7 +133,7 @@ EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dt
 
 void EngineHandle::forward(const at::Tensor& tokens, const at::Tensor& positions,
                            const at::Tensor& rows, at::Tensor& k_cache, at::Tensor& v_cache,
-                           at::Tensor& logits, int64_t first_logit) {
+                           at::Tensor& logits, int64_t first_logit, bool prompt) {
   const cpu::EngineSpec& s = engine_->spec();
   const int64_t n = check_inputs(tokens, positions, rows, s.max_tokens, first_logit, "Engine");
   const int64_t cache_rows = check_outputs(k_cache, v_cache, logits, s, engine_->cache_row_elements(), kv_dtype_,
@@ -142,7 +142,7 @@ void EngineHandle::forward(const at::Tensor& tokens, const at::Tensor& positions
   try {
     engine_->forward(tokens.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
                      rows.data_ptr<int64_t>(), n, k_cache.data_ptr(), v_cache.data_ptr(),
-                     cache_rows, logits.data_ptr<float>(), first_logit);
+                     cache_rows, logits.data_ptr<float>(), first_logit, prompt);
   } catch (const InvalidArgument& e) {
     TORCH_CHECK_VALUE(false, e.what());
   }

@@ -27,8 +27,9 @@ class EngineHandle {
                bool int8_activations = true);
   const ModelSpec& spec() const { return spec_; }
 
+  // prompt: cpu::Engine::forward's (float32 activations for a prompt's tokens).
   void forward(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& rows,
-               at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& logits, int64_t first_logit);
+               at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& logits, int64_t first_logit, bool prompt);
   // Switching profiling on clears the events recorded so far.
   void set_profiling(bool on);
   // (call, layer, op, begin_ns, end_ns) of every forward call since profiling was switched on.

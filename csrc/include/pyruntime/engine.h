@@ -105,9 +105,9 @@ struct EngineLayer {
 struct EngineSpec : EngineShape {
   DType kv_dtype = DType::Float32;              // float32 or bfloat16
   int threads = 0;          // 0: the OpenMP default
-  // Decode products (calls of up to kMaxRowTileTokens tokens) of Q4_0, Q8_0, Q4_K, Q5_K and
-  // Q6_K matrices in integers against activations quantised to 8 bits per block
-  // (csrc/cpu/linear_q8.h); false: float32 activations. Prompt chunks always take float32.
+  // Decode products (calls of up to kMaxRowTileTokens tokens, not marked as a prompt) of Q4_0,
+  // Q4_1, Q8_0, Q4_K, Q5_K and Q6_K matrices in integers against activations quantised to 8
+  // bits per block (csrc/cpu/linear_q8.h); false: float32 activations. Prompts always take float32.
   bool int8_activations = true;
   const float* cos_sin = nullptr;  // [max_seq, rot_dim]: cos half, then sin half
   Matrix embed;                    // [vocab, H]
@@ -172,9 +172,12 @@ class Engine {
   // first_logit..n-1.
   // \param k_cache, v_cache every layer's [cache_rows, Hkv, layer_slots(l), D] of
   //        spec.kv_dtype, one layer after another: cache_rows * cache_row_elements() values
+  // \param prompt the tokens are (a chunk of) a prompt: float32 activations in every product
+  //        whatever spec.int8_activations, so that a prompt's K/V and logits are the same
+  //        whether a cached prefix came before it or not (decode steps: false)
   void forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
-               int64_t first_logit);
+               int64_t first_logit, bool prompt = false);
 
   const EngineSpec& spec() const;
   // Positions layer l's cache keeps per sequence (kv_slots of its window).
