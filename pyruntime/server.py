@@ -307,6 +307,26 @@ def _logprobs(kind: str, items, offset: int = 0) -> dict:
             "top_logprobs": [{text: lp for _, text, lp in t.top_logprobs} for t in items], "text_offset": offsets}
 
 
+class _NameTheReplica:
+    """Adds the header x-pyruntime-replica (which process answered: Ray replicas) to every HTTP
+    response. A plain ASGI middleware: Starlette's @app.middleware("http") would pass every
+    chunk of a stream through an extra task and queue."""
+
+    def __init__(self, app, replica: str):
+        self.app, self.header = app, (b"x-pyruntime-replica", replica.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
 def create_app(llm: LLM, model_name: str, max_batch: int = 16, api_key: str | None = None) -> FastAPI:
     """The FastAPI app serving llm as `model_name`; app.state.server is its OpenAIServer."""
     server = OpenAIServer(llm, model_name, max_batch, api_key)
@@ -327,13 +347,7 @@ def create_app(llm: LLM, model_name: str, max_batch: int = 16, api_key: str | No
 
     app = FastAPI(title="pyruntime", lifespan=lifespan)
     app.state.server = server
-    replica = f"{socket.gethostname()}:{os.getpid()}"
-
-    @app.middleware("http")
-    async def name_the_replica(http: HTTPRequest, call_next):  # which process answered (Ray replicas)
-        response = await call_next(http)
-        response.headers["x-pyruntime-replica"] = replica
-        return response
+    app.add_middleware(_NameTheReplica, replica=f"{socket.gethostname()}:{os.getpid()}")
 
     @app.exception_handler(APIError)
     async def api_error(_, exc: APIError):
