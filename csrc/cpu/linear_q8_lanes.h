@@ -69,22 +69,17 @@ PYRUNTIME_LANES_TARGET inline VecI flip_sign_bits(VecI v) {
 }
 PYRUNTIME_LANES_TARGET inline VecI load_offsets(const int32_t* o) { return _mm512_load_si512(o); }
 
-PYRUNTIME_LANES_TARGET inline void transpose(VecI t[4], const uint8_t* const* rows, int64_t off) {
-  __m512i z[4];  // z[i] 128-bit lane j: row 4j + i
-  for (int i = 0; i < 4; ++i) {
-    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + off)));
-    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[4 + i] + off)), 1);
-    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[8 + i] + off)), 2);
-    z[i] = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[12 + i] + off)), 3);
-  }
-  // The 4 x 4 transpose of 32-bit words inside each 128-bit lane.
-  const __m512i a = _mm512_unpacklo_epi32(z[0], z[1]), b = _mm512_unpackhi_epi32(z[0], z[1]);
-  const __m512i c = _mm512_unpacklo_epi32(z[2], z[3]), d = _mm512_unpackhi_epi32(z[2], z[3]);
-  t[0] = _mm512_unpacklo_epi64(a, c);
-  t[1] = _mm512_unpackhi_epi64(a, c);
-  t[2] = _mm512_unpacklo_epi64(b, d);
-  t[3] = _mm512_unpackhi_epi64(b, d);
+// 128-bit lane j: the 16 bytes at rows[4j + i] + off.
+PYRUNTIME_LANES_TARGET inline VecI rows_of(const uint8_t* const* rows, int i, int64_t off) {
+  __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + off)));
+  v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[4 + i] + off)), 1);
+  v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[8 + i] + off)), 2);
+  return _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[12 + i] + off)), 3);
 }
+PYRUNTIME_LANES_TARGET inline VecI unpacklo32(VecI a, VecI b) { return _mm512_unpacklo_epi32(a, b); }
+PYRUNTIME_LANES_TARGET inline VecI unpackhi32(VecI a, VecI b) { return _mm512_unpackhi_epi32(a, b); }
+PYRUNTIME_LANES_TARGET inline VecI unpacklo64(VecI a, VecI b) { return _mm512_unpacklo_epi64(a, b); }
+PYRUNTIME_LANES_TARGET inline VecI unpackhi64(VecI a, VecI b) { return _mm512_unpackhi_epi64(a, b); }
 
 PYRUNTIME_LANES_TARGET inline VecI block_dot(const VecI w[8], const int8_t* xq, int32_t start) {
   __m512i s = _mm512_set1_epi32(start);
@@ -138,18 +133,14 @@ inline VecI high_nibbles(VecI v) { return _mm256_and_si256(_mm256_srli_epi16(v, 
 inline VecI flip_sign_bits(VecI v) { return _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80))); }
 inline VecI load_offsets(const int32_t* o) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(o)); }
 
-inline void transpose(VecI t[4], const uint8_t* const* rows, int64_t off) {
-  __m256i z[4];  // z[i] 128-bit lane j: row 4j + i
-  for (int i = 0; i < 4; ++i)
-    z[i] = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[4 + i] + off)),
-                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + off)));
-  const __m256i a = _mm256_unpacklo_epi32(z[0], z[1]), b = _mm256_unpackhi_epi32(z[0], z[1]);
-  const __m256i c = _mm256_unpacklo_epi32(z[2], z[3]), d = _mm256_unpackhi_epi32(z[2], z[3]);
-  t[0] = _mm256_unpacklo_epi64(a, c);
-  t[1] = _mm256_unpackhi_epi64(a, c);
-  t[2] = _mm256_unpacklo_epi64(b, d);
-  t[3] = _mm256_unpackhi_epi64(b, d);
+inline VecI rows_of(const uint8_t* const* rows, int i, int64_t off) {
+  return _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[4 + i] + off)),
+                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + off)));
 }
+inline VecI unpacklo32(VecI a, VecI b) { return _mm256_unpacklo_epi32(a, b); }
+inline VecI unpackhi32(VecI a, VecI b) { return _mm256_unpackhi_epi32(a, b); }
+inline VecI unpacklo64(VecI a, VecI b) { return _mm256_unpacklo_epi64(a, b); }
+inline VecI unpackhi64(VecI a, VecI b) { return _mm256_unpackhi_epi64(a, b); }
 
 // The eight products summed in int16 (|w| < 16, |x| <= 127: at most 8 * 2 * 15 * 127 = 30480,
 // exact), then widened.
