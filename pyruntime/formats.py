@@ -17,8 +17,8 @@ precisions an LLM can run at (dtype= of pyruntime.LLM: a weight format and a KV 
 Decode steps multiply q4_0, q4_1, q8_0, q4_k, q5_k and q6_k matrices in integers on the CPU (by
 default; int8_activations=False keeps float32): the activations are quantized to 8 bits in
 groups of `activation_group` values first, as llama.cpp does (quantize_activations is the
-definition). Prompts keep float32 activations (so a prompt's K/V do not depend on whether its
-prefix came from the cache); so do decode calls of more than 16 tokens.
+definition). Prompts keep float32 activations (a prompt's tokens get them however much of the
+prompt came from the cache); so do decode calls of more than 16 tokens.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 // Integer products of GGUF block rows (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) with activations quantised
-// to 8 bits, as llama.cpp does, for decode calls (prompt chunks of more than kMaxRowTileTokens
-// tokens take the float32 GEMM, faster on these CPUs with 256-bit integer instructions): each
-// token's x is cut into groups of Q8Dot<F>::kGroup values
+// to 8 bits, as llama.cpp does, for decode calls (prompts, and calls of more than
+// kMaxRowTileTokens tokens, keep float32 activations): each token's x is cut into groups of
+// Q8Dot<F>::kGroup values
 // (32 for the 32-value formats, 256 for the k-quants), each group stored as int8 with one float
 // scale (the group's largest |x| maps to 127, rounded to nearest even) and the sums of every 16
 // of its values. A block's dot product is then exact integer arithmetic on the block's own
@@ -9,9 +9,10 @@
 // scaled once per block by the weight's and the activation's float scales; the k-quants' mins
 // and the 32-value formats' offsets come from the activation sums. The SIMD levels use AVX2's
 // 256-bit integer instructions (also on the AVX-512 levels); the scalar level the same integer
-// arithmetic in plain C++, so every level computes the same sums. On CPUs with AVX512-VNNI,
-// Q4_0, Q4_1 and Q8_0 take linear_q8_lanes.h's kernel instead (a weight row per vector lane:
-// the same integer sums, one decoding of each block for every token of the call).
+// arithmetic in plain C++, so every level computes the same sums. On the SIMD levels Q4_0 and
+// Q4_1 (and Q8_0 where the CPU has AVX512-VNNI) take linear_q8_lanes.h's kernels instead (a
+// weight row per vector lane: the same integer sums, one decoding of each block for every
+// token of the call).
 // Block layouts: block_rows.h (ggml-common.h's block_q4_0 ...).
 #pragma once
 
@@ -397,8 +398,9 @@ constexpr int64_t kQ8PrefetchAheadBytes = 3 * kPrefetchAheadBytes;
 
 // y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and every token (a decode
 // call's few): x quantised (by every thread for itself: a few thousand values, no barrier), then
-// each row times the tokens in tiles of kQ8TileTokens. Each token's sum runs in the same order
-// whatever the batch.
+// the lane kernels where the format and CPU have one (every token against each group of rows),
+// else each row times the tokens in tiles of kQ8TileTokens. Each token's sum runs in the same
+// order whatever the batch.
 template <bool Accumulate, WeightFormat F>
 inline void q8_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const BlockRows<F>& w,
                     int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end) {

@@ -3,8 +3,8 @@
 // registers so that lane r holds four values of row r, and each token's four 8-bit activations
 // broadcast to every lane (vpdpbusd with a broadcast operand: 64 multiply-adds in one
 // instruction; with AVX2, vpmaddubsw into exact int16 sums, then vpmaddwd). A transposed block
-// serves every token of the call, and a token then costs eight multiply-adds and two or three
-// float operations per block and kLanes rows: a batch of decode streams shares one decoding of
+// serves every token of the call, and a token then costs eight vpdpbusd (AVX2: eight vpmaddubsw,
+// their int16 adds and one vpmaddwd) and two or three float operations per block and kLanes rows: a batch of decode streams shares one decoding of
 // the weights. Lane r's sum runs over the blocks in order whatever the number of tokens or the
 // other rows of its group, so a row's result for a token never depends on the batch.
 // VNNI: Q4_0, Q4_1, Q8_0 (read as unsigned w + 128, the offset taken off through the

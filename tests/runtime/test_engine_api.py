@@ -68,8 +68,8 @@ def test_a_prompt_after_its_cached_prefix_keeps_float_activations():
     # A prompt's last few tokens prefilled after its cached prefix go through the decode-sized
     # products, but as a prompt: float32 activations, the logits of one whole prefill to the
     # float rounding. The same tokens as decode steps take the 8-bit activations: visibly apart.
-    eng = pyruntime.LLM(MODEL, progress=False).engine
-    ids = torch.tensor(pyruntime.LLM(MODEL, progress=False).tokenizer.encode(TEXT))
+    llm = pyruntime.LLM(MODEL, progress=False)  # its own: the rows below are not its cached ones
+    eng, ids = llm.engine, torch.tensor(llm.tokenizer.encode(TEXT))
     n = len(ids)
     eng.ensure_rows(3)
     whole = eng.prefill(ids, 0, 0, all_logits=True)[-5:]

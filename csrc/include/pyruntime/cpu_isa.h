@@ -39,9 +39,10 @@ Isa active_isa();
 // naming the missing features when this CPU cannot run it.
 void set_active_isa(Isa isa);
 
-// The special paths a level takes inside its products, where the CPU has them: int8 weights
-// times int16 activations with AVX512-VNNI (PYRUNTIME_NO_VNNI=1 turns it off), bf16 prefill
-// products on AMX tiles (PYRUNTIME_NO_AMX=1 turns it off).
+// The special paths a level takes inside its products, where the CPU has them: AVX512-VNNI
+// (int8 weights times int16 activations, and the Q4_0/Q4_1/Q8_0 decode products with a weight
+// row per 512-bit lane; PYRUNTIME_NO_VNNI=1 turns it off), bf16 prefill products on AMX tiles
+// (PYRUNTIME_NO_AMX=1 turns it off).
 struct KernelPaths {
   bool int8_vnni = false;
   bool bf16_amx = false;

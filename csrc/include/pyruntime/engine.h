@@ -173,8 +173,8 @@ class Engine {
   // \param k_cache, v_cache every layer's [cache_rows, Hkv, layer_slots(l), D] of
   //        spec.kv_dtype, one layer after another: cache_rows * cache_row_elements() values
   // \param prompt the tokens are (a chunk of) a prompt: float32 activations in every product
-  //        whatever spec.int8_activations, so that a prompt's K/V and logits are the same
-  //        whether a cached prefix came before it or not (decode steps: false)
+  //        whatever spec.int8_activations, so that a prompt's tokens get them however much of
+  //        the prompt was cached before (decode steps: false)
   void forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
                int64_t first_logit, bool prompt = false);
