@@ -131,17 +131,10 @@ struct Q8Dot<WeightFormat::Q4_0> {  // d * (q - 8): sum = d dx (q . xq - 8 sum x
   static constexpr int kGroup = 32;
   template <int NT>
   static void block(const uint8_t* blk, const Q8Token* x, int64_t b, Q8Acc* acc) {
-    const float dw = f16_at(blk);
 #if defined(PYRUNTIME_Q8_SIMD)
-    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
-    for (int i = 0; i < NT; ++i) {
-      __m256i dot = dot_u8s8(q, load256(x[i].q + 32 * b));
-      const int off = -8 * (x[i].s[2 * b] + x[i].s[2 * b + 1]);
-      dot = _mm256_add_epi32(dot, _mm256_zextsi128_si256(_mm_cvtsi32_si128(off)));
-      acc[i] = _mm256_fmadd_ps(cvt(dot), _mm256_set1_ps(dw * x[i].d[b]), acc[i]);
-    }
+    static_assert(NT < 0, "on the SIMD levels this format takes the lane kernels (linear_q8_lanes.h)");
 #else
+    const float dw = f16_at(blk);
     for (int i = 0; i < NT; ++i) {
       const int8_t* xq = x[i].q + 32 * b;
       int sum = 0;
@@ -157,18 +150,10 @@ struct Q8Dot<WeightFormat::Q4_1> {  // d * q + m: sum = d dx (q . xq) + m dx sum
   static constexpr int kGroup = 32;
   template <int NT>
   static void block(const uint8_t* blk, const Q8Token* x, int64_t b, Q8Acc* acc) {
-    const float dw = f16_at(blk), mw = f16_at(blk + 2);
 #if defined(PYRUNTIME_Q8_SIMD)
-    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
-    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
-    for (int i = 0; i < NT; ++i) {
-      const __m256i dot = dot_u8s8(q, load256(x[i].q + 32 * b));
-      const float dx = x[i].d[b];
-      const float min_term = mw * (dx * static_cast<float>(x[i].s[2 * b] + x[i].s[2 * b + 1]));
-      acc[i] = _mm256_fmadd_ps(cvt(dot), _mm256_set1_ps(dw * dx), acc[i]);
-      acc[i] = _mm256_add_ps(acc[i], _mm256_zextps128_ps256(_mm_set_ss(min_term)));
-    }
+    static_assert(NT < 0, "on the SIMD levels this format takes the lane kernels (linear_q8_lanes.h)");
 #else
+    const float dw = f16_at(blk), mw = f16_at(blk + 2);
     for (int i = 0; i < NT; ++i) {
       const int8_t* xq = x[i].q + 32 * b;
       int sum = 0;
@@ -396,6 +381,41 @@ constexpr int kQ8TileTokens = 4;
 // 12 KiB 23.8, 32 KiB 23.0; no prefetch 15.0).
 constexpr int64_t kQ8PrefetchAheadBytes = 3 * kPrefetchAheadBytes;
 
+// y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and the quantised tokens,
+// each row times the tokens in tiles of kQ8TileTokens (q8_rows' general kernel).
+template <bool Accumulate, WeightFormat F>
+inline void q8_tiles(float* y, int64_t y_stride, const Q8Token* toks, const BlockRows<F>& w, int64_t tokens,
+                     int64_t in, int64_t row_begin, int64_t row_end) {
+  const int64_t blocks = in / Block<F>::kValues;
+  // R rows side by side, every row's tokens in tiles of up to kQ8TileTokens; the first tile of a
+  // block of rows prefetches the rows ahead.
+  const auto row_block = [&](auto rows_c, int64_t r) {
+    constexpr int R = decltype(rows_c)::value;
+    const int64_t block_bytes = R * BlockRows<F>::row_bytes(in);
+    const int64_t ahead = R * ((kQ8PrefetchAheadBytes + block_bytes - 1) / block_bytes);
+    const BlockRows<F> rows = w.from(r);
+    for (int64_t t0 = 0; t0 < tokens; t0 += kQ8TileTokens) {
+      float* yt = y + t0 * y_stride + r;
+      const Q8Token* xt = toks + t0;
+      auto tile = [&](auto nt) {
+        constexpr int NT = decltype(nt)::value;
+        t0 == 0 ? q8_tile<R, NT, Accumulate, true>(yt, y_stride, xt, rows, blocks, ahead)
+                : q8_tile<R, NT, Accumulate, false>(yt, y_stride, xt, rows, blocks, ahead);
+      };
+      switch (std::min<int64_t>(kQ8TileTokens, tokens - t0)) {
+        case 4: tile(std::integral_constant<int, 4>{}); break;
+        case 3: tile(std::integral_constant<int, 3>{}); break;
+        case 2: tile(std::integral_constant<int, 2>{}); break;
+        default: tile(std::integral_constant<int, 1>{}); break;
+      }
+    }
+  };
+  int64_t r = row_begin;
+  if (tokens == 1)  // one token: four rows side by side (the accumulators fit the registers)
+    for (; r + 4 <= row_end; r += 4) row_block(std::integral_constant<int, 4>{}, r);
+  for (; r < row_end; ++r) row_block(std::integral_constant<int, 1>{}, r);
+}
+
 // y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and every token (a decode
 // call's few): x quantised (by every thread for itself: a few thousand values, no barrier), then
 // the lane kernels where the format and CPU have one (every token against each group of rows),
@@ -427,35 +447,9 @@ inline void q8_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride
   if constexpr (lanes8::kHasLaneDot<F>)
     return lanes8::lane_rows<F>(y, y_stride, Accumulate, lane_tokens<F>(toks.data(), tokens, in / G), w, tokens,
                                 in, row_begin, row_end);
+  else
 #endif
-  const int64_t blocks = in / Block<F>::kValues;
-  // R rows side by side, every row's tokens in tiles of up to kQ8TileTokens; the first tile of a
-  // block of rows prefetches the rows ahead.
-  const auto row_block = [&](auto rows_c, int64_t r) {
-    constexpr int R = decltype(rows_c)::value;
-    const int64_t block_bytes = R * BlockRows<F>::row_bytes(in);
-    const int64_t ahead = R * ((kQ8PrefetchAheadBytes + block_bytes - 1) / block_bytes);
-    const BlockRows<F> rows = w.from(r);
-    for (int64_t t0 = 0; t0 < tokens; t0 += kQ8TileTokens) {
-      float* yt = y + t0 * y_stride + r;
-      const Q8Token* xt = toks.data() + t0;
-      auto tile = [&](auto nt) {
-        constexpr int NT = decltype(nt)::value;
-        t0 == 0 ? q8_tile<R, NT, Accumulate, true>(yt, y_stride, xt, rows, blocks, ahead)
-                : q8_tile<R, NT, Accumulate, false>(yt, y_stride, xt, rows, blocks, ahead);
-      };
-      switch (std::min<int64_t>(kQ8TileTokens, tokens - t0)) {
-        case 4: tile(std::integral_constant<int, 4>{}); break;
-        case 3: tile(std::integral_constant<int, 3>{}); break;
-        case 2: tile(std::integral_constant<int, 2>{}); break;
-        default: tile(std::integral_constant<int, 1>{}); break;
-      }
-    }
-  };
-  int64_t r = row_begin;
-  if (tokens == 1)  // one token: four rows side by side (the accumulators fit the registers)
-    for (; r + 4 <= row_end; r += 4) row_block(std::integral_constant<int, 4>{}, r);
-  for (; r < row_end; ++r) row_block(std::integral_constant<int, 1>{}, r);
+    q8_tiles<Accumulate>(y, y_stride, toks.data(), w, tokens, in, row_begin, row_end);
 }
 
 }  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail
