@@ -1,7 +1,10 @@
 """Builds pyruntime._C from csrc/sources.txt (the list CMakeLists.txt reads too).
 
-The CPU kernels are compiled for every instruction-set level (csrc/cpu/kernels_<isa>.cpp) and
-chosen at run time, so one build runs on any x86-64 CPU.
+The CPU kernels (csrc/cpu: every instruction-set level, csrc/cpu/kernels_<isa>.cpp, chosen at
+run time, so one build runs on any x86-64 CPU) are built by CMake, as the static library that
+the C++ tests and benchmarks link too (in build/; build-asan/ under PYRUNTIME_SANITIZE,
+build-debug/ under PYRUNTIME_DEBUG), and linked into the extension: compiled once for both. The
+extension compiles the torch bindings (csrc/torch) and, with a CUDA torch, the CUDA kernels.
 
 Environment switches:
   PYRUNTIME_CUDA      auto (default: when torch has CUDA), 0 or 1
@@ -12,6 +15,9 @@ Build without isolation (it would download another torch):
 """
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -22,6 +28,38 @@ CSRC = ROOT / "csrc"
 def read_sources():
     lines = (CSRC / "sources.txt").read_text().splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def cmake_build():
+    """(build folder, CMake arguments) of the CPU kernels library for this build's switches.
+    scripts/test.sh configures build/ and build-asan/ with the same arguments."""
+    if os.environ.get("PYRUNTIME_SANITIZE") == "1":
+        return ROOT / "build-asan", ["-DCMAKE_BUILD_TYPE=Debug", "-DCMAKE_CXX_FLAGS_DEBUG=-O0 -g1",
+                                     "-DPYRUNTIME_SANITIZE=ON", "-DPYRUNTIME_CUDA=OFF"]
+    if os.environ.get("PYRUNTIME_DEBUG") == "1":
+        return ROOT / "build-debug", ["-DCMAKE_BUILD_TYPE=Debug", "-DCMAKE_CXX_FLAGS_DEBUG=-O0 -g"]
+    return ROOT / "build", ["-DCMAKE_BUILD_TYPE=Release"]
+
+
+def kernels_library() -> Path:
+    folder, _ = cmake_build()
+    return folder / "libpyruntime_kernels.a"
+
+
+def build_kernels_library() -> None:
+    """Configures and builds the CMake target pyruntime_kernels (incremental: ninja rebuilds
+    only what changed)."""
+    folder, args = cmake_build()
+    # cmake and ninja from this environment first (pip's ninja, a pip cmake), then PATH.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    for tool in ("cmake", "ninja"):
+        if shutil.which(tool, path=env["PATH"]) is None:
+            raise SystemExit(f"building pyruntime needs {tool} (pip install {tool}, or the system package)")
+    subprocess.check_call(["cmake", "-S", str(ROOT), "-B", str(folder), "-G", "Ninja", *args],
+                          stdout=subprocess.DEVNULL, env=env)
+    jobs = os.environ.get("MAX_JOBS")
+    subprocess.check_call(["cmake", "--build", str(folder), "--target", "pyruntime_kernels",
+                           *(["-j", jobs] if jobs else [])], env=env)
 
 
 def extension():
@@ -35,11 +73,11 @@ def extension():
     if want_cuda == "0":
         with_cuda = False
 
-    sources = [s for s in read_sources() if with_cuda or not s.endswith(".cu")]
+    sources = [s for s in read_sources() if s.startswith("torch/") or (with_cuda and s.endswith(".cu"))]
     debug = os.environ.get("PYRUNTIME_DEBUG") == "1"
     sanitize = os.environ.get("PYRUNTIME_SANITIZE") == "1"
-    # -O0 with line tables under the sanitizers: the instrumented kernels of every level take
-    # ~6 min to compile at -O1 against ~2 min (their tests then run ~1.5 min longer).
+    # The bindings as the kernels library (cmake_build): -O0 with line tables under the
+    # sanitizers, whose instrumented kernels of every level take minutes longer to compile at -O1.
     opt = "-O0" if debug or sanitize else "-O3"
     cxx = [opt, "-g" if debug else "-g1" if sanitize else "-g0", "-fopenmp"]  # the C++ standard: torch's
     ldflags = ["-fopenmp"]
@@ -53,6 +91,8 @@ def extension():
         include_dirs=[str(CSRC / "include")],
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]} if with_cuda else {"cxx": cxx},
         extra_link_args=ldflags,
+        extra_objects=[str(kernels_library())],
+        depends=[str(kernels_library())],  # relinked when the library changes
         define_macros=[("PYRUNTIME_WITH_CUDA", "1")] if with_cuda else [],
     )
     return (CUDAExtension if with_cuda else CppExtension)(**kwargs)
@@ -61,9 +101,14 @@ def extension():
 def main():
     from torch.utils.cpp_extension import BuildExtension
 
+    class Build(BuildExtension):
+        def build_extensions(self):
+            build_kernels_library()
+            super().build_extensions()
+
     setup(
         ext_modules=[extension()],
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        cmdclass={"build_ext": Build.with_options(use_ninja=True)},
     )
 
 

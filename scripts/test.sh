@@ -17,6 +17,8 @@ log=build.log
 step() { echo "== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 fail() { tail -60 "$log"; exit 1; }
 
+# build/ and build-asan/ are configured with the arguments setup.py uses (its cmake_build), so
+# the kernels library that ./setup.sh built for the extension is the one the C++ tests link.
 step "C++ library and tests (build/)"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >> "$log" 2>&1 || fail
 ninja -C build >> "$log" 2>&1 || fail
@@ -42,7 +44,7 @@ if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
   ninja -C build-asan test_kernels test_engine >> "$log" 2>&1 || fail
   (cd build-asan && ctest --output-on-failure)
 
-  step "Python kernel and runtime tests against an ASan + UBSan extension (build-asan-py/)"
+  step "Python kernel and runtime tests against an ASan + UBSan extension (build-asan-py/, linking build-asan/)"
   PYRUNTIME_SANITIZE=1 MAX_JOBS=${MAX_JOBS:-2} $PY setup.py -q build_ext --build-temp build-asan-py/tmp \
     --build-lib build-asan-py/lib >> "$log" 2>&1 || fail
   so=$(ls build-asan-py/lib/pyruntime/_C*.so)

@@ -8,6 +8,9 @@ import threading
 import pytest
 import torch
 
+import pyruntime
+from tests.conftest import MODEL
+
 
 def chat(llm, text):
     return llm.render_chat([{"role": "user", "content": text}])
@@ -78,7 +81,13 @@ def rss_kb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def test_1000_generate_calls_do_not_grow_memory(llm):
+@pytest.fixture(scope="module")
+def llm_native():
+    return pyruntime.LLM(MODEL, progress=False)  # the bundled GGUF in its own types, as users run it
+
+
+def test_1000_generate_calls_do_not_grow_memory(llm_native):
+    llm = llm_native
     prompts = ["Hi", "The sky is", "One two three", "Paris is"]
     llm.generate(prompts[0], max_new_tokens=2)
     gc.collect()
