@@ -4,6 +4,7 @@
 
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "block_rows.h"
 #include "vec.h"
@@ -110,6 +111,23 @@ inline void linear_tile(float* y, int64_t y_stride, const float* x, int64_t x_st
   store_tile<R, NT, Accumulate>(y, y_stride, acc, y_row_step);
 }
 
+// out[r * in + i] = value i of row r of w for r < R: GGUF blocks decoded to float32 as the
+// tiles decode them (B::View::at), prefetching the rows `ahead` further on as the tiles do.
+template <int R, WeightFormat F>
+inline void decode_block_rows(float* out, const BlockRows<F>& w, int64_t in, int64_t ahead) {
+  using B = typename BlockRows<F>::B;
+  constexpr int W = VecF::W;
+  const int64_t blocks = in / B::kValues;
+  for (int64_t b = 0; b < blocks; ++b) {
+    if ((b * B::kBytes) % 64 < B::kBytes)  // once per 64-byte line of each row ahead
+      for (int r = 0; r < R; ++r) __builtin_prefetch(w.block(ahead + r, b), 0, 3);
+    for (int r = 0; r < R; ++r) {
+      const typename B::View view(w.block(r, b));
+      for (int j = 0; j < B::kValues; j += W) view.at(j).store(out + r * in + b * B::kValues + j);
+    }
+  }
+}
+
 // R rows [r, r + R) times every token, four (int8: two) tokens at a time: the rows stay in L1 while
 // the tokens stream past (a prefill chunk reads each weight once). The first group of
 // tokens prefetches the rows ahead (prefetch_rows_ahead).
@@ -118,6 +136,28 @@ inline void linear_row_block(float* y, int64_t y_stride, const float* x, int64_t
                              const Rows& w, int64_t tokens, int64_t in, int64_t ahead, int64_t y_row_step = 1) {
   // int8 tiles hold a partial sum per accumulator too: fewer tokens per tile keep both in registers.
   constexpr int kTokens = IsGrouped<Rows>::value ? 2 : 4;
+  if constexpr (IsBlockRows<Rows>::value) {
+    if (tokens > kTokens) {
+      // More tokens than a tile takes: the R rows decoded to float32 once, not once per tile,
+      // then the float tiles over them: the same FMAs in the same order (a block's values W at
+      // a time, blocks in order), so the same sums as the block tiles give.
+      thread_local std::vector<float> decoded;
+      if (static_cast<int64_t>(decoded.size()) < R * in) decoded.resize(R * in);  // grows, then stays
+      decode_block_rows<R>(decoded.data(), w, in, ahead);
+      const DenseRows<float> rows{decoded.data(), in};
+      for (int64_t t0 = 0; t0 < tokens; t0 += kTokens) {
+        const float* xt = x + t0 * x_stride;
+        float* yt = y + t0 * y_stride;
+        switch (tokens - t0 < kTokens ? tokens - t0 : kTokens) {
+          case 4: linear_tile<R, 4, Accumulate, false>(yt, y_stride, xt, x_stride, rows, in, 0, y_row_step); break;
+          case 3: linear_tile<R, 3, Accumulate, false>(yt, y_stride, xt, x_stride, rows, in, 0, y_row_step); break;
+          case 2: linear_tile<R, 2, Accumulate, false>(yt, y_stride, xt, x_stride, rows, in, 0, y_row_step); break;
+          default: linear_tile<R, 1, Accumulate, false>(yt, y_stride, xt, x_stride, rows, in, 0, y_row_step); break;
+        }
+      }
+      return;
+    }
+  }
   auto tile = [&](auto nt, auto prefetch, int64_t t0) {
     linear_tile<R, decltype(nt)::value, Accumulate, decltype(prefetch)::value>(
         y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w, in, ahead, y_row_step);

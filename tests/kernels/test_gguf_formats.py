@@ -137,6 +137,23 @@ def test_prompt_products_over_many_tokens_and_features(level, fmt):
     assert torch.equal(C.matrix_product(x[:40], m, True).double(), got[:40])
 
 
+@pytest.mark.parametrize("fmt", NATIVE_FORMATS)
+def test_products_of_a_few_tokens_with_float_activations(level, fmt):
+    # 1 to 16 tokens (a short prompt chunk, a decode step without 8-bit activations: the row
+    # tiles, not the GEMM; over 4 tokens the rows are decoded once for all the tiles): 37 rows
+    # (blocks of 4 and one left over) against float64 torch over gguf's dequantized weights, and
+    # every token's sums the same bits whatever the number of tokens beside it.
+    gen = np.random.default_rng(5)
+    m = random_blocks(fmt, 37, 512, gen)
+    x = torch.from_numpy(gen.standard_normal((16, 512)).astype(np.float32))
+    w = FORMATS[fmt].dequantize(m).double()
+    want, mag = x.double() @ w.T, x.double().abs() @ w.abs().T
+    alone = torch.cat([C.matrix_product(x[t : t + 1], m, False) for t in range(16)])
+    assert ((alone.double() - want).abs() <= 1e-5 * mag).all()
+    for n in (2, 4, 5, 8, 13, 16):
+        assert torch.equal(C.matrix_product(x[:n], m, False), alone[:n]), n
+
+
 @pytest.mark.parametrize("fmt", ["q4_k", "q8_0"])
 def test_wide_mlp_adds_every_piece_into_the_residual(level, fmt):
     # An intermediate size of 2560: the down projection of a prompt chunk adds its sums into the
