@@ -169,10 +169,45 @@ class CpuEngine(Engine):
         """(call, layer, op, begin_ns, end_ns) of every engine call since profiling was switched on."""
         return self.handle.profile()
 
-    def _forward(self, tokens, positions, rows, first_logit, prompt):
+    def _forward(self, tokens, positions, rows, first_logit, prompt, logit_tokens=None):
         logits = torch.empty(tokens.shape[0] - first_logit, self.spec.vocab)
-        self.handle.forward(tokens, positions, rows, self.cache.k, self.cache.v, logits, first_logit, prompt)
+        self.handle.forward(tokens, positions, rows, self.cache.k, self.cache.v, logits, first_logit, prompt,
+                            logit_tokens)
         return logits
+
+    @torch.inference_mode()
+    def prefill_many(self, chunks: list[tuple[torch.Tensor, int, int, bool]]) -> list[torch.Tensor | None]:
+        """Prompt chunks of several cache rows: (tokens int64 [T] of at most max_tokens, row,
+        start_pos, whether the last token's logits are wanted), each row in at most one chunk.
+        Each chunk's K/V and logits are bitwise those of prefill(tokens, row, start_pos), but
+        the chunks share engine calls, and so each read of the weights: those over
+        decode_group tokens together, the shorter ones together, up to max_tokens tokens and
+        decode_group logits a call (see the C++ Engine::forward). Returns each chunk's logits
+        [V] of its last token, or None where not wanted."""
+        out: list[torch.Tensor | None] = [None] * len(chunks)
+        if len({row for _, row, _, _ in chunks}) < len(chunks):
+            raise ValueError("prefill_many: each cache row in at most one chunk")
+        for long in (True, False):
+            todo = [i for i, c in enumerate(chunks) if (c[0].shape[0] > self.decode_group) == long]
+            while todo:
+                call, n, want = [], 0, 0
+                while todo and n + chunks[todo[0]][0].shape[0] <= self.max_tokens and want + chunks[todo[0]][3] <= self.decode_group:
+                    i = todo.pop(0)
+                    call.append(i)
+                    n += chunks[i][0].shape[0]
+                    want += bool(chunks[i][3])
+                if not call:
+                    raise ValueError(f"prefill_many: a chunk of {chunks[todo[0]][0].shape[0]} tokens "
+                                     f"(at most max_tokens = {self.max_tokens})")
+                tokens = torch.cat([chunks[i][0] for i in call])
+                positions = torch.cat([torch.arange(chunks[i][2], chunks[i][2] + chunks[i][0].shape[0]) for i in call])
+                rows = torch.cat([torch.full((chunks[i][0].shape[0],), chunks[i][1], dtype=torch.int64) for i in call])
+                ends = torch.tensor([chunks[i][0].shape[0] for i in call]).cumsum(0) - 1
+                picked = [j for j, i in enumerate(call) if chunks[i][3]]
+                logits = self._forward(tokens, positions, rows, n - len(picked), True, ends[picked].contiguous())
+                for row, j in zip(logits, picked):
+                    out[call[j]] = row
+        return out
 
     def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = super().kv(layer)

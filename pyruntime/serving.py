@@ -2,7 +2,9 @@
 and leave when they finish. The KV cache is a pool of `max_batch` slots (cache rows, each
 holding one sequence up to max_seq_len); a request takes a free slot for its whole life and
 gives it back the moment it finishes or is cancelled. Each step of the loop prefills up to one chunk's
-worth (256 tokens) of waiting prompts, then runs one decode step for every running sequence:
+worth (256 tokens) of waiting prompts (their chunks in shared engine calls, each chunk's K/V
+and logits bitwise what a call of its own would give), then runs one decode step for every
+running sequence:
 one engine call (in groups of 16 rows) that reads each weight once for all of them. A long
 prompt therefore delays the others' next token by one chunk at a time, never by its whole
 length. A sequence's tokens are the ones it would get alone: its prompt goes in the chunks it
@@ -219,23 +221,32 @@ class Scheduler:
         would have alone (max_tokens from its first uncached token), so that its K/V and first
         token are the same; its first token sampled when its last chunk is in."""
         budget = self.engine.max_tokens
+        chunks = []  # (request, first token, end)
         for req in running:
             if req.prefilled == len(req.prompt):
                 continue
             c0 = req.prefilled
             c1 = min(len(req.prompt), c0 + self.engine.max_tokens)
             if c1 - c0 > budget and budget < self.engine.max_tokens:
-                return
+                break
             budget -= c1 - c0
-            logits = self.engine.prefill(torch.tensor(req.prompt[c0:c1]), req.slot.row, c0)
+            chunks.append((req, c0, c1))
+            if budget <= 0:
+                break
+        if not chunks:
+            return
+        args = [(torch.tensor(req.prompt[c0:c1]), req.slot.row, c0, c1 == len(req.prompt)) for req, c0, c1 in chunks]
+        if hasattr(self.engine, "prefill_many"):  # the chunks share the reads of the weights
+            logits = self.engine.prefill_many(args)
+        else:
+            logits = [self.engine.prefill(tokens, row, c0) for tokens, row, c0, _ in args]
+        for (req, c0, c1), row_logits in zip(chunks, logits):
             req.prefilled = c1
             slot = req.slot
             slot.written = c1 if c0 == 0 else max(slot.written, c1)
             slot.ids = list(req.prompt[:c1])
             if c1 == len(req.prompt):
-                self._accept(req, logits)
-            if budget <= 0:
-                return
+                self._accept(req, row_logits)
 
     def _decode(self, running: list[Request]):
         batch = [r for r in running if r.prefilled == len(r.prompt) and r.seq.ids and not r.seq.finish_reason]

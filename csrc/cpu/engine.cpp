@@ -70,11 +70,13 @@ inline void with_rows(const Matrix& m, F&& f, bool int8_activations = false) {
 
 // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token: the one choice of product per format
 // and token count (prompt chunks: the GEMM with float32 activations; decode calls: the integer
-// products where w has them). \param packed gemm_pack_floats(in) floats of this thread's own
+// products where w has them). Every token's sums are the same whichever tokens share the call,
+// within one path. \param gemm the GEMM (more than kMaxRowTileTokens tokens; see run), else the
+// row tiles. \param packed gemm_pack_floats(in) floats of this thread's own
 template <bool Accumulate, typename Rows>
 inline void product_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
-                         int64_t tokens, int64_t in, int64_t r0, int64_t r1, float* packed) {
-  if (tokens > kMaxRowTileTokens) {
+                         int64_t tokens, int64_t in, int64_t r0, int64_t r1, float* packed, bool gemm) {
+  if (gemm) {
     if constexpr (detail::IsQ8BlockRows<Rows>::value)  // the plain block rows' GEMM
       detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, static_cast<const detail::BlockRows<Rows::kFormat>&>(w),
                                     tokens, in, r0, r1, packed);
@@ -107,7 +109,7 @@ struct EngineImpl final : Engine::Impl {
 
   void run(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
            void* k_cache_v, void* v_cache_v, int64_t cache_rows, float* logits,
-           int64_t first_logit, bool prompt) override {
+           int64_t first_logit, bool prompt, const int64_t* logit_tokens) override {
     const EngineSpec& s = spec;
     const bool int8_activations = s.int8_activations && !prompt;
     const int64_t H = s.hidden, I = s.inter, D = s.head_dim, Hq = s.num_heads, Hkv = s.num_kv_heads;
@@ -116,10 +118,25 @@ struct EngineImpl final : Engine::Impl {
     // K in key tiles where they fit evenly (see attention_internal.h); rows otherwise.
     const bool k_tiled = s.max_seq % detail::kTileKeys == 0;
     for (int64_t i = 0; i < n; ++i) seq_lens[i] = static_cast<int32_t>(positions[i] + 1);
-    // Over kMaxRowTileTokens consecutive positions of one cache row: the causal prefill kernel.
-    bool causal_chunk = n > kMaxRowTileTokens && !prefill_ws.empty();
-    for (int64_t i = 1; causal_chunk && i < n; ++i)
-      causal_chunk = rows[i] == rows[0] && positions[i] == positions[0] + i;
+    // The call's segments: runs of consecutive positions of one cache row (a prompt chunk, or
+    // several prompts' chunks side by side; a decode step's rows, one token each). A segment
+    // gets what it would get in a call of its own: over kMaxRowTileTokens tokens, the causal
+    // prefill attention over it alone, and (prompt calls) the GEMM whenever a segment of the
+    // call is that long, so a call of several long segments or of several short ones reads
+    // the weights once for all of them; the rest, decode attention token by token.
+    spans.clear();
+    int64_t longest = 0;
+    for (int64_t t0 = 0, t1; t0 < n; t0 = t1) {
+      for (t1 = t0 + 1; t1 < n && rows[t1] == rows[t0] && positions[t1] == positions[t1 - 1] + 1; ++t1) {
+      }
+      longest = std::max(longest, t1 - t0);
+      const bool causal = t1 - t0 > kMaxRowTileTokens && !prefill_ws.empty();
+      if (!causal && !spans.empty() && !spans.back().causal)
+        spans.back().end = t1;  // decode attention takes any tokens together
+      else
+        spans.push_back({t0, t1, causal});
+    }
+    const bool gemm = prompt ? longest > kMaxRowTileTokens : n > kMaxRowTileTokens;
     DecodePlan plan = plan_gqa_decode(seq_lens.data(), n, Hkv);
     for (size_t w = 0; w < windows.size(); ++w) {  // a window's splits may be more (aligned to blocks)
       int32_t* first = first_keys.data() + w * s.max_tokens;
@@ -147,7 +164,8 @@ struct EngineImpl final : Engine::Impl {
       // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token.
       auto product = [&](auto accumulate, float* y, int64_t y_stride, const float* x, int64_t x_stride,
                          const auto& w, int64_t tokens, int64_t in, int64_t r0, int64_t r1) {
-        product_rows<decltype(accumulate)::value>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed);
+        product_rows<decltype(accumulate)::value>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed,
+                                                  gemm && tokens > kMaxRowTileTokens);
       };
       // y (+)= [parts stacked by rows] x (+ bias) for this thread's rows, over `tokens` tokens
       // (each part its own format); then every thread waits for the others (the next phase
@@ -258,17 +276,20 @@ struct EngineImpl final : Engine::Impl {
         mark(l, Op::RopeCache);
 
         const int wi = layer_window[l];
-        if (causal_chunk)  // a prompt chunk: blocks of queries meet blocks of keys
-          detail::prefill_attention_team<float, TC>(attn.data(), q_dim, qkv.data(), qkv_dim,
-                                                    kc + rows[0] * Hkv * S * D,
-                                                    vc + rows[0] * Hkv * S * D, n, positions[0],
-                                                    Hq, Hkv, S, D, scale, L.sliding_window,
-                                                    s.attn_softcap, prefill_ws.data(), k_tiled);
-        else
-          detail::gqa_decode_attention_team<float, TC>(
-              attn.data(), qkv.data(), qkv_dim, kc, vc, rows, seq_lens.data(),
-              wi < 0 ? nullptr : first_keys.data() + wi * s.max_tokens, n, Hq, Hkv, S, D, scale,
-              s.attn_softcap, plan, attn_ws.data(), k_tiled);
+        for (const Span& sp : spans) {  // (each kernel ends in a barrier)
+          const int64_t t0 = sp.begin, len = sp.end - sp.begin;
+          if (sp.causal)  // a prompt chunk: blocks of queries meet blocks of keys
+            detail::prefill_attention_team<float, TC>(attn.data() + t0 * q_dim, q_dim, qkv.data() + t0 * qkv_dim,
+                                                      qkv_dim, kc + rows[t0] * Hkv * S * D,
+                                                      vc + rows[t0] * Hkv * S * D, len, positions[t0],
+                                                      Hq, Hkv, S, D, scale, L.sliding_window,
+                                                      s.attn_softcap, prefill_ws.data(), k_tiled);
+          else
+            detail::gqa_decode_attention_team<float, TC>(
+                attn.data() + t0 * q_dim, qkv.data() + t0 * qkv_dim, qkv_dim, kc, vc, rows + t0,
+                seq_lens.data() + t0, wi < 0 ? nullptr : first_keys.data() + wi * s.max_tokens + t0, len, Hq,
+                Hkv, S, D, scale, s.attn_softcap, plan, attn_ws.data(), k_tiled);
+        }
         mark(l, Op::Attention);
 
         project_residual(L.post_attn_norm, attn.data(), {&L.o}, L.o_bias);
@@ -300,10 +321,20 @@ struct EngineImpl final : Engine::Impl {
       }
 
       if (n_logits > 0) {  // the same on every thread: the barriers inside match
-        norm(s.final_norm, first_logit);
+        // x[j] = the final norm of token first_logit + j (or logit_tokens[j]).
+        auto final_norm = [&](int64_t j) {
+          const int64_t t = logit_tokens ? logit_tokens[j] : first_logit + j;
+          detail::rms_norm_row(x + j * H, resid.data() + t * H, s.final_norm, H, s.eps);
+        };
+        if (own_rows) {
+          for (int64_t j = 0; j < n_logits; ++j) final_norm(j);
+        } else {
+#pragma omp for schedule(static)
+          for (int64_t j = 0; j < n_logits; ++j) final_norm(j);
+        }
         mark(-1, Op::FinalNorm);
 
-        project(std::false_type{}, logits, x + first_logit * H, {&s.lm_head}, nullptr, n_logits);
+        project(std::false_type{}, logits, x, {&s.lm_head}, nullptr, n_logits);
         if (s.final_softcap > 0.0f) {
           const int64_t total = n_logits * s.vocab;
 #pragma omp for schedule(static)
@@ -323,7 +354,8 @@ struct EngineImpl final : Engine::Impl {
 void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations) {
   std::vector<float> packed(detail::gemm_pack_floats(m.cols));
   with_rows(m, [&](const auto& w) {
-    product_rows<false>(y, m.rows, x, m.cols, w, tokens, m.cols, 0, m.rows, packed.data());
+    product_rows<false>(y, m.rows, x, m.cols, w, tokens, m.cols, 0, m.rows, packed.data(),
+                        tokens > kMaxRowTileTokens);
   }, int8_activations);
 }
 
@@ -355,6 +387,7 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
     if (L.post_attn_norm || L.post_mlp_norm) m.post.assign(N * H, 0.0f);
   m.tmp.assign(static_cast<int64_t>(m.threads) * 2 * N * m.chunk, 0.0f);
   m.seq_lens.assign(N, 0);
+  m.spans.reserve(N);
   for (const EngineLayer& L : sp.layers) {
     int wi = -1;
     if (L.sliding_window > 0) {

@@ -37,6 +37,13 @@ struct Engine::Impl {
   std::vector<int64_t> slots, slot_offsets;
   std::vector<float> attn_ws;
   std::vector<float> prefill_ws;  // causal prefill attention (max_tokens > kMaxRowTileTokens)
+  // A call's attention, by runs of its tokens [begin, end): a prompt chunk of one cache row
+  // over kMaxRowTileTokens tokens (causal), or tokens attended one by one (run's segments).
+  struct Span {
+    int64_t begin, end;
+    bool causal;
+  };
+  std::vector<Span> spans;  // (max_tokens reserved)
   bool profiling = false;
   int calls = 0;  // forward calls profiled since profiling was switched on
   std::vector<ProfileEvent> events;
@@ -45,7 +52,7 @@ struct Engine::Impl {
   virtual ~Impl() = default;
   virtual void run(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                    void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
-                   int64_t first_logit, bool prompt) = 0;
+                   int64_t first_logit, bool prompt, const int64_t* logit_tokens) = 0;
 };
 
 

@@ -137,11 +137,16 @@ Engine::~Engine() = default;
 
 void Engine::forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                      void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
-                     int64_t first_logit, bool prompt) {
+                     int64_t first_logit, bool prompt, const int64_t* logit_tokens) {
   const EngineSpec& s = impl_->spec;
   PYRUNTIME_CHECK(k_cache && v_cache && (logits || first_logit == n), "engine.forward: null cache or logits");
   check_forward_args(s, tokens, positions, rows, n, cache_rows, first_logit, "engine");
-  impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit, prompt);
+  if (logit_tokens)
+    for (int64_t j = 0; j < n - first_logit; ++j)
+      PYRUNTIME_CHECK(logit_tokens[j] >= (j ? logit_tokens[j - 1] + 1 : 0) && logit_tokens[j] < n,
+                      "engine.forward: logit_tokens must be ascending token indices in [0, " + std::to_string(n) +
+                          "), got logit_tokens[" + std::to_string(j) + "] = " + std::to_string(logit_tokens[j]));
+  impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit, prompt, logit_tokens);
 }
 
 void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations) {

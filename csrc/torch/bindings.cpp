@@ -241,7 +241,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("int8_activations") = true)
       .def("forward", &pyruntime::EngineHandle::forward, py::arg("tokens"), py::arg("positions"),
            py::arg("rows"), py::arg("k_cache"), py::arg("v_cache"), py::arg("logits"),
-           py::arg("first_logit"), py::arg("prompt") = false, py::call_guard<py::gil_scoped_release>())
+           py::arg("first_logit"), py::arg("prompt") = false, py::arg("logit_tokens") = py::none(),
+           py::call_guard<py::gil_scoped_release>())
       .def("set_profiling", &pyruntime::EngineHandle::set_profiling)
       .def("profile", &pyruntime::EngineHandle::profile)
       .def_property_readonly("spec", &pyruntime::EngineHandle::spec)

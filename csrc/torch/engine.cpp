@@ -133,16 +133,24 @@ EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dt
 
 void EngineHandle::forward(const at::Tensor& tokens, const at::Tensor& positions,
                            const at::Tensor& rows, at::Tensor& k_cache, at::Tensor& v_cache,
-                           at::Tensor& logits, int64_t first_logit, bool prompt) {
+                           at::Tensor& logits, int64_t first_logit, bool prompt,
+                           const std::optional<at::Tensor>& logit_tokens) {
   const cpu::EngineSpec& s = engine_->spec();
   const int64_t n = check_inputs(tokens, positions, rows, s.max_tokens, first_logit, "Engine");
+  if (logit_tokens)
+    TORCH_CHECK_VALUE(logit_tokens->device().is_cpu() && logit_tokens->scalar_type() == at::kLong &&
+                          logit_tokens->dim() == 1 && logit_tokens->is_contiguous() &&
+                          logit_tokens->size(0) == n - first_logit,
+                      "Engine.forward: logit_tokens must be a contiguous int64 cpu vector of n - first_logit = ",
+                      n - first_logit, " token indices, got ", logit_tokens->scalar_type(), " ", logit_tokens->sizes());
   const int64_t cache_rows = check_outputs(k_cache, v_cache, logits, s, engine_->cache_row_elements(), kv_dtype_,
                                            at::Device(at::kCPU), n, first_logit, "Engine");
   std::lock_guard<std::mutex> guard(mutex_);
   try {
     engine_->forward(tokens.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
                      rows.data_ptr<int64_t>(), n, k_cache.data_ptr(), v_cache.data_ptr(),
-                     cache_rows, logits.data_ptr<float>(), first_logit, prompt);
+                     cache_rows, logits.data_ptr<float>(), first_logit, prompt,
+                     logit_tokens ? logit_tokens->data_ptr<int64_t>() : nullptr);
   } catch (const InvalidArgument& e) {
     TORCH_CHECK_VALUE(false, e.what());
   }

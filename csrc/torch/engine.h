@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -29,7 +30,8 @@ class EngineHandle {
 
   // prompt: cpu::Engine::forward's (float32 activations for a prompt's tokens).
   void forward(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& rows,
-               at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& logits, int64_t first_logit, bool prompt);
+               at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& logits, int64_t first_logit, bool prompt,
+               const std::optional<at::Tensor>& logit_tokens);
   // Switching profiling on clears the events recorded so far.
   void set_profiling(bool on);
   // (call, layer, op, begin_ns, end_ns) of every forward call since profiling was switched on.

@@ -83,6 +83,36 @@ def test_a_prompt_after_its_cached_prefix_keeps_float_activations():
     assert apart(tail) < 3e-3 and apart(steps) > 8e-3, (apart(tail), apart(steps))
 
 
+def test_prompt_chunks_of_several_rows_share_calls_and_equal_each_alone():
+    # prefill_many: 22 prompts' chunks (over 16 tokens: the GEMM and the causal attention per
+    # chunk; at most 16: the row tiles and attention token by token; more than 16 chunks
+    # wanting logits: split over calls), some after a cached prefix, one a middle chunk
+    # (no logits): each chunk's K/V and logits bitwise those of its own prefill call.
+    llm = pyruntime.LLM(MODEL, progress=False)
+    eng, ids = llm.engine, llm.tokenizer.encode(" ".join([TEXT] * 12))
+    lengths = [40, 9, 23, 16, 5, 30, 12, 17] + [3 + i % 7 for i in range(14)]
+    k = len(lengths)
+    eng.ensure_rows(2 * k)
+    starts = [3 * (i % 4) for i in range(k)]
+    chunks = [torch.tensor(ids[sum(lengths[:i]) : sum(lengths[: i + 1])]) for i in range(k)]
+    for i, p in enumerate(starts):
+        if p:  # the cached prefix, in both copies
+            for row in (i, k + i):
+                eng.prefill(torch.tensor(ids[-p:]), row, 0)
+    want = [i not in (2, 9) for i in range(k)]
+    together = eng.prefill_many([(c, i, p, w) for i, (c, p, w) in enumerate(zip(chunks, starts, want))])
+    for i, (c, p, w) in enumerate(zip(chunks, starts, want)):
+        alone = eng.prefill(c, k + i, p)
+        if w:
+            assert torch.equal(together[i], alone), i
+        else:
+            assert together[i] is None
+    for layer in range(llm.config.num_layers):
+        for t in eng.kv(layer):
+            for i, (p, c) in enumerate(zip(starts, chunks)):
+                assert torch.equal(t[i, :, : p + len(c)], t[k + i, :, : p + len(c)]), (layer, i)
+
+
 def test_engine_facts(llm):
     eng = llm.engine
     assert eng.threads == llm.threads

@@ -174,10 +174,16 @@ class Engine {
   //        spec.kv_dtype, one layer after another: cache_rows * cache_row_elements() values
   // \param prompt the tokens are (a chunk of) a prompt: float32 activations in every product
   //        whatever spec.int8_activations, so that a prompt's tokens get them however much of
-  //        the prompt was cached before (decode steps: false)
+  //        the prompt was cached before (decode steps: false). A prompt call may hold several
+  //        prompts' chunks, each a run of consecutive positions of its own row: each chunk's
+  //        K/V and logits are then bitwise those of a call of its own, provided that the
+  //        chunks are all longer than kMaxRowTileTokens tokens or all at most that long, and
+  //        that at most kMaxRowTileTokens tokens take logits.
+  // \param logit_tokens null, or the n - first_logit tokens (ascending indices in [0, n)) whose
+  //        logits are written, in place of first_logit..n-1 (each chunk's last token)
   void forward(const int64_t* tokens, const int64_t* positions, const int64_t* rows, int64_t n,
                void* k_cache, void* v_cache, int64_t cache_rows, float* logits,
-               int64_t first_logit, bool prompt = false);
+               int64_t first_logit, bool prompt = false, const int64_t* logit_tokens = nullptr);
 
   const EngineSpec& spec() const;
   // Positions layer l's cache keeps per sequence (kv_slots of its window).
