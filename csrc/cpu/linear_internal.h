@@ -49,6 +49,10 @@ inline void linear_rows(float* y, int64_t y_stride, const float* x, int64_t x_st
     constexpr int R = 4;
     const int64_t ahead4 = prefetch_rows_ahead<R, Rows>(in);
     int64_t r = row_begin;
+    // Tokens whose x no longer fits in L1 beside the rows: panels of decoded rows (the same sums).
+    if constexpr (IsBlockRows<Rows>::value)
+      if (tokens > 4 && tokens * in * static_cast<int64_t>(sizeof(float)) > 40 * 1024)
+        r = decoded_row_panels<R, Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r, row_end, ahead4);
     for (; r + R <= row_end; r += R)
       linear_row_block<R, Accumulate>(y + r, y_stride, x, x_stride, w.from(r), tokens, in, ahead4);
     for (; r < row_end; ++r)

@@ -2,6 +2,7 @@
 // over the level's vectors, any weight format of weight_rows.h.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -173,6 +174,42 @@ inline void linear_row_block(float* y, int64_t y_stride, const float* x, int64_t
   };
   group(std::true_type{}, 0);
   for (int64_t t0 = kTokens; t0 < tokens; t0 += kTokens) group(std::false_type{}, t0);
+}
+
+// Rows [row_begin, row_end) of GGUF blocks times more tokens than a tile takes, R rows a tile,
+// in panels of rows decoded to float32 once (about 128 KB: in L2) that every group of four
+// tokens then crosses, so that the tokens' x stays in L1 over a panel instead of streaming from
+// L2 for each R rows. Each (row, token) sum takes the same FMAs in the same order as
+// linear_row_block's, whatever the panel. Returns the first row not done (fewer than R left).
+template <int R, bool Accumulate, WeightFormat F>
+inline int64_t decoded_row_panels(float* y, int64_t y_stride, const float* x, int64_t x_stride,
+                                  const BlockRows<F>& w, int64_t tokens, int64_t in, int64_t row_begin,
+                                  int64_t row_end, int64_t ahead) {
+  constexpr int kTokens = 4;
+  const int64_t panel_rows = std::max<int64_t>(R, (int64_t(32) * 1024 / in) / R * R);
+  thread_local std::vector<float> decoded;
+  if (static_cast<int64_t>(decoded.size()) < panel_rows * in) decoded.resize(panel_rows * in);  // grows, then stays
+  int64_t r = row_begin;
+  while (r + R <= row_end) {
+    const int64_t rows = std::min(panel_rows, (row_end - r) / R * R);
+    for (int64_t j = 0; j < rows; j += R) decode_block_rows<R>(decoded.data() + j * in, w.from(r + j), in, ahead);
+    for (int64_t t0 = 0; t0 < tokens; t0 += kTokens) {
+      const float* xt = x + t0 * x_stride;
+      const int nt = static_cast<int>(std::min<int64_t>(kTokens, tokens - t0));
+      for (int64_t j = 0; j < rows; j += R) {
+        const DenseRows<float> dense{decoded.data() + j * in, in};
+        float* yt = y + t0 * y_stride + r + j;
+        switch (nt) {
+          case 4: linear_tile<R, 4, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
+          case 3: linear_tile<R, 3, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
+          case 2: linear_tile<R, 2, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
+          default: linear_tile<R, 1, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
+        }
+      }
+    }
+    r += rows;
+  }
+  return r;
 }
 
 }  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail
