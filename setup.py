@@ -38,7 +38,7 @@ def cmake_build():
                                      "-DPYRUNTIME_SANITIZE=ON", "-DPYRUNTIME_CUDA=OFF"]
     if os.environ.get("PYRUNTIME_DEBUG") == "1":
         return ROOT / "build-debug", ["-DCMAKE_BUILD_TYPE=Debug", "-DCMAKE_CXX_FLAGS_DEBUG=-O0 -g"]
-    return ROOT / "build", ["-DCMAKE_BUILD_TYPE=Release"]
+    return ROOT / "build", ["-DCMAKE_BUILD_TYPE=Release", "-DPYRUNTIME_SANITIZE=OFF"]
 
 
 def kernels_library() -> Path:
@@ -50,8 +50,9 @@ def build_kernels_library() -> None:
     """Configures and builds the CMake target pyruntime_kernels (incremental: ninja rebuilds
     only what changed)."""
     folder, args = cmake_build()
-    # cmake and ninja from this environment first (pip's ninja, a pip cmake), then PATH.
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    # cmake and ninja from PATH, else this environment's (requirements-dev.txt installs both);
+    # scripts/test.sh looks in the same order, so one cmake configures each folder.
+    env = {**os.environ, "PATH": os.pathsep.join([os.environ.get("PATH", ""), str(Path(sys.executable).parent)])}
     for tool in ("cmake", "ninja"):
         if shutil.which(tool, path=env["PATH"]) is None:
             raise SystemExit(f"building pyruntime needs {tool} (pip install {tool}, or the system package)")
@@ -64,6 +65,9 @@ def build_kernels_library() -> None:
 
 def extension():
     import torch
+
+    if not torch._C._GLIBCXX_USE_CXX11_ABI:  # the kernels library is built with the compiler's default
+        raise SystemExit("pyruntime needs a torch built with the C++11 ABI (the pip wheels since torch 2.6)")
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     want_cuda = os.environ.get("PYRUNTIME_CUDA", "auto")

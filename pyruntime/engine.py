@@ -187,6 +187,8 @@ class CpuEngine(Engine):
         out: list[torch.Tensor | None] = [None] * len(chunks)
         if len({row for _, row, _, _ in chunks}) < len(chunks):
             raise ValueError("prefill_many: each cache row in at most one chunk")
+        if any(c[0].shape[0] == 0 for c in chunks):
+            raise ValueError("prefill_many: a chunk without tokens")
         for long in (True, False):
             todo = [i for i, c in enumerate(chunks) if (c[0].shape[0] > self.decode_group) == long]
             while todo:

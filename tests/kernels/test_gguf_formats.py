@@ -140,12 +140,13 @@ def test_prompt_products_over_many_tokens_and_features(level, fmt):
 @pytest.mark.parametrize("fmt", NATIVE_FORMATS)
 def test_products_of_a_few_tokens_with_float_activations(level, fmt):
     # 1 to 16 tokens (a short prompt chunk, a decode step without 8-bit activations: the row
-    # tiles, not the GEMM; over 4 tokens the rows are decoded once for all the tiles): 37 rows
-    # (blocks of 4 and one left over) against float64 torch over gguf's dequantized weights, and
-    # every token's sums the same bits whatever the number of tokens beside it.
+    # tiles, not the GEMM; over 4 tokens the rows are decoded once for all the tiles, over 10
+    # (x past 40 KB) in panels of rows): 37 rows (blocks of 4 and one left over) against float64
+    # torch over gguf's dequantized weights, and every token's sums the same bits whatever the
+    # number of tokens beside it.
     gen = np.random.default_rng(5)
-    m = random_blocks(fmt, 37, 512, gen)
-    x = torch.from_numpy(gen.standard_normal((16, 512)).astype(np.float32))
+    m = random_blocks(fmt, 37, 1024, gen)
+    x = torch.from_numpy(gen.standard_normal((16, 1024)).astype(np.float32))
     w = FORMATS[fmt].dequantize(m).double()
     want, mag = x.double() @ w.T, x.double().abs() @ w.abs().T
     alone = torch.cat([C.matrix_product(x[t : t + 1], m, False) for t in range(16)])
