@@ -107,6 +107,7 @@ async def load(url: str, model: str, concurrency: int, rounds: int, max_tokens: 
     t0 = time.perf_counter()
     await asyncio.gather(*[one(i) for i in range(concurrency * rounds)])
     wall = time.perf_counter() - t0
+    await client.close()  # its connections closed on this loop, before asyncio.run closes it
     return {"concurrency": concurrency, "requests": concurrency * rounds, "output_tokens": sum(tokens),
             "wall_s": wall, "tokens_per_s": sum(tokens) / wall,
             "ttft_p50_ms": percentile(ttft, 0.5) * 1e3, "ttft_p99_ms": percentile(ttft, 0.99) * 1e3,
