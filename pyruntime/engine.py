@@ -181,16 +181,17 @@ class CpuEngine(Engine):
         start_pos, whether the last token's logits are wanted), each row in at most one chunk.
         Each chunk's K/V and logits are bitwise those of prefill(tokens, row, start_pos), but
         the chunks share engine calls, and so each read of the weights: those over
-        decode_group tokens together, the shorter ones together, up to max_tokens tokens and
-        decode_group logits a call (see the C++ Engine::forward). Returns each chunk's logits
-        [V] of its last token, or None where not wanted."""
+        C.prompt_gemm_tokens tokens together (the GEMM), the shorter ones together (the row
+        tiles), up to max_tokens tokens and decode_group logits a call (see the C++
+        Engine::forward). Returns each chunk's logits [V] of its last token, or None where not
+        wanted."""
         out: list[torch.Tensor | None] = [None] * len(chunks)
         if len({row for _, row, _, _ in chunks}) < len(chunks):
             raise ValueError("prefill_many: each cache row in at most one chunk")
         if any(c[0].shape[0] == 0 for c in chunks):
             raise ValueError("prefill_many: a chunk without tokens")
         for long in (True, False):
-            todo = [i for i, c in enumerate(chunks) if (c[0].shape[0] > self.decode_group) == long]
+            todo = [i for i, c in enumerate(chunks) if (c[0].shape[0] > C.prompt_gemm_tokens) == long]
             while todo:
                 call, n, want = [], 0, 0
                 while todo and n + chunks[todo[0]][0].shape[0] <= self.max_tokens and want + chunks[todo[0]][3] <= self.decode_group:

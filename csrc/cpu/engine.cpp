@@ -121,9 +121,10 @@ struct EngineImpl final : Engine::Impl {
     // The call's segments: runs of consecutive positions of one cache row (a prompt chunk, or
     // several prompts' chunks side by side; a decode step's rows, one token each). A segment
     // gets what it would get in a call of its own: over kMaxRowTileTokens tokens, the causal
-    // prefill attention over it alone, and (prompt calls) the GEMM whenever a segment of the
-    // call is that long, so a call of several long segments or of several short ones reads
-    // the weights once for all of them; the rest, decode attention token by token.
+    // prefill attention over it alone, else decode attention token by token; and a prompt
+    // call's products take the GEMM whenever one of its segments is over kPromptGemmTokens
+    // tokens, so a call of several such segments, or of several shorter ones, reads the
+    // weights once for all of them with each segment's sums as alone.
     spans.clear();
     int64_t longest = 0;
     for (int64_t t0 = 0, t1; t0 < n; t0 = t1) {
@@ -136,7 +137,7 @@ struct EngineImpl final : Engine::Impl {
       else
         spans.push_back({t0, t1, causal});
     }
-    const bool gemm = prompt ? longest > kMaxRowTileTokens : n > kMaxRowTileTokens;
+    const bool gemm = prompt ? longest > kPromptGemmTokens : n > kMaxRowTileTokens;
     DecodePlan plan = plan_gqa_decode(seq_lens.data(), n, Hkv);
     for (size_t w = 0; w < windows.size(); ++w) {  // a window's splits may be more (aligned to blocks)
       int32_t* first = first_keys.data() + w * s.max_tokens;
@@ -161,11 +162,12 @@ struct EngineImpl final : Engine::Impl {
         }
       };
       float* packed = pack.data() + static_cast<int64_t>(tid) * pack_floats;
+      bool gemm_here = gemm;  // the layers' products; the LM head's below
       // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token.
       auto product = [&](auto accumulate, float* y, int64_t y_stride, const float* x, int64_t x_stride,
                          const auto& w, int64_t tokens, int64_t in, int64_t r0, int64_t r1) {
         product_rows<decltype(accumulate)::value>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed,
-                                                  gemm && tokens > kMaxRowTileTokens);
+                                                  gemm_here);
       };
       // y (+)= [parts stacked by rows] x (+ bias) for this thread's rows, over `tokens` tokens
       // (each part its own format); then every thread waits for the others (the next phase
@@ -334,6 +336,7 @@ struct EngineImpl final : Engine::Impl {
         }
         mark(-1, Op::FinalNorm);
 
+        gemm_here = gemm && n_logits > kMaxRowTileTokens;
         project(std::false_type{}, logits, x, {&s.lm_head}, nullptr, n_logits);
         if (s.final_softcap > 0.0f) {
           const int64_t total = n_logits * s.vocab;

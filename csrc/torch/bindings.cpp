@@ -84,6 +84,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #undef PYRUNTIME_HEAD_DIM_ITEM
   }, "head sizes the attention kernels are compiled for");
   m.attr("max_row_tile_tokens") = pyruntime::cpu::kMaxRowTileTokens;
+  m.attr("prompt_gemm_tokens") = pyruntime::cpu::kPromptGemmTokens;
   m.def("cpu_num_threads", &pyruntime::cpu::num_threads);
   m.def("measure_read_bandwidth_gbps", &pyruntime::cpu::measure_read_bandwidth_gbps,
         pybind11::arg("bytes") = int64_t(1) << 30, pybind11::call_guard<pybind11::gil_scoped_release>(),

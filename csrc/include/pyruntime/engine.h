@@ -177,7 +177,7 @@ class Engine {
   //        the prompt was cached before (decode steps: false). A prompt call may hold several
   //        prompts' chunks, each a run of consecutive positions of its own row: each chunk's
   //        K/V and logits are then bitwise those of a call of its own, provided that the
-  //        chunks are all longer than kMaxRowTileTokens tokens or all at most that long, and
+  //        chunks are all longer than kPromptGemmTokens tokens or all at most that long, and
   //        that at most kMaxRowTileTokens tokens take logits.
   // \param logit_tokens null, or the n - first_logit tokens (ascending indices in [0, n)) whose
   //        logits are written, in place of first_logit..n-1 (each chunk's last token)
