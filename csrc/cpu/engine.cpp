@@ -191,17 +191,21 @@ struct EngineImpl final : Engine::Impl {
             for (int64_t r = r0; r < r1; ++r) y[t * rows + r] += bias[r];
 #pragma omp barrier
       };
-      // x = rms_norm(resid rows [t0, n)) * w. Decode calls (few tokens): every thread normalises
+      // The normed rows x (norm below). Decode calls (few tokens): every thread normalises
       // every row into its own copy, with no barrier (the last phase ended in one); prompt
       // chunks share the rows out.
       const bool own_rows = n <= kMaxRowTileTokens;
       float* x = own_rows ? xn_own.data() + static_cast<int64_t>(tid) * kMaxRowTileTokens * H : xn.data();
-      auto norm = [&](const float* w, int64_t t0) {
+      // x[j] = rms_norm(resid row first + j, or pick[j]) * w for j < count.
+      auto norm = [&](const float* w, int64_t count, int64_t first = 0, const int64_t* pick = nullptr) {
+        auto row = [&](int64_t j) {
+          detail::rms_norm_row(x + j * H, resid.data() + (pick ? pick[j] : first + j) * H, w, H, s.eps);
+        };
         if (own_rows) {
-          for (int64_t t = t0; t < n; ++t) detail::rms_norm_row(x + t * H, resid.data() + t * H, w, H, s.eps);
+          for (int64_t j = 0; j < count; ++j) row(j);
         } else {
 #pragma omp for schedule(static)
-          for (int64_t t = t0; t < n; ++t) detail::rms_norm_row(x + t * H, resid.data() + t * H, w, H, s.eps);
+          for (int64_t j = 0; j < count; ++j) row(j);
         }
       };
       // resid += rms_norm(y) * w for every token (y overwritten): a post-norm's residual add.
@@ -245,7 +249,7 @@ struct EngineImpl final : Engine::Impl {
         TC* kc = k_cache + cache_rows * Hkv * D * slot_offsets[l];
         TC* vc = v_cache + cache_rows * Hkv * D * slot_offsets[l];
 
-        norm(L.attn_norm, 0);
+        norm(L.attn_norm, n);
         mark(l, Op::AttnNorm);
 
         project(std::false_type{}, qkv.data(), x, {&L.q, &L.k, &L.v}, L.qkv_bias, n);
@@ -297,7 +301,7 @@ struct EngineImpl final : Engine::Impl {
         project_residual(L.post_attn_norm, attn.data(), {&L.o}, L.o_bias);
         mark(l, Op::OProj);
 
-        norm(L.mlp_norm, 0);
+        norm(L.mlp_norm, n);
         mark(l, Op::MlpNorm);
 
         int64_t i0, i1;
@@ -323,17 +327,7 @@ struct EngineImpl final : Engine::Impl {
       }
 
       if (n_logits > 0) {  // the same on every thread: the barriers inside match
-        // x[j] = the final norm of token first_logit + j (or logit_tokens[j]).
-        auto final_norm = [&](int64_t j) {
-          const int64_t t = logit_tokens ? logit_tokens[j] : first_logit + j;
-          detail::rms_norm_row(x + j * H, resid.data() + t * H, s.final_norm, H, s.eps);
-        };
-        if (own_rows) {
-          for (int64_t j = 0; j < n_logits; ++j) final_norm(j);
-        } else {
-#pragma omp for schedule(static)
-          for (int64_t j = 0; j < n_logits; ++j) final_norm(j);
-        }
+        norm(s.final_norm, n_logits, first_logit, logit_tokens);
         mark(-1, Op::FinalNorm);
 
         gemm_here = gemm && n_logits > kMaxRowTileTokens;

@@ -129,6 +129,35 @@ inline void decode_block_rows(float* out, const BlockRows<F>& w, int64_t in, int
   }
 }
 
+// This thread's buffer of at least `floats` decoded weights (grows, then stays).
+inline float* decode_buffer(int64_t floats) {
+  thread_local std::vector<float> decoded;
+  if (static_cast<int64_t>(decoded.size()) < floats) decoded.resize(floats);
+  return decoded.data();
+}
+
+// y[t, r] (+)= decoded row r . x[t] for `rows` float32 rows (a multiple of R, `in` apart) and
+// every token: four tokens at a time cross all the rows, R rows a tile.
+template <int R, bool Accumulate>
+inline void decoded_tiles(float* y, int64_t y_stride, const float* x, int64_t x_stride, const float* decoded,
+                          int64_t rows, int64_t in, int64_t tokens) {
+  constexpr int kTokens = 4;
+  for (int64_t t0 = 0; t0 < tokens; t0 += kTokens) {
+    const float* xt = x + t0 * x_stride;
+    const int nt = static_cast<int>(std::min<int64_t>(kTokens, tokens - t0));
+    for (int64_t j = 0; j < rows; j += R) {
+      const DenseRows<float> dense{decoded + j * in, in};
+      float* yt = y + t0 * y_stride + j;
+      switch (nt) {
+        case 4: linear_tile<R, 4, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
+        case 3: linear_tile<R, 3, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
+        case 2: linear_tile<R, 2, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
+        default: linear_tile<R, 1, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
+      }
+    }
+  }
+}
+
 // R rows [r, r + R) times every token, four (int8: two) tokens at a time: the rows stay in L1 while
 // the tokens stream past (a prefill chunk reads each weight once). The first group of
 // tokens prefetches the rows ahead (prefetch_rows_ahead).
@@ -142,20 +171,9 @@ inline void linear_row_block(float* y, int64_t y_stride, const float* x, int64_t
       // More tokens than a tile takes: the R rows decoded to float32 once, not once per tile,
       // then the float tiles over them: the same FMAs in the same order (a block's values W at
       // a time, blocks in order), so the same sums as the block tiles give.
-      thread_local std::vector<float> decoded;
-      if (static_cast<int64_t>(decoded.size()) < R * in) decoded.resize(R * in);  // grows, then stays
-      decode_block_rows<R>(decoded.data(), w, in, ahead);
-      const DenseRows<float> rows{decoded.data(), in};
-      for (int64_t t0 = 0; t0 < tokens; t0 += kTokens) {
-        const float* xt = x + t0 * x_stride;
-        float* yt = y + t0 * y_stride;
-        switch (tokens - t0 < kTokens ? tokens - t0 : kTokens) {
-          case 4: linear_tile<R, 4, Accumulate, false>(yt, y_stride, xt, x_stride, rows, in, 0, y_row_step); break;
-          case 3: linear_tile<R, 3, Accumulate, false>(yt, y_stride, xt, x_stride, rows, in, 0, y_row_step); break;
-          case 2: linear_tile<R, 2, Accumulate, false>(yt, y_stride, xt, x_stride, rows, in, 0, y_row_step); break;
-          default: linear_tile<R, 1, Accumulate, false>(yt, y_stride, xt, x_stride, rows, in, 0, y_row_step); break;
-        }
-      }
+      float* decoded = decode_buffer(R * in);
+      decode_block_rows<R>(decoded, w, in, ahead);
+      decoded_tiles<R, Accumulate>(y, y_stride, x, x_stride, decoded, R, in, tokens);
       return;
     }
   }
@@ -185,28 +203,13 @@ template <int R, bool Accumulate, WeightFormat F>
 inline int64_t decoded_row_panels(float* y, int64_t y_stride, const float* x, int64_t x_stride,
                                   const BlockRows<F>& w, int64_t tokens, int64_t in, int64_t row_begin,
                                   int64_t row_end, int64_t ahead) {
-  constexpr int kTokens = 4;
   const int64_t panel_rows = std::max<int64_t>(R, (int64_t(32) * 1024 / in) / R * R);
-  thread_local std::vector<float> decoded;
-  if (static_cast<int64_t>(decoded.size()) < panel_rows * in) decoded.resize(panel_rows * in);  // grows, then stays
+  float* decoded = decode_buffer(panel_rows * in);
   int64_t r = row_begin;
   while (r + R <= row_end) {
     const int64_t rows = std::min(panel_rows, (row_end - r) / R * R);
-    for (int64_t j = 0; j < rows; j += R) decode_block_rows<R>(decoded.data() + j * in, w.from(r + j), in, ahead);
-    for (int64_t t0 = 0; t0 < tokens; t0 += kTokens) {
-      const float* xt = x + t0 * x_stride;
-      const int nt = static_cast<int>(std::min<int64_t>(kTokens, tokens - t0));
-      for (int64_t j = 0; j < rows; j += R) {
-        const DenseRows<float> dense{decoded.data() + j * in, in};
-        float* yt = y + t0 * y_stride + r + j;
-        switch (nt) {
-          case 4: linear_tile<R, 4, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
-          case 3: linear_tile<R, 3, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
-          case 2: linear_tile<R, 2, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
-          default: linear_tile<R, 1, Accumulate, false>(yt, y_stride, xt, x_stride, dense, in, 0); break;
-        }
-      }
-    }
+    for (int64_t j = 0; j < rows; j += R) decode_block_rows<R>(decoded + j * in, w.from(r + j), in, ahead);
+    decoded_tiles<R, Accumulate>(y + r, y_stride, x, x_stride, decoded, rows, in, tokens);
     r += rows;
   }
   return r;
