@@ -8,7 +8,10 @@
 #     the whole-model runs at every level are left to ctest's cpu_engine_<level> there, and the
 #     disassembly check to the regular build's pytest; of the architectures, a sliding-window
 #     model past its KV ring);
-#  3. the whole pytest suite on the regular build (extra arguments go to pytest).
+#  3. on a host with AVX-512, the C++ tests and the README's generation again on an emulated
+#     AVX2-only CPU (qemu-user's AMD EPYC Zen 1 model: AVX2, FMA, F16C, no AVX-512), where an
+#     AVX-512 instruction reached by mistake is an illegal instruction, as on such a machine;
+#  4. the whole pytest suite on the regular build (extra arguments go to pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -57,6 +60,36 @@ if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
     "tests/runtime/test_engine_api.py::test_prompt_chunks_of_several_rows_share_calls_and_equal_each_alone" \
     -k "not test_engine_greedy_matches_best_level and not test_no_instruction_outside_its_level and \
         (not test_architectures or (test_ring_cache_wraps and gemma2))"
+fi
+
+step "C++ tests and a generation on an emulated AVX2-only CPU (qemu-user -cpu EPYC-v1)"
+if ! grep -qw avx512f /proc/cpuinfo; then
+  echo "skipped: this CPU has no AVX-512, so the runs above were on an AVX2-only CPU already"
+elif ! command -v qemu-x86_64 > /dev/null; then
+  echo "skipped: no qemu-x86_64 (Debian: apt-get install qemu-user)"
+else
+  # qemu notes the model's features its translator lacks (rdseed, sha-ni, ...) on each start.
+  export QEMU_CPU=EPYC-v1
+  quiet() { "$@" 2>&1 | grep -v "TCG doesn't support"; return "${PIPESTATUS[0]}"; }
+  # ctest's own list (names, environments, commands), each run under the emulator.
+  (cd build && ctest --show-only=json-v1) | $PY -c "
+import json, shlex, sys
+for t in json.load(sys.stdin)['tests']:
+    env = [e for p in t.get('properties', []) if p['name'] == 'ENVIRONMENT' for e in p['value']]
+    print(t['name'], shlex.join(['env', *env, 'qemu-x86_64', *t['command']]))" > build/emulated_tests.txt
+  while read -r name cmd; do
+    if out=$(eval "quiet $cmd" < /dev/null); then rc=0; else rc=$?; fi
+    case $rc in
+      0 | 77) echo "  $name: $(tail -1 <<< "$out")" ;;  # 77: skipped, naming what the CPU lacks
+      *) echo "$out" | tail -40; echo "  $name: FAILED (exit $rc) on the emulated AVX2-only CPU"; exit 1 ;;
+    esac
+  done < build/emulated_tests.txt
+  out=$(quiet qemu-x86_64 $PY -c "import pyruntime; print('kernels:', pyruntime.cpu_features()['isa'])
+from pyruntime.cli import main; main(['generate', 'What is the capital of France?', '--max-new-tokens', '16'])") \
+    || { echo "$out" | tail -40; exit 1; }
+  echo "$out" | grep -v "mapping"
+  grep -q "kernels: avx2" <<< "$out" && grep -q "Paris" <<< "$out" \
+    || { echo "the generation on the emulated AVX2-only CPU did not run the avx2 kernels or name Paris"; exit 1; }
 fi
 
 step "pytest"

@@ -1,7 +1,7 @@
 """A stream left suspended (interrupted, abandoned by an exception, interleaved with another
-stream) never blocks its LLM: the next call cancels it and gets exactly what a fresh LLM
-gives, reusing only the K/V the cancelled stream really wrote, and the old stream's next
-next() raises RuntimeError. Every call that could deadlock runs against a deadline."""
+stream) never blocks its LLM: the next call cancels it and gets exactly what a newly loaded
+LLM gives after the same calls run whole, reusing only the K/V the cancelled stream really
+wrote, and the old stream's next next() raises RuntimeError. Every call that could deadlock runs against a deadline."""
 
 import threading
 import time
@@ -52,6 +52,16 @@ def fresh_greedy(prompt, max_new_tokens):
     return c.token_ids
 
 
+def after_a_run_of(earlier, prompt, max_new_tokens):
+    """What a newly loaded LLM generates greedily for `prompt` after a whole run of `earlier`:
+    the same prefix of the two prompts reused from the cache, its K/V written by the same
+    prefill. A cancelled stream must leave exactly that (the rest of a prompt after a reused
+    prefix goes in a shorter chunk, so it equals a fresh run only to rounding)."""
+    new = pyruntime.LLM(MODEL, progress=False)
+    new.generate(earlier, max_new_tokens=1)
+    return new.generate(prompt, max_new_tokens=max_new_tokens)
+
+
 def interrupt_after(stream, pieces, exc=KeyboardInterrupt):
     """Consumes `pieces` pieces of the stream, then raises exc inside the consumer's loop (as
     Ctrl-C does), leaving the stream suspended and still referenced by the caller."""
@@ -96,21 +106,23 @@ def test_interrupted_stream_kept_then_generate_on_the_same_thread(llm):
 
 def test_interrupted_stream_kept_then_generate_on_another_thread(llm):
     prompt, other = chat(llm, "Count to twenty."), chat(llm, "Name three fruits.")
-    want = fresh_greedy(other, 12)
+    want = after_a_run_of(prompt, other, 12)
     it = llm.stream(prompt, max_new_tokens=20)
     interrupt_after(it, 3)
     c = within_deadline(lambda: llm.generate(other, max_new_tokens=12))
-    assert c.token_ids == want
+    assert c.stats.cached_prompt_tokens == want.stats.cached_prompt_tokens > 0
+    assert c.token_ids == want.token_ids
     assert_superseded(it)
 
 
 def test_stream_abandoned_by_another_exception(llm):
     prompt, other = chat(llm, "Tell me about the moon."), chat(llm, "What is 2 + 2?")
-    want = fresh_greedy(other, 8)
+    want = after_a_run_of(prompt, other, 8)
     it = llm.stream(prompt, max_new_tokens=20)
     interrupt_after(it, 2, exc=ValueError)
     c = within_deadline(lambda: llm.generate(other, max_new_tokens=8))
-    assert c.token_ids == want
+    assert c.stats.cached_prompt_tokens == want.stats.cached_prompt_tokens > 0
+    assert c.token_ids == want.token_ids
     assert_superseded(it)
     with pytest.raises(StopIteration):  # cancelled for good
         next(it)
@@ -182,19 +194,30 @@ def test_logits_supersedes_a_suspended_stream(llm):
 def test_prompt_cache_after_a_cancelled_stream_reuses_only_what_it_wrote(llm):
     # A follow-up prompt that continues the stream past what it fed to the model: the stream's
     # prompt and every token it fed may be reused; its last sampled token, never fed, may not.
+    # The reference replays the same history on a new LLM with a stream that is not cancelled
+    # (it samples exactly as many tokens, so it feeds the same ones): the reused K/V, written
+    # by decode steps, equal a fresh prefill's only to rounding, so the follow-up is compared
+    # with the run that reuses the same K/V and must match it bit for bit.
     prompt_ids = llm.tokenizer.encode(chat(llm, "Describe a forest at night."))
     streamed = fresh_greedy(prompt_ids, 14)
     follow = prompt_ids + streamed[:12] + llm.tokenizer.encode(" And then?")
-    want = fresh_greedy(follow, 8)
     # Other tokens' K/V at the positions the stream does not reach, to be wrongly reused.
-    llm.logits(prompt_ids[:5] + llm.tokenizer.encode(" a lot of unrelated filler text " * 10))
-    it = llm.stream(prompt_ids, max_new_tokens=14)
+    filler = prompt_ids[:5] + llm.tokenizer.encode(" a lot of unrelated filler text " * 10)
     pieces = 6
-    interrupt_after(it, pieces)
     sampled = tokens_behind(llm, streamed, pieces)
+
+    replay = pyruntime.LLM(MODEL, progress=False)
+    replay.logits(filler)
+    assert replay.generate(prompt_ids, max_new_tokens=sampled).token_ids == streamed[:sampled]
+    want = replay.generate(follow, max_new_tokens=8)
+
+    llm.logits(filler)
+    it = llm.stream(prompt_ids, max_new_tokens=14)
+    interrupt_after(it, pieces)
     c = within_deadline(lambda: llm.generate(follow, max_new_tokens=8))
     assert len(prompt_ids) <= c.stats.cached_prompt_tokens <= len(prompt_ids) + sampled - 1
-    assert c.token_ids == want
+    assert c.stats.cached_prompt_tokens == want.stats.cached_prompt_tokens
+    assert c.token_ids == want.token_ids
     assert_superseded(it)
 
 

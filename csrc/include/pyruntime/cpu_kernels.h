@@ -38,7 +38,7 @@ inline bool stream_output(int64_t call_bytes) { return call_bytes >= streaming_s
 constexpr int64_t kMaxRowTileTokens = 16;
 // Prompt chunks over this many tokens take the GEMM (their products read each weight panel
 // once for every token; shorter ones, the row tiles: cheaper for a few tokens).
-constexpr int64_t kPromptGemmTokens = 16;
+constexpr int64_t kPromptGemmTokens = 8;
 
 // How gqa_decode_attention splits each sequence's keys across threads. A sequence's
 // split length depends on its own length only (never on the rest of the batch), so its
