@@ -381,6 +381,15 @@ constexpr int kQ8TileTokens = 4;
 // 12 KiB 23.8, 32 KiB 23.0; no prefetch 15.0).
 constexpr int64_t kQ8PrefetchAheadBytes = 3 * kPrefetchAheadBytes;
 
+// How many rows one token's product reads side by side (each row's sums are the same either
+// way). AMD: one, a single stream per thread, which its hardware prefetcher follows best
+// (benchmarks/README.md, AVX2 kernels); others: four, with the rows ahead prefetched in software
+// (faster on the Intel Xeon this kernel was tuned on). Several tokens take one row at a time.
+inline int q8_rows_side_by_side() {
+  static const int rows = __builtin_cpu_is("amd") ? 1 : 4;
+  return rows;
+}
+
 // y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and the quantised tokens,
 // each row times the tokens in tiles of kQ8TileTokens (q8_rows' general kernel).
 template <bool Accumulate, WeightFormat F>
@@ -411,7 +420,7 @@ inline void q8_tiles(float* y, int64_t y_stride, const Q8Token* toks, const Bloc
     }
   };
   int64_t r = row_begin;
-  if (tokens == 1)  // one token: four rows side by side (the accumulators fit the registers)
+  if (tokens == 1 && q8_rows_side_by_side() == 4)  // the accumulators of four rows fit the registers
     for (; r + 4 <= row_end; r += 4) row_block(std::integral_constant<int, 4>{}, r);
   for (; r < row_end; ++r) row_block(std::integral_constant<int, 1>{}, r);
 }
