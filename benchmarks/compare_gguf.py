@@ -181,15 +181,13 @@ def main():
                 if warning:
                     print(f"{model} {fmt} rep {rep}: {warning}", flush=True)
                 bandwidth.append(C.measure_read_bandwidth_gbps())
-            bw = statistics.median(bandwidth)
             for rt in runtimes:
                 for case, ids in cases:
                     tps = statistics.median(samples[(rt.name, case)])
                     ctx = len(ids) + a.new_tokens / 2
                     per_token = rt.weight_bytes + rt.kv_bytes_per_pos * ctx
                     rows.append({"model": model, "format": fmt, "runtime": rt.name, "case": case,
-                                 "tokens_per_s": tps, "bytes_per_token": per_token,
-                                 "mbu": per_token * tps / (bw * 1e9), "samples": samples[(rt.name, case)],
+                                 "tokens_per_s": tps, "bytes_per_token": per_token, "samples": samples[(rt.name, case)],
                                  "file_bytes": gguf.stat().st_size,
                                  "weight_formats": ours.llm.weight_formats if rt is ours else None})
                 p = samples[(rt.name, "prefill")]
@@ -201,7 +199,10 @@ def main():
                 flush=True)
             del runtimes, ours
 
-    bw = statistics.median(bandwidth)
+    bw = statistics.median(bandwidth)  # every row's MBU against the median of all the run's probes
+    for r in rows:
+        if "bytes_per_token" in r:
+            r["mbu"] = r["bytes_per_token"] * r["tokens_per_s"] / (bw * 1e9)
     find = {(r["model"], r["format"], r["runtime"], r["case"]): r for r in rows}
     ratios = [{"model": r["model"], "format": r["format"], "case": r["case"],
                "ratio": r["tokens_per_s"] / find[(r["model"], r["format"], "llama.cpp", r["case"])]["tokens_per_s"]}

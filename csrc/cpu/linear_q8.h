@@ -383,8 +383,8 @@ constexpr int64_t kQ8PrefetchAheadBytes = 3 * kPrefetchAheadBytes;
 
 // How many rows one token's product reads side by side (each row's sums are the same either
 // way). AMD: one, a single stream per thread, which its hardware prefetcher follows best
-// (benchmarks/README.md, AVX2 kernels); others: four, with the rows ahead prefetched in software
-// (faster on the Intel Xeon this kernel was tuned on). Several tokens take one row at a time.
+// (benchmarks/README.md, AVX2 kernels); others: four, with the rows ahead prefetched in software,
+// as the kernel was tuned on an Intel Xeon. Several tokens take one row at a time.
 inline int q8_rows_side_by_side() {
   static const int rows = __builtin_cpu_is("amd") ? 1 : 4;
   return rows;
