@@ -254,7 +254,7 @@ void test_format(cpu::WeightFormat format, pyruntime::DType kv, double tol, std:
   std::vector<float> logits(prompt * V);
   const std::string fmt =
       std::string(cpu::weight_format_name(format)) + (block_rows > 1 ? " in row blocks" : "");
-  // Prefill: every prompt token's logits in one call (more than 16 tokens: the GEMM path).
+  // Prefill: every prompt token's logits in one call (over kPromptGemmTokens tokens: the GEMM path).
   engine.forward(tokens.data(), positions.data(), rows.data(), prompt, k_cache.data(), v_cache.data(), 1,
                  logits.data(), 0, /*prompt=*/true);
   for (int64_t t = 0; t < prompt; ++t)

@@ -84,10 +84,10 @@ def test_a_prompt_after_its_cached_prefix_keeps_float_activations():
 
 
 def test_prompt_chunks_of_several_rows_share_calls_and_equal_each_alone():
-    # prefill_many: 22 prompts' chunks (over 16 tokens: the GEMM and the causal attention per
-    # chunk; at most 16: the row tiles and attention token by token; more than 16 chunks
-    # wanting logits: split over calls), some after a cached prefix, two without logits:
-    # each chunk's K/V and logits bitwise those of its own prefill call.
+    # prefill_many: 22 prompts' chunks (over C.prompt_gemm_tokens = 8 tokens: the GEMM, and over
+    # 16 the causal attention per chunk, else attention token by token; at most 8: the row
+    # tiles; more than 16 chunks wanting logits: split over calls), some after a cached prefix,
+    # two without logits: each chunk's K/V and logits bitwise those of its own prefill call.
     llm = pyruntime.LLM(MODEL, progress=False)
     eng, ids = llm.engine, llm.tokenizer.encode(" ".join([TEXT] * 12))
     lengths = [40, 9, 23, 16, 5, 30, 12, 17] + [3 + i % 7 for i in range(14)]

@@ -199,15 +199,20 @@ def test_prompt_cache_after_a_cancelled_stream_reuses_only_what_it_wrote(llm):
     # by decode steps, equal a fresh prefill's only to rounding, so the follow-up is compared
     # with the run that reuses the same K/V and must match it bit for bit.
     prompt_ids = llm.tokenizer.encode(chat(llm, "Describe a forest at night."))
-    streamed = fresh_greedy(prompt_ids, 14)
-    follow = prompt_ids + streamed[:12] + llm.tokenizer.encode(" And then?")
     # Other tokens' K/V at the positions the stream does not reach, to be wrongly reused.
     filler = prompt_ids[:5] + llm.tokenizer.encode(" a lot of unrelated filler text " * 10)
+
+    def after_filler():
+        new = pyruntime.LLM(MODEL, progress=False)
+        new.logits(filler)
+        return new
+
+    streamed = after_filler().generate(prompt_ids, max_new_tokens=14).token_ids  # the stream's tokens
+    follow = prompt_ids + streamed[:12] + llm.tokenizer.encode(" And then?")
     pieces = 6
     sampled = tokens_behind(llm, streamed, pieces)
 
-    replay = pyruntime.LLM(MODEL, progress=False)
-    replay.logits(filler)
+    replay = after_filler()
     assert replay.generate(prompt_ids, max_new_tokens=sampled).token_ids == streamed[:sampled]
     want = replay.generate(follow, max_new_tokens=8)
 
