@@ -6,8 +6,8 @@
 #  2. the same C++ tests, and the kernel and engine Python tests against an extension built
 #     with AddressSanitizer + UndefinedBehaviorSanitizer (PYRUNTIME_SKIP_SANITIZERS=1 skips;
 #     the whole-model runs at every level are left to ctest's cpu_engine_<level> there, and the
-#     disassembly check to the regular build's pytest; of the architectures, a sliding-window
-#     model past its KV ring);
+#     disassembly check and the bandwidth and FMA probes (unoptimized, instrumented code there)
+#     to the regular build's pytest; of the architectures, a sliding-window model past its KV ring);
 #  3. on a host with AVX-512, the C++ tests and the README's generation again on an emulated
 #     AVX2-only CPU (qemu-user's AMD EPYC Zen 1 model: AVX2, FMA, F16C, no AVX-512), where an
 #     AVX-512 instruction reached by mistake is an illegal instruction, as on such a machine;
@@ -59,6 +59,7 @@ if [ "${PYRUNTIME_SKIP_SANITIZERS:-0}" != 1 ]; then
     tests/runtime/test_bad_models.py tests/runtime/test_architectures.py \
     "tests/runtime/test_engine_api.py::test_prompt_chunks_of_several_rows_share_calls_and_equal_each_alone" \
     -k "not test_engine_greedy_matches_best_level and not test_no_instruction_outside_its_level and \
+        not test_machine_probes and \
         (not test_architectures or (test_ring_cache_wraps and gemma2))"
 fi
 
