@@ -103,6 +103,28 @@ constexpr int kUnset = -1;
 std::atomic<int> g_active{kUnset};
 std::mutex g_active_mutex;
 
+// The vendor's default, then PYRUNTIME_Q8_DECODE_ROWS's value once read (what 0 restores).
+std::atomic<int> g_q8_default_rows{[] {
+  __builtin_cpu_init();
+  return __builtin_cpu_is("amd") ? 1 : 4;
+}()};
+std::atomic<int> g_q8_decode_rows{g_q8_default_rows.load()};
+
+std::once_flag g_q8_env_read;
+
+// PYRUNTIME_Q8_DECODE_ROWS, read before the first kernel call (a bad value throws there, and
+// again at every later one).
+void read_q8_decode_rows_env() {
+  std::call_once(g_q8_env_read, [] {
+    const char* env = std::getenv("PYRUNTIME_Q8_DECODE_ROWS");
+    if (!env || !*env) return;
+    const std::string v = env;
+    PYRUNTIME_CHECK(v == "1" || v == "4", "PYRUNTIME_Q8_DECODE_ROWS=" + v + ": rows read at once must be 1 or 4");
+    g_q8_default_rows.store(std::stoi(v), std::memory_order_relaxed);
+    g_q8_decode_rows.store(std::stoi(v), std::memory_order_relaxed);
+  });
+}
+
 void check_runs_here(Isa isa, const std::string& origin) {
   const std::string missing = isa_missing_features(isa);
   PYRUNTIME_CHECK(missing.empty(), origin + ": this CPU cannot run the " + isa_name(isa) +
@@ -117,6 +139,7 @@ Isa active_isa() {
   if (a != kUnset) return static_cast<Isa>(a);
   std::lock_guard<std::mutex> lock(g_active_mutex);
   if (g_active.load(std::memory_order_relaxed) == kUnset) {
+    read_q8_decode_rows_env();
     Isa isa = best_isa();
     if (const char* env = std::getenv("PYRUNTIME_CPU_ISA"); env && *env) {
       const std::string origin = std::string("PYRUNTIME_CPU_ISA=") + env;
@@ -135,8 +158,21 @@ Isa active_isa() {
 void set_active_isa(Isa isa) {
   PYRUNTIME_CHECK(isa >= Isa::Scalar && isa < Isa::Count, "set_active_isa: not a level");
   check_runs_here(isa, "set_active_isa");
+  read_q8_decode_rows_env();
   std::lock_guard<std::mutex> lock(g_active_mutex);
   g_active.store(static_cast<int>(isa), std::memory_order_release);
+}
+
+int q8_decode_rows() {
+  read_q8_decode_rows_env();  // done by the first kernel call's active_isa(): a bad value threw there
+  return g_q8_decode_rows.load(std::memory_order_relaxed);
+}
+
+void set_q8_decode_rows(int rows) {
+  read_q8_decode_rows_env();  // the environment's value, if any, comes first
+  PYRUNTIME_CHECK(rows == 0 || rows == 1 || rows == 4,
+                  "set_q8_decode_rows: rows must be 1, 4 or 0 (the default), got " + std::to_string(rows));
+  g_q8_decode_rows.store(rows ? rows : g_q8_default_rows.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 
 // `return <level>::call` for the active level.

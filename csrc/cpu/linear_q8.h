@@ -357,6 +357,9 @@ inline void q8_tile(float* y, int64_t y_stride, const Q8Token* x, const BlockRow
     }
 }
 
+// Blocks of activations the lane kernels' views hold past their last (whole vectors of eight).
+constexpr int64_t kLaneSlack = 8;
+
 // The lane kernels' view of `tokens` quantised tokens (their offset and min terms added), in
 // this thread's own buffers.
 template <WeightFormat F>
@@ -364,8 +367,9 @@ inline const LaneToken* lane_tokens(const Q8Token* toks, int64_t tokens, int64_t
   thread_local std::vector<int32_t> offset;
   thread_local std::vector<float> dsum;
   thread_local std::vector<LaneToken> lanes;
-  if (static_cast<int64_t>(offset.size()) < tokens * blocks) offset.resize(tokens * blocks);  // grows, then stays
-  if (static_cast<int64_t>(dsum.size()) < tokens * blocks) dsum.resize(tokens * blocks);
+  const int64_t size = tokens * blocks + kLaneSlack;  // whole vectors of eight past the last block
+  if (static_cast<int64_t>(offset.size()) < size) offset.resize(size);  // grows, then stays
+  if (static_cast<int64_t>(dsum.size()) < size) dsum.resize(size);
   if (static_cast<int64_t>(lanes.size()) < tokens) lanes.resize(tokens);
   for (int64_t t = 0; t < tokens; ++t) {
     lane_terms<F>(offset.data() + t * blocks, dsum.data() + t * blocks, toks[t].s, toks[t].d, blocks);
@@ -380,15 +384,6 @@ constexpr int kQ8TileTokens = 4;
 // products' kPrefetchAheadBytes (measured on the 1B-shaped Q4_K_M file: 4 KiB 21.5 tokens/s,
 // 12 KiB 23.8, 32 KiB 23.0; no prefetch 15.0).
 constexpr int64_t kQ8PrefetchAheadBytes = 3 * kPrefetchAheadBytes;
-
-// How many rows one token's product reads side by side (each row's sums are the same either
-// way). AMD: one, a single stream per thread, which its hardware prefetcher follows best
-// (benchmarks/README.md, AVX2 kernels); others: four, with the rows ahead prefetched in software,
-// as the kernel was tuned on an Intel Xeon. Several tokens take one row at a time.
-inline int q8_rows_side_by_side() {
-  static const int rows = __builtin_cpu_is("amd") ? 1 : 4;
-  return rows;
-}
 
 // y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and the quantised tokens,
 // each row times the tokens in tiles of kQ8TileTokens (q8_rows' general kernel).
@@ -420,10 +415,128 @@ inline void q8_tiles(float* y, int64_t y_stride, const Q8Token* toks, const Bloc
     }
   };
   int64_t r = row_begin;
-  if (tokens == 1 && q8_rows_side_by_side() == 4)  // the accumulators of four rows fit the registers
+  if (tokens == 1 && q8_decode_rows() == 4)  // the accumulators of four rows fit the registers
     for (; r + 4 <= row_end; r += 4) row_block(std::integral_constant<int, 4>{}, r);
   for (; r < row_end; ++r) row_block(std::integral_constant<int, 1>{}, r);
 }
+
+#if defined(PYRUNTIME_Q8_SIMD)
+// Lane i < n: the integer product of block i of `blocks` (F's blocks one after another) with
+// the 32 activations at xq + 32 i, the weights' values as stored (Q8_0's signed bytes, the
+// unsigned nibbles of Q4_0, whose -8 is LaneToken::offset's, and Q4_1); lanes past n: 0.
+template <WeightFormat F>
+inline __m256i block_sums8(const uint8_t* blocks, const int8_t* xq, int n) {
+  constexpr int64_t kBytes = Block<F>::kBytes;
+  __m256i p[8];
+  if constexpr (F == WeightFormat::Q8_0) {  // eight int32 per block (|w| <= 128: exact int16 pairs)
+    for (int i = 0; i < 8; ++i) {
+      p[i] = _mm256_setzero_si256();
+      if (i >= n) continue;  // nothing read past the last block
+      const __m256i w = load256(blocks + i * kBytes + 2);
+      p[i] = dot_u8s8(_mm256_abs_epi8(w), _mm256_sign_epi8(load256(xq + 32 * i), w));
+    }
+    const __m256i a = _mm256_hadd_epi32(p[0], p[1]), b = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i c = _mm256_hadd_epi32(p[4], p[5]), d = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i e = _mm256_hadd_epi32(a, b), f = _mm256_hadd_epi32(c, d);  // per 128-bit half: blocks 0-3, 4-7
+    return _mm256_add_epi32(_mm256_permute2x128_si256(e, f, 0x20), _mm256_permute2x128_si256(e, f, 0x31));
+  } else {  // sixteen int16 per block (pairs of nibble products: at most 2 * 15 * 127)
+    constexpr int kQs = F == WeightFormat::Q4_1 ? 4 : 2;
+    const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), low4 = _mm256_set1_epi8(15);
+    for (int i = 0; i < 8; ++i) {
+      p[i] = _mm256_setzero_si256();
+      if (i >= n) continue;
+      // Values 0-15 (the low nibbles) in the low half, 16-31 in the high half.
+      const __m256i q = _mm256_broadcastsi128_si256(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + i * kBytes + kQs)));
+      p[i] = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srlv_epi64(q, shift), low4), load256(xq + 32 * i));
+    }
+    // Three rounds of int16 pair sums (each then of 4, 8, 16 products: at most 30480, exact)
+    // leave block i's halves at int16 i of each 128-bit half.
+    const __m256i a = _mm256_hadd_epi16(p[0], p[1]), b = _mm256_hadd_epi16(p[2], p[3]);
+    const __m256i c = _mm256_hadd_epi16(p[4], p[5]), d = _mm256_hadd_epi16(p[6], p[7]);
+    const __m256i g = _mm256_hadd_epi16(_mm256_hadd_epi16(a, b), _mm256_hadd_epi16(c, d));
+    return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(g)),
+                            _mm256_cvtepi16_epi32(_mm256_extracti128_si256(g, 1)));
+  }
+}
+
+// r[i] lane j <- r[j] lane i: an 8 x 8 float transpose.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int h = 0; h < 2; ++h) {
+      u[4 * i + 2 * h] = _mm256_shuffle_ps(t[4 * i + h], t[4 * i + 2 + h], 0x44);
+      u[4 * i + 2 * h + 1] = _mm256_shuffle_ps(t[4 * i + h], t[4 * i + 2 + h], 0xEE);
+    }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+    r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+  }
+}
+
+// y[r] (+)= w[r, :in] . x for rows [row_begin, row_end) and one token, the lane kernels' sums
+// (linear_q8_lanes.h) read row after row: a single stream from memory (q8_decode_rows() == 1).
+// Eight blocks at a time, each block's integer sum, its product with the activation scale and
+// the weight's scales are formed as the lane kernels form them and kept for kRows rows; then the
+// rows go one per lane (a transpose) and their sums run over the blocks in order with the lane
+// kernels' multiply-adds: the same bits as lane_rows.
+template <WeightFormat F>
+inline void lane_order_rows(float* y, bool accumulate, const LaneToken& x, const BlockRows<F>& w, int64_t in,
+                            int64_t row_begin, int64_t row_end) {
+  using B = Block<F>;
+  static_assert(B::kValues == 32 && B::kBytes >= 4, "32-value blocks");
+  constexpr int kRows = 8;                                 // rows whose sums share a vector
+  constexpr int kTerms = F == WeightFormat::Q4_1 ? 3 : 2;  // per block: dx float(s), d (, m)
+  const int64_t blocks = in / 32, padded = (blocks + 7) / 8 * 8;
+  thread_local std::vector<float> terms;  // [term][row][block]
+  if (static_cast<int64_t>(terms.size()) < kTerms * kRows * padded) terms.resize(kTerms * kRows * padded);
+  const int64_t ahead = (kQ8PrefetchAheadBytes + w.stride - 1) / w.stride;  // rows
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i head_at = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B::kBytes));
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kRows) {
+    const int n = static_cast<int>(std::min<int64_t>(kRows, row_end - r0));
+    for (int r = 0; r < n; ++r) {
+      const uint8_t* row = w.w + (r0 + r) * w.stride;
+      const uint8_t* next = w.w + std::min(r0 + r + ahead, row_end - 1) * w.stride;
+      float* const t = terms.data() + r * padded;
+      for (int64_t b0 = 0; b0 < blocks; b0 += 8) {
+        const int nb = static_cast<int>(std::min<int64_t>(8, blocks - b0));
+        for (int64_t line = (b0 * B::kBytes + 63) / 64; line * 64 < (b0 + nb) * B::kBytes; ++line)
+          __builtin_prefetch(next + line * 64, 0, 3);
+        __m256i sums = block_sums8<F>(row + b0 * B::kBytes, x.q + 32 * b0, nb);
+        if constexpr (F != WeightFormat::Q8_0)  // Q8_0's offset is for w + 128; these sums are of w
+          sums = _mm256_add_epi32(sums, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.offset + b0)));
+        _mm256_storeu_ps(t + b0, _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(x.d + b0)));
+        // Each block's first four bytes: its float16 scale (and Q4_1's min).
+        const __m256i heads = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(),
+                                                          reinterpret_cast<const int*>(row + b0 * B::kBytes), head_at,
+                                                          _mm256_cmpgt_epi32(_mm256_set1_epi32(nb), lane), 1);
+        _mm256_storeu_ps(t + kRows * padded + b0, lanes8::f16_low(heads));
+        if constexpr (F == WeightFormat::Q4_1) _mm256_storeu_ps(t + 2 * kRows * padded + b0, lanes8::f16_high(heads));
+      }
+    }
+    __m256 acc = _mm256_setzero_ps();  // lanes past n: whatever the buffer holds, never stored
+    for (int64_t b0 = 0; b0 < blocks; b0 += 8) {
+      __m256 v[kTerms][kRows];
+      for (int k = 0; k < kTerms; ++k) {
+        for (int r = 0; r < kRows; ++r) v[k][r] = _mm256_loadu_ps(terms.data() + (k * kRows + r) * padded + b0);
+        transpose8(v[k]);  // v[k][i]: block b0 + i of every row
+      }
+      const int nb = static_cast<int>(std::min<int64_t>(8, blocks - b0));
+      for (int i = 0; i < nb; ++i) {
+        acc = _mm256_fmadd_ps(v[1][i], v[0][i], acc);
+        if constexpr (F == WeightFormat::Q4_1)
+          acc = _mm256_fmadd_ps(v[kTerms - 1][i], _mm256_set1_ps(x.dsum[b0 + i]), acc);
+      }
+    }
+    lanes8::store(y + r0, acc, n, accumulate);
+  }
+}
+#endif
 
 // y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and every token (a decode
 // call's few): x quantised (by every thread for itself: a few thousand values, no barrier), then
@@ -439,24 +552,31 @@ inline void q8_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride
   thread_local std::vector<int16_t> xs;
   thread_local std::vector<Q8Token> toks;
   if (static_cast<int64_t>(xq.size()) < tokens * in) xq.resize(tokens * in);  // grows, then stays
-  if (static_cast<int64_t>(xd.size()) < tokens * (in / G)) xd.resize(tokens * (in / G));
+  if (static_cast<int64_t>(xd.size()) < tokens * (in / G) + kLaneSlack) xd.resize(tokens * (in / G) + kLaneSlack);
   if (static_cast<int64_t>(xs.size()) < tokens * (in / 16)) xs.resize(tokens * (in / 16));
   if (static_cast<int64_t>(toks.size()) < tokens) toks.resize(tokens);
   for (int64_t t = 0; t < tokens; ++t) {
     toks[t] = {xq.data() + t * in, xd.data() + t * (in / G), xs.data() + t * (in / 16)};
     quantize_q8(xq.data() + t * in, xd.data() + t * (in / G), xs.data() + t * (in / 16), x + t * x_stride, in, G);
   }
+#if defined(PYRUNTIME_Q8_SIMD)
+  // A row per lane (linear_q8_lanes.h), or for one token row after row in the lanes' order.
+  const bool row_after_row = tokens == 1 && q8_decode_rows() == 1;
+#endif
 #if defined(PYRUNTIME_VEC_AVX512)
   if constexpr (vnni::kHasLaneDot<F>)
-    if (vnni::available())  // a row per lane (linear_q8_lanes.h)
-      return vnni::lane_rows<F>(y, y_stride, Accumulate, lane_tokens<F>(toks.data(), tokens, in / G), w, tokens,
-                                in, row_begin, row_end);
+    if (vnni::available()) {
+      const LaneToken* lt = lane_tokens<F>(toks.data(), tokens, in / G);
+      return row_after_row ? lane_order_rows<F>(y, Accumulate, *lt, w, in, row_begin, row_end)
+                           : vnni::lane_rows<F>(y, y_stride, Accumulate, lt, w, tokens, in, row_begin, row_end);
+    }
 #endif
 #if defined(PYRUNTIME_Q8_SIMD)
-  if constexpr (lanes8::kHasLaneDot<F>)
-    return lanes8::lane_rows<F>(y, y_stride, Accumulate, lane_tokens<F>(toks.data(), tokens, in / G), w, tokens,
-                                in, row_begin, row_end);
-  else
+  if constexpr (lanes8::kHasLaneDot<F>) {
+    const LaneToken* lt = lane_tokens<F>(toks.data(), tokens, in / G);
+    return row_after_row ? lane_order_rows<F>(y, Accumulate, *lt, w, in, row_begin, row_end)
+                         : lanes8::lane_rows<F>(y, y_stride, Accumulate, lt, w, tokens, in, row_begin, row_end);
+  } else
 #endif
     q8_tiles<Accumulate>(y, y_stride, toks.data(), w, tokens, in, row_begin, row_end);
 }

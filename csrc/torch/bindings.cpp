@@ -75,6 +75,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         {"avx512_vnni", f.avx512vnni}, {"amx_tile", f.amx_tile}, {"amx_bf16", f.amx_bf16},
         {"int8_vnni_path", p.int8_vnni}, {"bf16_amx_path", p.bf16_amx}};
   }, "what cpuid reports, and the special product paths the active level takes");
+  m.def("q8_decode_rows", &pyruntime::cpu::q8_decode_rows,
+        "weight rows one token's integer decode product reads at once (1: row after row, 4: side by side)");
+  m.def("set_q8_decode_rows", &pyruntime::cpu::set_q8_decode_rows, pybind11::arg("rows"),
+        "1 or 4 for later products (0 restores the default); each row's sums are the same bits either way");
   m.def("measure_fma_gflops", &pyruntime::cpu::measure_fma_gflops,
         pybind11::call_guard<pybind11::gil_scoped_release>(),
         "float32 multiply-adds per second over all kernel threads, G/s");

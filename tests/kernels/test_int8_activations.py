@@ -5,6 +5,10 @@ weights, through the engine's own product (C.matrix_product) at every level this
 every decode token count's tile shapes; prompt chunks (more than C.max_row_tile_tokens tokens)
 keep float32 activations."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -55,10 +59,22 @@ def test_integer_product_matches_quantized_reference(level, fmt, tokens):
     assert (got - got_f).abs().max() > 1e-4 * mag.max()
 
 
+@pytest.fixture(params=[1, 4], ids=["row-after-row", "rows-side-by-side"])
+def decode_rows(request):
+    """Both ways one token's integer product reads the weight rows (C.q8_decode_rows: one after
+    another, the default on AMD CPUs, or four side by side and the 32-value formats a row per
+    vector lane, the default elsewhere), whatever this CPU's default; restored afterwards."""
+    C.set_q8_decode_rows(request.param)
+    yield request.param
+    C.set_q8_decode_rows(0)
+
+
 @pytest.mark.parametrize("fmt", INT8_FORMATS)
-def test_each_token_of_a_decode_call_equals_it_alone(level, fmt):
-    # A decode call of n tokens (a step of n streams; on AVX512-VNNI CPUs the 32-value formats
-    # share each decoded block among them) gives each token the very sums it gets alone.
+def test_each_token_of_a_decode_call_equals_it_alone(level, fmt, decode_rows):
+    # A decode call of n tokens (a step of n streams; on the SIMD levels the 32-value formats
+    # share each decoded block among them, a row per vector lane) gives each token the very sums
+    # it gets alone, however a lone token's product reads the rows.
+    assert C.q8_decode_rows() == decode_rows
     gen = np.random.default_rng(11)
     m = random_blocks(fmt, 37, 512, gen)  # two groups of 16 rows and a part
     x = torch.from_numpy(gen.standard_normal((C.max_row_tile_tokens, 512)).astype(np.float32))
@@ -68,6 +84,50 @@ def test_each_token_of_a_decode_call_equals_it_alone(level, fmt):
     for n in range(2, len(x) + 1):
         assert torch.equal(C.matrix_product(x[:n], m, True), alone[:n]), n
         assert torch.equal(C.matrix_product(x[len(x) - n:], m, True), alone[len(x) - n:]), n
+
+
+@pytest.mark.parametrize("fmt", INT8_FORMATS)
+@pytest.mark.parametrize("cols", [576, 2048])
+def test_a_lone_token_reads_rows_either_way_to_the_same_bits(level, fmt, cols):
+    # One token (a decode step of one stream) through rows read one after another and four side
+    # by side (the 32-value formats: a row per vector lane): the same bits, and both the
+    # float64 reference's to 1e-5 of the terms' magnitudes. 576 values: 18 blocks of 32 (eight,
+    # eight and two) or two and a quarter of 256 (k-quants take 512); rows past a multiple of 8.
+    if FORMATS[fmt].activation_group == 256:
+        cols = cols // 256 * 256
+    gen = np.random.default_rng(cols)
+    m = random_blocks(fmt, 45, cols, gen)
+    x = torch.from_numpy(gen.standard_normal((1, cols)).astype(np.float32))
+    x[0, :40] *= 30
+    want, mag = reference(x, m, FORMATS[fmt].activation_group)
+    got = {}
+    try:
+        for rows in (1, 4):
+            C.set_q8_decode_rows(rows)
+            got[rows] = C.matrix_product(x, m, True)
+    finally:
+        C.set_q8_decode_rows(0)
+    assert (got[1].double() - want).abs().max() <= 1e-5 * mag.max()
+    assert torch.equal(got[1], got[4])
+
+
+def test_decode_rows_setting_is_checked():
+    with pytest.raises(ValueError, match="rows must be 1, 4 or 0"):
+        C.set_q8_decode_rows(2)
+    assert C.q8_decode_rows() in (1, 4)
+
+
+@pytest.mark.parametrize("value", ["4", "1", "3"])
+def test_environment_variable_picks_the_decode_rows(value):
+    code = ("import torch; from pyruntime._ext import C; from pyruntime import ops; "
+            "ops.rms_norm(torch.ones(2, 64), torch.ones(64)); print(C.q8_decode_rows())")
+    env = dict(os.environ, PYRUNTIME_Q8_DECODE_ROWS=value)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if value in ("1", "4"):
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[-1] == value
+    else:
+        assert r.returncode != 0 and "PYRUNTIME_Q8_DECODE_ROWS=3: rows read at once must be 1 or 4" in r.stderr
 
 
 @pytest.mark.parametrize("fmt", INT8_FORMATS)
