@@ -12,7 +12,8 @@
 // arithmetic in plain C++, so every level computes the same sums. On the SIMD levels Q4_0 and
 // Q4_1 (and Q8_0 where the CPU has AVX512-VNNI) take linear_q8_lanes.h's kernels instead (a
 // weight row per vector lane: the same integer sums, one decoding of each block for every
-// token of the call).
+// token of the call), or for a single token where q8_decode_rows() is 1 lane_order_rows (the
+// rows read one after another, the lanes' sums in the lanes' order).
 // Block layouts: block_rows.h (ggml-common.h's block_q4_0 ...).
 #pragma once
 
