@@ -117,11 +117,12 @@ _ACTIVATION_GROUPS = {"q4_0": 32, "q4_1": 32, "q8_0": 32, "q4_k": 256, "q5_k": 2
 def quantize_activations(x: torch.Tensor, group: int) -> torch.Tensor:
     """The float32 values x [..., n] stands for once quantized to 8 bits in groups of `group`
     along its last dimension, as the CPU engine's integer products take it: per group,
-    iscale = 127 / max|x| (0 for a zero group), q = round(x * iscale) (half to even),
-    value = q * (max|x| / 127)."""
+    iscale = 127 / max|x| (0 for a zero group, and where that overflows: max|x| under ~3.7e-37),
+    q = round(x * iscale) (half to even), value = q * (max|x| / 127)."""
     g = x.float().reshape(*x.shape[:-1], -1, group)
     amax = g.abs().amax(-1, keepdim=True)
     iscale = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    iscale = torch.where(torch.isfinite(iscale), iscale, torch.zeros_like(iscale))
     return (torch.round(g * iscale) * (amax / 127.0)).reshape(x.shape)
 
 

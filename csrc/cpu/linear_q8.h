@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -55,7 +56,10 @@ inline void quantize_q8(int8_t* q, float* d, int16_t* s, const float* x, int64_t
     float amax = 0.0f;
     for (int i = 0; i < group; ++i) amax = std::max(amax, std::fabs(src[i]));
 #endif
-    const float iscale = amax > 0.0f ? 127.0f / amax : 0.0f;
+    // 0 for a zero group, and for one so small (under ~3.7e-37) that 127 / amax overflows:
+    // its values count as zeros.
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const float iscale = inv <= std::numeric_limits<float>::max() ? inv : 0.0f;
     d[g0 / group] = amax / 127.0f;
     int8_t* dst = q + g0;
 #if defined(PYRUNTIME_Q8_SIMD)
