@@ -391,10 +391,11 @@ constexpr int kQ8TileTokens = 4;
 constexpr int64_t kQ8PrefetchAheadBytes = 3 * kPrefetchAheadBytes;
 
 // y[t, r] (+)= w[r, :in] . x[t, :in] for rows [row_begin, row_end) and the quantised tokens,
-// each row times the tokens in tiles of kQ8TileTokens (q8_rows' general kernel).
+// each row times the tokens in tiles of kQ8TileTokens (q8_rows' general kernel); with
+// four_rows, a single token's rows four side by side.
 template <bool Accumulate, WeightFormat F>
 inline void q8_tiles(float* y, int64_t y_stride, const Q8Token* toks, const BlockRows<F>& w, int64_t tokens,
-                     int64_t in, int64_t row_begin, int64_t row_end) {
+                     int64_t in, int64_t row_begin, int64_t row_end, bool four_rows) {
   const int64_t blocks = in / Block<F>::kValues;
   // R rows side by side, every row's tokens in tiles of up to kQ8TileTokens; the first tile of a
   // block of rows prefetches the rows ahead.
@@ -420,7 +421,7 @@ inline void q8_tiles(float* y, int64_t y_stride, const Q8Token* toks, const Bloc
     }
   };
   int64_t r = row_begin;
-  if (tokens == 1 && q8_decode_rows() == 4)  // the accumulators of four rows fit the registers
+  if (tokens == 1 && four_rows)  // the accumulators of four rows fit the registers
     for (; r + 4 <= row_end; r += 4) row_block(std::integral_constant<int, 4>{}, r);
   for (; r < row_end; ++r) row_block(std::integral_constant<int, 1>{}, r);
 }
@@ -490,10 +491,13 @@ inline void transpose8(__m256 r[8]) {
 // rows go one per lane (a transpose) and their sums run over the blocks in order with the lane
 // kernels' multiply-adds: the same bits as lane_rows.
 template <WeightFormat F>
+constexpr bool kHasLaneOrderRows = F == WeightFormat::Q4_0 || F == WeightFormat::Q4_1 || F == WeightFormat::Q8_0;
+
+template <WeightFormat F>
 inline void lane_order_rows(float* y, bool accumulate, const LaneToken& x, const BlockRows<F>& w, int64_t in,
                             int64_t row_begin, int64_t row_end) {
   using B = Block<F>;
-  static_assert(B::kValues == 32 && B::kBytes >= 4, "32-value blocks");
+  static_assert(kHasLaneOrderRows<F> && B::kValues == 32 && B::kBytes >= 4, "32-value blocks");
   constexpr int kRows = 8;                                 // rows whose sums share a vector
   constexpr int kTerms = F == WeightFormat::Q4_1 ? 3 : 2;  // per block: dx float(s), d (, m)
   const int64_t blocks = in / 32, padded = (blocks + 7) / 8 * 8;
@@ -564,26 +568,29 @@ inline void q8_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride
     toks[t] = {xq.data() + t * in, xd.data() + t * (in / G), xs.data() + t * (in / 16)};
     quantize_q8(xq.data() + t * in, xd.data() + t * (in / G), xs.data() + t * (in / 16), x + t * x_stride, in, G);
   }
-#if defined(PYRUNTIME_Q8_SIMD)
-  // A row per lane (linear_q8_lanes.h), or for one token row after row in the lanes' order.
+  // One token: its rows read one after another, or side by side (q8_decode_rows()).
   const bool row_after_row = tokens == 1 && q8_decode_rows() == 1;
-#endif
-#if defined(PYRUNTIME_VEC_AVX512)
-  if constexpr (vnni::kHasLaneDot<F>)
-    if (vnni::available()) {
-      const LaneToken* lt = lane_tokens<F>(toks.data(), tokens, in / G);
-      return row_after_row ? lane_order_rows<F>(y, Accumulate, *lt, w, in, row_begin, row_end)
-                           : vnni::lane_rows<F>(y, y_stride, Accumulate, lt, w, tokens, in, row_begin, row_end);
-    }
-#endif
 #if defined(PYRUNTIME_Q8_SIMD)
-  if constexpr (lanes8::kHasLaneDot<F>) {
-    const LaneToken* lt = lane_tokens<F>(toks.data(), tokens, in / G);
-    return row_after_row ? lane_order_rows<F>(y, Accumulate, *lt, w, in, row_begin, row_end)
-                         : lanes8::lane_rows<F>(y, y_stride, Accumulate, lt, w, tokens, in, row_begin, row_end);
+  if constexpr (kHasLaneOrderRows<F>) {
+#if defined(PYRUNTIME_VEC_AVX512)
+    const bool vnni_lanes = vnni::kHasLaneDot<F> && vnni::available();
+#else
+    constexpr bool vnni_lanes = false;
+#endif
+    if (vnni_lanes || lanes8::kHasLaneDot<F>) {  // a row per lane (linear_q8_lanes.h), or their sums row after row
+      const LaneToken* lt = lane_tokens<F>(toks.data(), tokens, in / G);
+      if (row_after_row) return lane_order_rows<F>(y, Accumulate, *lt, w, in, row_begin, row_end);
+#if defined(PYRUNTIME_VEC_AVX512)
+      if (vnni_lanes) return vnni::lane_rows<F>(y, y_stride, Accumulate, lt, w, tokens, in, row_begin, row_end);
+#endif
+      if constexpr (lanes8::kHasLaneDot<F>)
+        return lanes8::lane_rows<F>(y, y_stride, Accumulate, lt, w, tokens, in, row_begin, row_end);
+    }
+    if constexpr (!lanes8::kHasLaneDot<F>)  // Q8_0 without VNNI
+      q8_tiles<Accumulate>(y, y_stride, toks.data(), w, tokens, in, row_begin, row_end, !row_after_row);
   } else
 #endif
-    q8_tiles<Accumulate>(y, y_stride, toks.data(), w, tokens, in, row_begin, row_end);
+    q8_tiles<Accumulate>(y, y_stride, toks.data(), w, tokens, in, row_begin, row_end, !row_after_row);
 }
 
 }  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail
