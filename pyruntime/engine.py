@@ -143,7 +143,8 @@ class CpuEngine(Engine):
     def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, threads: int,
                  int8_activations: bool = True):
         """int8_activations: products of q4_0, q4_1, q8_0, q4_k, q5_k, q6_k matrices in integers against
-        activations quantized to 8 bits (pyruntime.formats.quantize_activations); False: float32."""
+        activations quantized to 8 bits (pyruntime.formats.quantize_activations): decode calls, and
+        prompts too where the CPU level has the integer GEMM (int8_prompts); False: float32."""
         self.handle = C.Engine(spec, max_seq_len, kv_dtype, threads, MAX_TOKENS, int8_activations)
         self.max_tokens = self.handle.max_tokens
         super().__init__(spec, max_seq_len, kv_dtype, "cpu", self.handle.layer_slots)
@@ -155,6 +156,20 @@ class CpuEngine(Engine):
     @property
     def int8_activations(self) -> bool:
         return self.handle.int8_activations
+
+    @property
+    def int8_prompts(self) -> bool:
+        """Whether prompts take the 8-bit activations too (as llama.cpp's do; off by default: they
+        change some top-1 tokens of the prompt's logits). Setting True asks for them; they run
+        where int8_activations holds and the CPU level has the integer GEMM
+        (C.int8_prompt_products(): AVX512-VNNI without AMX), and this then reads True."""
+        return self.handle.int8_prompts
+
+    @int8_prompts.setter
+    def int8_prompts(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise ValueError(f"int8_prompts must be a bool, got {on!r}")
+        self.handle.int8_prompts = on
 
     @property
     def isa(self) -> str:

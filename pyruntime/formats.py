@@ -121,7 +121,8 @@ def quantize_activations(x: torch.Tensor, group: int) -> torch.Tensor:
     q = round(x * iscale) (half to even), value = q * (max|x| / 127)."""
     g = x.float().reshape(*x.shape[:-1], -1, group)
     amax = g.abs().amax(-1, keepdim=True)
-    iscale = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    # A true division (torch's 127.0 / t multiplies by a reciprocal, one rounding off the kernels').
+    iscale = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     iscale = torch.where(torch.isfinite(iscale), iscale, torch.zeros_like(iscale))
     return (torch.round(g * iscale) * (amax / 127.0)).reshape(x.shape)
 

@@ -18,11 +18,13 @@ class TorchReference(Engine):
     q, k, v and gate, up joined (a copy: this is the oracle, not the fast path). With
     int8_activations (the CPU engine's default), the input of a decode call's product with a
     matrix whose format has integer products is first quantized as
-    pyruntime.formats.quantize_activations defines (prompts keep float32 activations)."""
+    pyruntime.formats.quantize_activations defines; with int8_prompts too a prompt's (as
+    CpuEngine.int8_prompts says the engine does), else prompts keep float32 activations."""
 
     max_tokens = 1 << 30  # no chunking: each prefill is one pass
 
-    def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, int8_activations: bool = True):
+    def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, int8_activations: bool = True,
+                 int8_prompts: bool = False):
         super().__init__(spec, max_seq_len, kv_dtype, spec.embed.data.device)
         floats: dict[int, torch.Tensor] = {}
 
@@ -53,6 +55,7 @@ class TorchReference(Engine):
                  cos_sin=spec.rope_cos_sin if l.rope_cos_sin is None else l.rope_cos_sin)
             for l in spec.layers
         ]
+        self.int8_prompts = int8_activations and int8_prompts
         self.scale = spec.attn_scale
         self.q_size, self.kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
 
@@ -111,8 +114,8 @@ class TorchReference(Engine):
                 return self._torch_attention(q, kc[0], vc[0], positions[0], layer["window"])
             return ops.prefill_attention(q.contiguous(), kc[0], vc[0], start_pos, self.scale).reshape(t, -1)
 
-        x = self._run_layers(tokens, attend, quantize=False)
-        logits = self._logits(x if all_logits else x[-1:], quantize=False)
+        x = self._run_layers(tokens, attend, quantize=self.int8_prompts)
+        logits = self._logits(x if all_logits else x[-1:], quantize=self.int8_prompts)
         return logits if all_logits else logits[0]
 
     def _logits(self, x: torch.Tensor, quantize: bool) -> torch.Tensor:
@@ -165,8 +168,8 @@ class TorchReference(Engine):
 
 def _linear(x: torch.Tensor, parts, quantize: bool) -> torch.Tensor:
     """x times the stacked matrices of parts (TorchReference's), each part's input quantized to
-    8 bits first where it has an activation group and `quantize` says x is a decode call's
-    (never more than C.max_row_tile_tokens tokens; the engines' prompts keep float32 activations)."""
+    8 bits first where it has an activation group and `quantize` says x is a decode call's, or
+    a prompt's with int8_prompts."""
     ys = [ops.linear(x if g is None or not quantize else quantize_activations(x, g).to(x.dtype), w) for w, g in parts]
     return ys[0] if len(ys) == 1 else torch.cat(ys, -1)
 

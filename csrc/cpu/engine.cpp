@@ -9,6 +9,7 @@
 
 #include "attention_internal.h"
 #include "engine_impl.h"
+#include "gemm_q8.h"
 #include "linear_internal.h"
 #include "linear_q8.h"
 #include "norm_internal.h"
@@ -69,24 +70,44 @@ inline void with_rows(const Matrix& m, F&& f, bool int8_activations = false) {
 }
 
 // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token: the one choice of product per format
-// and token count (prompt chunks: the GEMM with float32 activations; decode calls: the integer
-// products where w has them). Every token's sums are the same whichever tokens share the call,
-// within one path. \param gemm the GEMM (more than kMaxRowTileTokens tokens; see run), else the
-// row tiles. \param packed gemm_pack_floats(in) floats of this thread's own
+// and token count (prompt chunks: the GEMM, with 8-bit activations where q8 holds them, else
+// float32; decode calls: the integer products where w has them). Every token's sums are the
+// same whichever tokens share the call, within one path. \param gemm the GEMM (more than
+// kMaxRowTileTokens tokens; see run), else the row tiles. \param packed gemm_pack_floats(in)
+// floats of this thread's own \param q8 with the GEMM: the tokens quantised for the activation
+// groups of 32 and of 256 (run's share_q8), or null (float32 activations)
 template <bool Accumulate, typename Rows>
 inline void product_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
-                         int64_t tokens, int64_t in, int64_t r0, int64_t r1, float* packed, bool gemm) {
+                         int64_t tokens, int64_t in, int64_t r0, int64_t r1, float* packed, bool gemm,
+                         const detail::Q8Chunk* q8 = nullptr) {
   if (gemm) {
-    if constexpr (detail::IsQ8BlockRows<Rows>::value)  // the plain block rows' GEMM
-      detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, static_cast<const detail::BlockRows<Rows::kFormat>&>(w),
-                                    tokens, in, r0, r1, packed);
-    else
+    if constexpr (detail::IsQ8BlockRows<Rows>::value) {  // the integer GEMM, or the plain block rows' one
+      const auto& plain = static_cast<const detail::BlockRows<Rows::kFormat>&>(w);
+#if defined(PYRUNTIME_VEC_AVX512)
+      if (q8) {
+        const detail::Q8Chunk& chunk = q8[detail::q8_group<Rows::kFormat>() == 32 ? 0 : 1];
+        return detail::vnni::q8_gemm_rows<Accumulate>(y, y_stride, chunk, plain, tokens, r0, r1,
+                                                      reinterpret_cast<uint8_t*>(packed));
+      }
+#endif
+      detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, plain, tokens, in, r0, r1, packed);
+    } else
       detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed);
   } else if constexpr (detail::IsQ8BlockRows<Rows>::value) {
     detail::q8_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
   } else {
     detail::linear_rows<Accumulate>(y, y_stride, x, x_stride, w, tokens, in, r0, r1);
   }
+}
+
+// The activation group of m's integer products (32 or 256), or 0 where its format has none.
+inline int matrix_q8_group(const Matrix& m) {
+  int group = 0;
+  with_rows(m, [&](const auto& w) {
+    using R = std::decay_t<decltype(w)>;
+    if constexpr (detail::IsQ8BlockRows<R>::value) group = detail::q8_group<R::kFormat>();
+  }, true);
+  return group;
 }
 
 // out[i] = row r of m as float32.
@@ -111,7 +132,9 @@ struct EngineImpl final : Engine::Impl {
            void* k_cache_v, void* v_cache_v, int64_t cache_rows, float* logits,
            int64_t first_logit, bool prompt, const int64_t* logit_tokens) override {
     const EngineSpec& s = spec;
-    const bool int8_activations = s.int8_activations && !prompt;
+    // 8-bit activations: decode calls, and prompts where the level has the integer GEMM.
+    const bool int8_prompts = s.int8_activations && s.int8_prompts && detail::q8_prompt_products();
+    const bool int8_activations = s.int8_activations && (!prompt || int8_prompts);
     const int64_t H = s.hidden, I = s.inter, D = s.head_dim, Hq = s.num_heads, Hkv = s.num_kv_heads;
     TC* k_cache = static_cast<TC*>(k_cache_v);
     TC* v_cache = static_cast<TC*>(v_cache_v);
@@ -165,15 +188,39 @@ struct EngineImpl final : Engine::Impl {
       bool gemm_here = gemm;  // the layers' products; the LM head's below
       // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token.
       auto product = [&](auto accumulate, float* y, int64_t y_stride, const float* x, int64_t x_stride,
-                         const auto& w, int64_t tokens, int64_t in, int64_t r0, int64_t r1) {
+                         const auto& w, int64_t tokens, int64_t in, int64_t r0, int64_t r1, const detail::Q8Chunk* q8) {
         product_rows<decltype(accumulate)::value>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed,
-                                                  gemm_here);
+                                                  gemm_here, q8);
+      };
+      // The GEMM's 8-bit activations (where the level has it): the tokens of x [tokens, in]
+      // quantised once for the activation groups that parts' formats use, the tokens shared out
+      // (every thread then waits for the others); null where the products take float32.
+      detail::Q8Chunk q8[2];
+      auto share_q8 = [&](const float* x, int64_t in, int64_t tokens,
+                          std::initializer_list<const Matrix*> parts) -> const detail::Q8Chunk* {
+        if (!(gemm_here && int8_activations && detail::q8_prompt_products())) return nullptr;
+        bool used[2] = {false, false};
+        for (const Matrix* m : parts)
+          if (const int group = matrix_q8_group(*m)) used[group == 32 ? 0 : 1] = true;
+        for (int i = 0; i < 2; ++i) {
+          if (!used[i]) continue;
+          const int group = i == 0 ? 32 : 256;
+          int8_t* q = q8_values.data() + i * s.max_tokens * q8_cols;
+          float* d = q8_scales.data() + i * s.max_tokens * (q8_cols / 32);
+          int16_t* sums = q8_sums.data() + i * s.max_tokens * (q8_cols / 16);
+#pragma omp for schedule(static)
+          for (int64_t t = 0; t < tokens; ++t)
+            detail::quantize_q8(q + t * in, d + t * (in / group), sums + t * (in / 16), x + t * in, in, group);
+          q8[i] = {q, d, sums, in, group};
+        }
+        return q8;
       };
       // y (+)= [parts stacked by rows] x (+ bias) for this thread's rows, over `tokens` tokens
       // (each part its own format); then every thread waits for the others (the next phase
       // reads all of y).
       auto project = [&](auto accumulate, float* y, const float* x, std::initializer_list<const Matrix*> parts,
                          const float* bias, int64_t tokens) {
+        const detail::Q8Chunk* q8x = share_q8(x, (*parts.begin())->cols, tokens, parts);
         int64_t rows = 0;
         for (const Matrix* m : parts) rows += m->rows;
         int64_t r0, r1, base = 0;
@@ -182,7 +229,7 @@ struct EngineImpl final : Engine::Impl {
           const int64_t lo = std::max(r0, base) - base, hi = std::min(r1, base + m->rows) - base;
           if (lo < hi)
             with_rows(*m, [&](const auto& w) {
-              product(accumulate, y + base, rows, x, m->cols, w, tokens, m->cols, lo, hi);
+              product(accumulate, y + base, rows, x, m->cols, w, tokens, m->cols, lo, hi, q8x);
             }, int8_activations);
           base += m->rows;
         }
@@ -304,13 +351,16 @@ struct EngineImpl final : Engine::Impl {
         norm(L.mlp_norm, n);
         mark(l, Op::MlpNorm);
 
+        const detail::Q8Chunk* q8x = share_q8(x, H, n, {&L.gate, &L.up});
         int64_t i0, i1;
         thread_range(I, W, tid, nt, i0, i1);
         if (i1 > i0) {
-          with_rows(L.gate, [&](const auto& w) { product(std::false_type{}, gate, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); },
-                    int8_activations);
-          with_rows(L.up, [&](const auto& w) { product(std::false_type{}, up, chunk, x, H, w.from(i0), n, H, 0, i1 - i0); },
-                    int8_activations);
+          with_rows(L.gate, [&](const auto& w) {
+            product(std::false_type{}, gate, chunk, x, H, w.from(i0), n, H, 0, i1 - i0, q8x);
+          }, int8_activations);
+          with_rows(L.up, [&](const auto& w) {
+            product(std::false_type{}, up, chunk, x, H, w.from(i0), n, H, 0, i1 - i0, q8x);
+          }, int8_activations);
           const bool gelu = s.activation == Activation::GeluTanh;
           for (int64_t t = 0; t < n; ++t)
             for (int64_t i = 0; i < i1 - i0; i += W) {
@@ -350,11 +400,24 @@ struct EngineImpl final : Engine::Impl {
 
 void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations) {
   std::vector<float> packed(detail::gemm_pack_floats(m.cols));
+  const bool gemm = tokens > kMaxRowTileTokens;
+  // The integer GEMM's activations, as run's share_q8 quantises them.
+  detail::Q8Chunk q8[2];
+  const int group = int8_activations && gemm && detail::q8_prompt_products() ? matrix_q8_group(m) : 0;
+  std::vector<int8_t> q(group ? tokens * m.cols : 0);
+  std::vector<float> d(group ? tokens * (m.cols / group) : 0);
+  std::vector<int16_t> sums(group ? tokens * (m.cols / 16) : 0);
+  for (int64_t t = 0; group && t < tokens; ++t)
+    detail::quantize_q8(q.data() + t * m.cols, d.data() + t * (m.cols / group), sums.data() + t * (m.cols / 16),
+                        x + t * m.cols, m.cols, group);
+  q8[0] = q8[1] = {q.data(), d.data(), sums.data(), m.cols, group};
   with_rows(m, [&](const auto& w) {
-    product_rows<false>(y, m.rows, x, m.cols, w, tokens, m.cols, 0, m.rows, packed.data(),
-                        tokens > kMaxRowTileTokens);
+    product_rows<false>(y, m.rows, x, m.cols, w, tokens, m.cols, 0, m.rows, packed.data(), gemm,
+                        group ? q8 : nullptr);
   }, int8_activations);
 }
+
+bool q8_prompt_products() { return detail::q8_prompt_products(); }
 
 std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
@@ -399,6 +462,12 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   m.pack_floats = detail::gemm_pack_floats(std::max({H, q_dim, I}));
   if (N > kMaxRowTileTokens) {
     m.pack.assign(static_cast<int64_t>(m.threads) * m.pack_floats, 0.0f);
+    if (detail::q8_prompt_products()) {  // share_q8's buffers, for groups of 32 and of 256
+      m.q8_cols = std::max({H, q_dim, I});
+      m.q8_values.assign(2 * N * m.q8_cols, 0);
+      m.q8_scales.assign(2 * N * (m.q8_cols / 32), 0.0f);
+      m.q8_sums.assign(2 * N * (m.q8_cols / 16), 0);
+    }
     m.prefill_ws.assign(prefill_attention_workspace_floats(m.threads, sp.num_heads, sp.num_kv_heads, D), 0.0f);
   }
   // Attention workspace for n tokens of the longest length; it grows when the OpenMP thread

@@ -159,7 +159,31 @@ void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, b
   }
 }
 
+bool q8_prompt_products() {
+  switch (active_isa()) {
+#define PYRUNTIME_Q8_PROMPT_CASE(E, ns) \
+  case Isa::E: return ns::q8_prompt_products();
+    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_Q8_PROMPT_CASE)
+#undef PYRUNTIME_Q8_PROMPT_CASE
+    case Isa::Count: break;
+  }
+  return false;
+}
+
 const EngineSpec& Engine::spec() const { return impl_->spec; }
+bool Engine::int8_prompts() const {
+  const EngineSpec& s = impl_->spec;
+  if (!(s.int8_activations && s.int8_prompts)) return false;
+  switch (impl_->isa) {
+#define PYRUNTIME_Q8_PROMPT_CASE(E, ns) \
+  case Isa::E: return ns::q8_prompt_products();
+    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_Q8_PROMPT_CASE)
+#undef PYRUNTIME_Q8_PROMPT_CASE
+    case Isa::Count: break;
+  }
+  return false;
+}
+void Engine::set_int8_prompts(bool on) { impl_->spec.int8_prompts = on; }
 int64_t Engine::layer_slots(int layer) const {
   PYRUNTIME_CHECK(layer >= 0 && layer < static_cast<int>(impl_->slots.size()),
                   "engine.layer_slots: layer " + std::to_string(layer) + " is outside [0, " +

@@ -173,6 +173,8 @@ int64_t EngineHandle::threads() const { return engine_->threads(); }
 std::string EngineHandle::isa() const { return cpu::isa_name(engine_->isa()); }
 int64_t EngineHandle::max_tokens() const { return engine_->spec().max_tokens; }
 bool EngineHandle::int8_activations() const { return engine_->spec().int8_activations; }
+bool EngineHandle::int8_prompts() const { return engine_->int8_prompts(); }
+void EngineHandle::set_int8_prompts(bool on) { engine_->set_int8_prompts(on); }
 std::vector<int64_t> EngineHandle::layer_slots() const {
   std::vector<int64_t> out;
   for (int l = 0; l < static_cast<int>(spec_.layers.size()); ++l) out.push_back(engine_->layer_slots(l));

@@ -88,8 +88,10 @@ def test_block_format_products_match_dequantized_reference(level, fmt, int8):
     # Every matrix in the format: embedding rows gathered, every projection, the LM head.
     spec = tiny_spec({role: fmt for role in ("embed", "q", "k", "v", "o", "gate", "up", "down", "lm_head")})
     eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2, int8_activations=int8)
-    assert eng.isa == level and eng.int8_activations == int8
-    ref = TorchReference(spec, 64, torch.float32, int8_activations=int8)
+    assert eng.isa == level and eng.int8_activations == int8 and not eng.int8_prompts
+    eng.int8_prompts = True  # the prompt's products too, where the level has the integer GEMM
+    assert eng.int8_prompts == (int8 and C.int8_prompt_products())
+    ref = TorchReference(spec, 64, torch.float32, int8_activations=int8, int8_prompts=eng.int8_prompts)
     tol = MODEL_TOLERANCE[int8]
     ids = torch.tensor([3, 17, 95, 0, 42, 7, 7, 60, 31, 2, 88, 15, 4, 9, 70, 23, 50, 1, 66, 12, 5, 33, 80, 44])
     # 24 tokens in one call (prefill, the GEMM path), then decode steps of one token (linear).
@@ -111,7 +113,8 @@ def test_mixed_block_formats_in_one_layer(int8):
     spec = tiny_spec({"q": "q4_k", "k": "q4_k", "v": "q6_k", "o": "q4_k", "gate": "q5_1", "up": "q4_k",
                       "down": "q6_k", "embed": "q4_0", "lm_head": "q8_0"}, seed=1)
     eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2, int8_activations=int8)
-    ref = TorchReference(spec, 64, torch.float32, int8_activations=int8)
+    eng.int8_prompts = True
+    ref = TorchReference(spec, 64, torch.float32, int8_activations=int8, int8_prompts=eng.int8_prompts)
     ids = torch.arange(5, 45)
     want = ref.prefill(ids, 0, 0, all_logits=True)
     got = eng.prefill(ids, 0, 0, all_logits=True)
@@ -131,10 +134,10 @@ def test_prompt_products_over_many_tokens_and_features(level, fmt):
     x[7, :512] *= 50  # one token of a much larger range
     w = FORMATS[fmt].dequantize(m).double()
     want, mag = x.double() @ w.T, x.double().abs() @ w.abs().T
-    got = C.matrix_product(x, m, True).double()
+    got = C.matrix_product(x, m, False).double()
     assert ((got - want).abs() <= 1e-5 * mag).all()
     # Every token as it is in a shorter chunk: its sums do not depend on the other tokens.
-    assert torch.equal(C.matrix_product(x[:40], m, True).double(), got[:40])
+    assert torch.equal(C.matrix_product(x[:40], m, False).double(), got[:40])
 
 
 @pytest.mark.parametrize("fmt", NATIVE_FORMATS)
@@ -161,11 +164,12 @@ def test_wide_mlp_adds_every_piece_into_the_residual(level, fmt):
     # residual stream piece by piece of the features (AMX tiles) or at once (FMA).
     spec = tiny_spec({"gate": fmt, "up": fmt, "down": fmt}, I=2560, seed=2)
     eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2)
-    ref = TorchReference(spec, 64, torch.float32)
+    ref = TorchReference(spec, 64, torch.float32, int8_prompts=eng.int8_prompts)
     ids = torch.arange(3, 43)
     want = ref.prefill(ids, 0, 0, all_logits=True)
     got = eng.prefill(ids, 0, 0, all_logits=True)
-    torch.testing.assert_close(got, want, atol=MODEL_TOLERANCE[False] * want.abs().max().item(), rtol=0)
+    tol = MODEL_TOLERANCE[eng.int8_prompts]
+    torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=0)
 
 
 def test_block_matrix_shapes_are_checked():

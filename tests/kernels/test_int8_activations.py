@@ -2,8 +2,8 @@
 bits per group (pyruntime.formats.quantize_activations), then exact integer sums per block. Each
 is checked against float64 torch over the same quantized activations and gguf's dequantized
 weights, through the engine's own product (C.matrix_product) at every level this CPU runs, for
-every decode token count's tile shapes; prompt chunks (more than C.max_row_tile_tokens tokens)
-keep float32 activations."""
+every decode token count's tile shapes; and the prompt chunks' GEMM (more than
+C.max_row_tile_tokens tokens), integer where the level has it (C.int8_prompt_products())."""
 
 import os
 import subprocess
@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+
+import pyruntime
 
 from pyruntime._ext import C
 from pyruntime.formats import FORMATS, quantize_activations
@@ -131,13 +133,33 @@ def test_environment_variable_picks_the_decode_rows(value):
         assert r.returncode != 0 and "PYRUNTIME_Q8_DECODE_ROWS=3: rows read at once must be 1 or 4" in r.stderr
 
 
+def test_integer_gemm_is_where_the_level_has_vnni_without_amx(level):
+    paths = pyruntime.cpu_features()["paths"]
+    want = level.startswith("avx512") and paths["int8_vnni"] and not paths["bf16_amx"]
+    assert C.int8_prompt_products() == want
+
+
 @pytest.mark.parametrize("fmt", INT8_FORMATS)
-def test_prompt_chunks_keep_float_activations(level, fmt):
+@pytest.mark.parametrize("tokens,rows,cols", [(17, 1030, 256), (300, 56, 2560)], ids=["17x1030x256", "300x56x2560"])
+def test_prompt_chunks_take_the_integer_gemm_where_the_level_has_it(level, fmt, tokens, rows, cols):
+    # More than max_row_tile_tokens tokens (a prompt chunk's GEMM): 8-bit activations where
+    # C.int8_prompt_products() (panels of 16 rows: 1030 and 56 end in partial ones; blocks of 8
+    # tokens: 17 and 300 end in partial ones), else float32; against float64 torch either way.
     gen = np.random.default_rng(7)
-    m = random_blocks(fmt, 1030, 256, gen)  # rows past a multiple of 4, many rows ahead prefetched
-    x = torch.from_numpy(gen.standard_normal((C.max_row_tile_tokens + 1, 256)).astype(np.float32))
-    want, mag = reference(x, m, None)
-    assert (C.matrix_product(x, m, True).double() - want).abs().max() <= 1e-5 * mag.max()
+    m = random_blocks(fmt, rows, cols, gen)  # 1030 rows: many rows ahead prefetched by the decode path
+    x = torch.from_numpy(gen.standard_normal((tokens, cols)).astype(np.float32))
+    x[2, :64] *= 50  # groups of very different ranges in one row
+    x[3, 128:] = 0  # all-zero groups
+    x[4, :] *= 1e-38  # groups too small for 127 / max|x| in float32: zeros
+    group = FORMATS[fmt].activation_group if C.int8_prompt_products() else None
+    want, mag = reference(x, m, group)
+    got = C.matrix_product(x, m, True).double()
+    assert ((got - want).abs() <= 1e-5 * mag.max(dim=1, keepdim=True).values).all()
+    # Every token as in a shorter chunk: its sums do not depend on the other tokens.
+    assert torch.equal(C.matrix_product(x[:C.max_row_tile_tokens + 1], m, True).double(),
+                       got[:C.max_row_tile_tokens + 1])
+    if group is not None:  # the quantization is visible against float32 activations
+        assert (got - C.matrix_product(x, m, False).double()).abs().max() > 1e-4 * mag.max()
     # Its first 16 tokens as one decode call: integer products, each token as it was alone.
     want_q, mag_q = reference(x[:16], m, FORMATS[fmt].activation_group)
     got_q = C.matrix_product(x[:16], m, True).double()

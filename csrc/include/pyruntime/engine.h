@@ -105,10 +105,13 @@ struct EngineLayer {
 struct EngineSpec : EngineShape {
   DType kv_dtype = DType::Float32;              // float32 or bfloat16
   int threads = 0;          // 0: the OpenMP default
-  // Decode products (calls of up to kMaxRowTileTokens tokens, not marked as a prompt) of Q4_0,
-  // Q4_1, Q8_0, Q4_K, Q5_K and Q6_K matrices in integers against activations quantised to 8
-  // bits per block (csrc/cpu/linear_q8.h); false: float32 activations. Prompts always take float32.
+  // Products of Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K matrices in integers against activations
+  // quantised to 8 bits per block (csrc/cpu/linear_q8.h): decode calls, and with int8_prompts
+  // prompts too where the active level has the integer GEMM (q8_prompt_products(): AVX512-VNNI
+  // without AMX; csrc/cpu/gemm_q8.h). false: float32 activations everywhere. Prompts keep
+  // float32 by default: 8-bit ones (llama.cpp's) change some top-1 tokens of prompt logits.
   bool int8_activations = true;
+  bool int8_prompts = false;
   const float* cos_sin = nullptr;  // [max_seq, rot_dim]: cos half, then sin half
   Matrix embed;                    // [vocab, H]
   float embed_scale = 1.0f;        // the embedding rows times this (Gemma: sqrt(H))
@@ -139,6 +142,10 @@ void pack_int8_rows(const int8_t* q, const float* scales, int64_t rows, int64_t 
 // (the integer ones where int8_activations, m's format has them and tokens <= kMaxRowTileTokens),
 // on the calling thread: the kernel tests' entry. Callers check the sizes.
 void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations);
+
+// Whether the active level multiplies prompt chunks (and matrix_product's calls of more than
+// kMaxRowTileTokens tokens) against 8-bit activations: the integer GEMM of csrc/cpu/gemm_q8.h.
+bool q8_prompt_products();
 
 // The phases of a step, as the profiler names them.
 enum class Op : int {
@@ -172,9 +179,10 @@ class Engine {
   // first_logit..n-1.
   // \param k_cache, v_cache every layer's [cache_rows, Hkv, layer_slots(l), D] of
   //        spec.kv_dtype, one layer after another: cache_rows * cache_row_elements() values
-  // \param prompt the tokens are (a chunk of) a prompt: float32 activations in every product
-  //        whatever spec.int8_activations, so that a prompt's tokens get them however much of
-  //        the prompt was cached before (decode steps: false). A prompt call may hold several
+  // \param prompt the tokens are (a chunk of) a prompt: 8-bit activations in every product of
+  //        an integer format where int8_prompts() holds, float32 ones in every product
+  //        otherwise, so that a prompt's tokens get the same however much of the prompt was
+  //        cached before (decode steps: false). A prompt call may hold several
   //        prompts' chunks, each a run of consecutive positions of its own row: each chunk's
   //        K/V and logits are then bitwise those of a call of its own, provided that the
   //        chunks are all longer than kPromptGemmTokens tokens or all at most that long, and
@@ -186,6 +194,10 @@ class Engine {
                int64_t first_logit, bool prompt = false, const int64_t* logit_tokens = nullptr);
 
   const EngineSpec& spec() const;
+  // Whether prompts take 8-bit activations: spec.int8_activations, spec.int8_prompts and the
+  // level's q8_prompt_products(). set_int8_prompts changes spec.int8_prompts (between calls).
+  bool int8_prompts() const;
+  void set_int8_prompts(bool on);
   // Positions layer l's cache keeps per sequence (kv_slots of its window).
   int64_t layer_slots(int layer) const;
   // K (or V) values of one cache row over every layer: Hkv * D * the sum of layer_slots.

@@ -1,0 +1,293 @@
+// The integer GEMM of prompt chunks (many tokens per weight row) on AVX512-VNNI: the block
+// formats with integer products (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) against activations
+// quantised to 8 bits as the decode products quantise them (quantize_q8: Q8Dot<F>::kGroup values
+// per scale), once per chunk for every product that reads them.
+//
+// A panel of kQ8PanelRows weight rows is unpacked once per chunk into unsigned bytes, four
+// consecutive values of each row side by side ([in / 4][16 rows][4]), with each sub-block's
+// scale and min as float32 per row (value = q * scale + min, exactly the value
+// gguf.quants.dequantize gives: an f16 times a small integer). One vpdpbusd then multiplies 4
+// values of 16 rows by 4 values of a token into 16 int32 sums; every sub-block's exact integer
+// sum is converted once and scaled by the rows' scales, the min terms come from the token's
+// sums of its quantised values, and each activation group's total is scaled by the token's
+// scale. A token's sums run over k in the same order whichever tokens share the chunk.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "block_rows.h"
+#include "gemm_amx.h"
+#include "linear_q8.h"
+#include "linear_vnni.h"
+#include "vec.h"
+
+namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
+
+// A chunk's activations quantised once for every product that reads them (quantize_q8 per
+// token, groups of `group`): token t's values at q + t * in, its scales at d + t * (in / group),
+// its sums of 16 values at s + t * (in / 16).
+struct Q8Chunk {
+  const int8_t* q = nullptr;
+  const float* d = nullptr;
+  const int16_t* s = nullptr;
+  int64_t in = 0;
+  int group = 0;
+};
+
+// q[i] = p[i] & 15, q[16 + i] = p[i] >> 4 for i < 16: a 32-value block's nibbles in order.
+inline void split_nibbles(const uint8_t* p, uint8_t* q) {
+#if defined(PYRUNTIME_Q8_SIMD)
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), low4 = _mm_set1_epi8(15);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_and_si128(v, low4));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm_and_si128(_mm_srli_epi16(v, 4), low4));
+#else
+  for (int i = 0; i < 16; ++i) {
+    q[i] = p[i] & 15;
+    q[16 + i] = p[i] >> 4;
+  }
+#endif
+}
+
+// Q8Unpack<F>::block(blk, q, scale, min): block blk's values as unsigned bytes q[kValues] and,
+// per sub-block of kSub values, the float32 scale and min with value = q * scale + min.
+template <WeightFormat F>
+struct Q8Unpack;
+
+template <>
+struct Q8Unpack<WeightFormat::Q4_0> {  // d (q - 8)
+  static constexpr int kSub = 32;
+  static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
+    split_nibbles(b + 2, q);
+    scale[0] = f16_at(b);
+    min[0] = -8.0f * scale[0];
+  }
+};
+
+template <>
+struct Q8Unpack<WeightFormat::Q4_1> {  // d q + m
+  static constexpr int kSub = 32;
+  static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
+    split_nibbles(b + 4, q);
+    scale[0] = f16_at(b);
+    min[0] = f16_at(b + 2);
+  }
+};
+
+template <>
+struct Q8Unpack<WeightFormat::Q8_0> {  // d w, w int8: (w + 128) d - 128 d
+  static constexpr int kSub = 32;
+  static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
+    for (int i = 0; i < 32; ++i) q[i] = b[2 + i] ^ 0x80;
+    scale[0] = f16_at(b);
+    min[0] = -128.0f * scale[0];
+  }
+};
+
+template <bool Five>
+struct Q8UnpackK45 {  // d sc q - dmin m per sub-block of 32 (Q4_K; Q5_K with a fifth bit)
+  static constexpr int kSub = 32;
+  static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
+    const uint8_t* qs = b + (Five ? 48 : 16);
+    for (int c = 0; c < 8; ++c) {
+      for (int l = 0; l < 32; ++l) {
+        int v = (qs[32 * (c / 2) + l] >> (4 * (c % 2))) & 15;
+        if constexpr (Five) v |= ((b[16 + l] >> c) & 1) << 4;
+        q[32 * c + l] = static_cast<uint8_t>(v);
+      }
+      int sc, m;
+      k4_scale_min(b + 4, c, sc, m);
+      scale[c] = f16_at(b) * static_cast<float>(sc);
+      min[c] = -(f16_at(b + 2) * static_cast<float>(m));
+    }
+  }
+};
+template <>
+struct Q8Unpack<WeightFormat::Q4_K> : Q8UnpackK45<false> {};
+template <>
+struct Q8Unpack<WeightFormat::Q5_K> : Q8UnpackK45<true> {};
+
+template <>
+struct Q8Unpack<WeightFormat::Q6_K> {  // d sc (q - 32) per sub-block of 16
+  static constexpr int kSub = 16;
+  static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
+    for (int h = 0; h < 2; ++h) {  // value 128 h + 32 c + l: ql's nibble, qh's bits 2c, 2c + 1
+      const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+      for (int l = 0; l < 32; ++l) {
+        q[128 * h + l] = static_cast<uint8_t>((ql[l] & 15) | ((qh[l] & 3) << 4));
+        q[128 * h + 32 + l] = static_cast<uint8_t>((ql[32 + l] & 15) | (((qh[l] >> 2) & 3) << 4));
+        q[128 * h + 64 + l] = static_cast<uint8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+        q[128 * h + 96 + l] = static_cast<uint8_t>((ql[32 + l] >> 4) | (((qh[l] >> 6) & 3) << 4));
+      }
+    }
+    const float d = f16_at(b + 208);
+    for (int s = 0; s < 16; ++s) {
+      scale[s] = d * static_cast<float>(static_cast<int8_t>(b[192 + s]));
+      min[s] = -32.0f * scale[s];
+    }
+  }
+};
+
+constexpr int kQ8PanelRows = 16;  // one int32 per row in a 512-bit vector
+
+// Bytes of a packed panel of `in` columns: the values [in / 4][kQ8PanelRows][4], then the
+// scales and the mins, each [in / kSub][kQ8PanelRows] float32.
+template <WeightFormat F>
+constexpr int64_t q8_panel_bytes(int64_t in) {
+  return in * kQ8PanelRows + 2 * (in / Q8Unpack<F>::kSub) * kQ8PanelRows * static_cast<int64_t>(sizeof(float));
+}
+
+// The panel of w's first `rows` (<= kQ8PanelRows) rows; rows past them are zeros.
+template <WeightFormat F>
+inline void q8_pack(uint8_t* packed, const BlockRows<F>& w, int rows, int64_t in) {
+  using U = Q8Unpack<F>;
+  constexpr int V = Block<F>::kValues, S = U::kSub, NS = V / S, P = kQ8PanelRows;
+  float* scales = reinterpret_cast<float*>(packed + in * P);
+  float* mins = scales + (in / S) * P;
+  alignas(64) uint8_t q[V];
+  float sc[NS], mn[NS];
+  for (int64_t b = 0; b < in / V; ++b)  // block by block: the panel's bytes written stay in L1
+    for (int r = 0; r < P; ++r) {
+      if (r < rows) {
+        U::block(w.block(r, b), q, sc, mn);
+      } else {
+        std::memset(q, 0, V);
+        for (int j = 0; j < NS; ++j) sc[j] = mn[j] = 0.0f;
+      }
+      uint8_t* dst = packed + b * V * P + 4 * r;
+      for (int k4 = 0; k4 < V / 4; ++k4) std::memcpy(dst + k4 * 4 * P, q + 4 * k4, 4);
+      for (int j = 0; j < NS; ++j) {
+        scales[(b * NS + j) * P + r] = sc[j];
+        mins[(b * NS + j) * P + r] = mn[j];
+      }
+    }
+}
+
+#if defined(PYRUNTIME_VEC_AVX512)
+namespace vnni {
+
+#define PYRUNTIME_VNNI_GEMM __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+constexpr int kQ8GemmTokens = 8;  // 3 x 8 accumulators (integer, group, total) of the 32 registers
+
+// y[t, r] (+)= packed panel row r . token t0 + t for t < NT, r < rows. xsum: the tokens' sums
+// of quantised values per sub-block ([tokens][in / S] float32), times the token's scale where
+// a sub-block is a whole activation group.
+template <int NT, bool Accumulate, int S, int G>
+PYRUNTIME_VNNI_GEMM inline void q8_micro(float* y, int64_t y_stride, const Q8Chunk& x, int64_t t0,
+                                         const float* xsum, const uint8_t* packed, int rows) {
+  constexpr int P = kQ8PanelRows, kSubs = G / S;  // sub-blocks per activation group
+  const int64_t in = x.in;
+  const float* scales = reinterpret_cast<const float*>(packed + in * P);
+  const float* mins = scales + (in / S) * P;
+  const int8_t* xq[NT];
+  const float *xd[NT], *xs[NT];
+  for (int t = 0; t < NT; ++t) {
+    xq[t] = x.q + (t0 + t) * in;
+    xd[t] = x.d + (t0 + t) * (in / G);
+    xs[t] = xsum + (t0 + t) * (in / S);
+  }
+  __m512 acc[NT], part[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = part[t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < in / G; ++g) {
+    for (int j = 0; j < kSubs; ++j) {
+      const int64_t sub = g * kSubs + j, k0 = sub * S;
+      __m512i isum[NT];
+      for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
+      for (int k = 0; k < S; k += 4) {
+        const __m512i wv = _mm512_loadu_si512(packed + (k0 + k) * P);
+        for (int t = 0; t < NT; ++t) {
+          int32_t xv;
+          std::memcpy(&xv, xq[t] + k0 + k, 4);
+          isum[t] = _mm512_dpbusd_epi32(isum[t], wv, _mm512_set1_epi32(xv));
+        }
+      }
+      const __m512 sc = _mm512_loadu_ps(scales + sub * P), mn = _mm512_loadu_ps(mins + sub * P);
+      for (int t = 0; t < NT; ++t) {
+        const __m512 f = _mm512_cvtepi32_ps(isum[t]);
+        if constexpr (kSubs == 1) {  // the token's scale per sub-block (xsum holds it too)
+          acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_set1_ps(xd[t][g])), sc, acc[t]);
+          acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t][sub]), mn, acc[t]);
+        } else {
+          part[t] = j == 0 ? _mm512_mul_ps(f, sc) : _mm512_fmadd_ps(f, sc, part[t]);
+          part[t] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t][sub]), mn, part[t]);
+        }
+      }
+    }
+    if constexpr (kSubs > 1)
+      for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(part[t], _mm512_set1_ps(xd[t][g]), acc[t]);
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+  for (int t = 0; t < NT; ++t) {
+    float* yt = y + t * y_stride;
+    __m512 v = acc[t];
+    if (Accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yt));
+    _mm512_mask_storeu_ps(yt, mask, v);
+  }
+}
+
+template <bool Accumulate, int S, int G, int NT = kQ8GemmTokens>
+PYRUNTIME_VNNI_GEMM inline void q8_micro_n(int nt, float* y, int64_t y_stride, const Q8Chunk& x, int64_t t0,
+                                           const float* xsum, const uint8_t* packed, int rows) {
+  if constexpr (NT >= 1) {
+    if (nt == NT) return q8_micro<NT, Accumulate, S, G>(y, y_stride, x, t0, xsum, packed, rows);
+    q8_micro_n<Accumulate, S, G, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
+  }
+}
+
+// y[t, r] (+)= w[r, :in] . token t of x for rows [row_begin, row_end) and `tokens` tokens,
+// a panel of kQ8PanelRows rows at a time. \param packed q8_panel_bytes<F>(in) bytes of this
+// thread's own
+template <bool Accumulate, WeightFormat F>
+PYRUNTIME_VNNI_GEMM inline void q8_gemm_rows(float* y, int64_t y_stride, const Q8Chunk& x, const BlockRows<F>& w,
+                                             int64_t tokens, int64_t row_begin, int64_t row_end, uint8_t* packed) {
+  constexpr int S = Q8Unpack<F>::kSub, G = Q8Dot<F>::kGroup;
+  static_assert(G % S == 0 && S % 16 == 0, "sub-blocks of 16 or 32 inside the activation groups");
+  const int64_t in = x.in, subs = in / S;
+  thread_local std::vector<float> xsum;  // grows, then stays
+  if (static_cast<int64_t>(xsum.size()) < tokens * subs) xsum.resize(tokens * subs);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t j = 0; j < subs; ++j) {
+      const int16_t* s = x.s + t * (in / 16) + j * (S / 16);
+      const float sum = static_cast<float>(S == 16 ? s[0] : s[0] + s[1]);
+      xsum[t * subs + j] = S == G ? sum * x.d[t * (in / G) + j] : sum;
+    }
+  for (int64_t r = row_begin; r < row_end; r += kQ8PanelRows) {
+    const int rows = static_cast<int>(row_end - r < kQ8PanelRows ? row_end - r : kQ8PanelRows);
+    q8_pack(packed, w.from(r), rows, in);
+    for (int64_t t0 = 0; t0 < tokens; t0 += kQ8GemmTokens) {
+      const int nt = static_cast<int>(tokens - t0 < kQ8GemmTokens ? tokens - t0 : kQ8GemmTokens);
+      q8_micro_n<Accumulate, S, G>(nt, y + t0 * y_stride + r, y_stride, x, t0, xsum.data(), packed, rows);
+    }
+  }
+}
+
+#undef PYRUNTIME_VNNI_GEMM
+
+}  // namespace vnni
+#endif
+
+// Whether this level multiplies prompt chunks with 8-bit activations (q8_gemm_rows): AVX512-VNNI
+// without AMX (AMX hosts keep their bf16 tiles).
+inline bool q8_prompt_products() {
+#if defined(PYRUNTIME_VEC_AVX512) && defined(__linux__)
+  return vnni::available() && !amx::available();
+#elif defined(PYRUNTIME_VEC_AVX512)
+  return vnni::available();
+#else
+  return false;
+#endif
+}
+
+// The activation group of F's integer products (Q8Dot<F>::kGroup), or 0 where it has none.
+template <WeightFormat F>
+constexpr int q8_group() {
+  if constexpr (kHasQ8Dot<F>)
+    return Q8Dot<F>::kGroup;
+  else
+    return 0;
+}
+
+}  // namespace pyruntime::cpu::PYRUNTIME_ISA::detail
