@@ -142,9 +142,9 @@ class CpuEngine(Engine):
 
     def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, threads: int,
                  int8_activations: bool = True):
-        """int8_activations: products of q4_0, q4_1, q8_0, q4_k, q5_k, q6_k matrices in integers against
-        activations quantized to 8 bits (pyruntime.formats.quantize_activations): decode calls, and
-        prompts too where the CPU level has the integer GEMM (int8_prompts); False: float32."""
+        """int8_activations: decode calls' products of q4_0, q4_1, q8_0, q4_k, q5_k, q6_k matrices in
+        integers against activations quantized to 8 bits (pyruntime.formats.quantize_activations);
+        False: float32. Prompts: prompt_bits."""
         self.handle = C.Engine(spec, max_seq_len, kv_dtype, threads, MAX_TOKENS, int8_activations)
         self.max_tokens = self.handle.max_tokens
         super().__init__(spec, max_seq_len, kv_dtype, "cpu", self.handle.layer_slots)
@@ -158,18 +158,20 @@ class CpuEngine(Engine):
         return self.handle.int8_activations
 
     @property
-    def int8_prompts(self) -> bool:
-        """Whether prompts take the 8-bit activations too (as llama.cpp's do; off by default: they
-        change some top-1 tokens of the prompt's logits). Setting True asks for them; they run
-        where int8_activations holds and the CPU level has the integer GEMM
-        (C.int8_prompt_products(): AVX512-VNNI without AMX), and this then reads True."""
-        return self.handle.int8_prompts
+    def prompt_bits(self) -> int:
+        """The activations of a prompt's products with q4_0, q4_1, q8_0, q4_k, q5_k, q6_k matrices:
+        16 (the default: int16 per group of 32, ~1.5e-5 of the group's largest value), 8 (as
+        decode calls' and llama.cpp's: faster, and changes some top-1 tokens of the prompt's
+        logits) or 32 (float32), where the CPU level has the integer GEMM
+        (C.int8_prompt_products(): AVX512-VNNI without AMX); 32 elsewhere. Setting it asks for
+        8, 16 or 32; this then reads what runs."""
+        return self.handle.prompt_bits
 
-    @int8_prompts.setter
-    def int8_prompts(self, on: bool) -> None:
-        if not isinstance(on, bool):
-            raise ValueError(f"int8_prompts must be a bool, got {on!r}")
-        self.handle.int8_prompts = on
+    @prompt_bits.setter
+    def prompt_bits(self, bits: int) -> None:
+        if isinstance(bits, bool) or bits not in (8, 16, 32):
+            raise ValueError(f"prompt_bits must be 8, 16 or 32, got {bits!r}")
+        self.handle.prompt_bits = bits
 
     @property
     def isa(self) -> str:

@@ -114,17 +114,19 @@ def _gguf_block(name: str) -> Format:
 _ACTIVATION_GROUPS = {"q4_0": 32, "q4_1": 32, "q8_0": 32, "q4_k": 256, "q5_k": 256, "q6_k": 256}
 
 
-def quantize_activations(x: torch.Tensor, group: int) -> torch.Tensor:
-    """The float32 values x [..., n] stands for once quantized to 8 bits in groups of `group`
-    along its last dimension, as the CPU engine's integer products take it: per group,
-    iscale = 127 / max|x| (0 for a zero group, and where that overflows: max|x| under ~3.7e-37),
-    q = round(x * iscale) (half to even), value = q * (max|x| / 127)."""
+def quantize_activations(x: torch.Tensor, group: int, bits: int = 8) -> torch.Tensor:
+    """The float32 values x [..., n] stands for once quantized to `bits` (8 or 16) bits in groups
+    of `group` along its last dimension, as the CPU engine's integer products take it: per group,
+    with qmax = 127 (32767), iscale = qmax / max|x| (0 for a zero group, and where that
+    overflows: max|x| under ~3.7e-37, or ~9.6e-35 for 16 bits), q = round(x * iscale) (half to even),
+    value = q * (max|x| / qmax)."""
+    qmax = {8: 127.0, 16: 32767.0}[bits]
     g = x.float().reshape(*x.shape[:-1], -1, group)
     amax = g.abs().amax(-1, keepdim=True)
-    # A true division (torch's 127.0 / t multiplies by a reciprocal, one rounding off the kernels').
-    iscale = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    # A true division (torch's qmax / t multiplies by a reciprocal, one rounding off the kernels').
+    iscale = torch.where(amax > 0, torch.full_like(amax, qmax) / amax, torch.zeros_like(amax))
     iscale = torch.where(torch.isfinite(iscale), iscale, torch.zeros_like(iscale))
-    return (torch.round(g * iscale) * (amax / 127.0)).reshape(x.shape)
+    return (torch.round(g * iscale) * (amax / qmax)).reshape(x.shape)
 
 
 def _f16() -> Format:

@@ -18,13 +18,13 @@ class TorchReference(Engine):
     q, k, v and gate, up joined (a copy: this is the oracle, not the fast path). With
     int8_activations (the CPU engine's default), the input of a decode call's product with a
     matrix whose format has integer products is first quantized as
-    pyruntime.formats.quantize_activations defines; with int8_prompts too a prompt's (as
-    CpuEngine.int8_prompts says the engine does), else prompts keep float32 activations."""
+    pyruntime.formats.quantize_activations defines; a prompt's to prompt_bits (8, 16 or 32:
+    float32), as CpuEngine.prompt_bits says the engine does."""
 
     max_tokens = 1 << 30  # no chunking: each prefill is one pass
 
     def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, int8_activations: bool = True,
-                 int8_prompts: bool = False):
+                 prompt_bits: int = 32):
         super().__init__(spec, max_seq_len, kv_dtype, spec.embed.data.device)
         floats: dict[int, torch.Tensor] = {}
 
@@ -39,7 +39,7 @@ class TorchReference(Engine):
             run of the same activation group."""
             runs: list[tuple[list, int | None]] = []
             for m in ms:
-                group = format_of(m).activation_group if int8_activations else None
+                group = format_of(m).activation_group
                 if runs and runs[-1][1] == group:
                     runs[-1][0].append(matrix(m))
                 else:
@@ -55,14 +55,16 @@ class TorchReference(Engine):
                  cos_sin=spec.rope_cos_sin if l.rope_cos_sin is None else l.rope_cos_sin)
             for l in spec.layers
         ]
-        self.int8_prompts = int8_activations and int8_prompts
+        if prompt_bits not in (8, 16, 32):
+            raise ValueError(f"prompt_bits must be 8, 16 or 32, got {prompt_bits!r}")
+        self.decode_bits, self.prompt_bits = (8 if int8_activations else None), prompt_bits
         self.scale = spec.attn_scale
         self.q_size, self.kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
 
-    def _attention_inputs(self, layer, x, quantize):
+    def _attention_inputs(self, layer, x, bits):
         """x [T, H] -> q [T, Hq, D], k, v [T, Hkv, D] views of one fused projection."""
         s, q_size, kv_size = self.spec, self.q_size, self.kv_size
-        qkv = _linear(x, layer["qkv"], quantize)
+        qkv = _linear(x, layer["qkv"], bits)
         if layer["qkv_bias"] is not None:
             qkv += layer["qkv_bias"]
         t = x.shape[0]
@@ -75,9 +77,16 @@ class TorchReference(Engine):
             v = v.contiguous()  # the cache op takes k and v alike
         return q, k, v
 
-    def _run_layers(self, tokens: torch.Tensor, attend, quantize: bool) -> torch.Tensor:
-        """The residual stream through every layer; attend(i, q, k, v) -> [T, Hq*D]; quantize:
-        a decode call's (_linear). Returns the final-normed hidden states [T, H]."""
+    def _prompt_bits(self, tokens: int, gemm_over: int) -> int | None:
+        """The activations of a prompt's products over `tokens` tokens (_linear's bits): 16-bit
+        ones where the engine takes its GEMM (over gemm_over tokens), float32 below."""
+        if self.prompt_bits == 16:
+            return 16 if tokens > gemm_over else None
+        return 8 if self.prompt_bits == 8 else None
+
+    def _run_layers(self, tokens: torch.Tensor, attend, bits: int | None) -> torch.Tensor:
+        """The residual stream through every layer; attend(i, q, k, v) -> [T, Hq*D]; bits: the
+        activations of the products (_linear). Returns the final-normed hidden states [T, H]."""
         s, layers = self.spec, self.layers
         eps = s.norm_eps
         residual = self.embed[tokens.to(self.device)]  # [T, H]
@@ -85,14 +94,14 @@ class TorchReference(Engine):
             residual = residual * s.embed_scale
         x = ops.rms_norm(residual, layers[0]["attn_norm"], eps)
         for i, layer in enumerate(layers):
-            q, k, v = self._attention_inputs(layer, x, quantize)
-            x = _linear(attend(i, q, k, v), layer["o"], quantize)
+            q, k, v = self._attention_inputs(layer, x, bits)
+            x = _linear(attend(i, q, k, v), layer["o"], bits)
             if layer["o_bias"] is not None:
                 x += layer["o_bias"]
             if layer["post_attn_norm"] is not None:
                 x = ops.rms_norm(x, layer["post_attn_norm"], eps)
             ops.fused_add_rms_norm(x, residual, layer["mlp_norm"], eps)
-            x = _gated_mlp(x, layer["gate_up"], layer["down"], s.activation, quantize)
+            x = _gated_mlp(x, layer["gate_up"], layer["down"], s.activation, bits)
             if layer["post_mlp_norm"] is not None:
                 x = ops.rms_norm(x, layer["post_mlp_norm"], eps)
             next_norm = layers[i + 1]["attn_norm"] if i + 1 < len(layers) else self.final_norm
@@ -114,12 +123,13 @@ class TorchReference(Engine):
                 return self._torch_attention(q, kc[0], vc[0], positions[0], layer["window"])
             return ops.prefill_attention(q.contiguous(), kc[0], vc[0], start_pos, self.scale).reshape(t, -1)
 
-        x = self._run_layers(tokens, attend, quantize=self.int8_prompts)
-        logits = self._logits(x if all_logits else x[-1:], quantize=self.int8_prompts)
+        x = self._run_layers(tokens, attend, self._prompt_bits(t, C.prompt_gemm_tokens))
+        x = x if all_logits else x[-1:]
+        logits = self._logits(x, self._prompt_bits(x.shape[0], C.max_row_tile_tokens))
         return logits if all_logits else logits[0]
 
-    def _logits(self, x: torch.Tensor, quantize: bool) -> torch.Tensor:
-        logits = _linear(x, self.lm_head, quantize).float()
+    def _logits(self, x: torch.Tensor, bits: int | None) -> torch.Tensor:
+        logits = _linear(x, self.lm_head, bits).float()
         cap = self.spec.final_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 
@@ -143,7 +153,7 @@ class TorchReference(Engine):
 
     def _forward(self, tokens, positions, rows, first_logit, prompt):
         """One decode group: token i at positions[i] of cache row rows[i] (rows consecutive);
-        prompt: float32 activations, as the engines' prompts (prefill overrides the chunking)."""
+        prompt: the prompts' activations (prefill overrides the chunking)."""
         n, cache = tokens.shape[0], self.cache
         r0, r1 = int(rows[0]), int(rows[-1]) + 1
         if not torch.equal(rows.cpu(), torch.arange(r0, r1)):
@@ -162,24 +172,33 @@ class TorchReference(Engine):
                                   for b in range(n)])
             return ops.gqa_decode_attention(q.contiguous(), kc, vc, seq_lens, self.scale).view(n, self.q_size)
 
-        x = self._run_layers(tokens, attend, quantize=not prompt)
-        return self._logits(x[first_logit:], quantize=not prompt)
+        if prompt:
+            x = self._run_layers(tokens, attend, self._prompt_bits(n, C.prompt_gemm_tokens))
+            return self._logits(x[first_logit:], self._prompt_bits(n - first_logit, C.max_row_tile_tokens))
+        x = self._run_layers(tokens, attend, self.decode_bits)
+        return self._logits(x[first_logit:], self.decode_bits)
 
 
-def _linear(x: torch.Tensor, parts, quantize: bool) -> torch.Tensor:
-    """x times the stacked matrices of parts (TorchReference's), each part's input quantized to
-    8 bits first where it has an activation group and `quantize` says x is a decode call's, or
-    a prompt's with int8_prompts."""
-    ys = [ops.linear(x if g is None or not quantize else quantize_activations(x, g).to(x.dtype), w) for w, g in parts]
+def _linear(x: torch.Tensor, parts, bits: int | None) -> torch.Tensor:
+    """x times the stacked matrices of parts (TorchReference's), each part's input first quantized
+    where it has an activation group and bits says so: 8 bits in the part's groups, 16 in groups of
+    32 (pyruntime.formats.quantize_activations), None: float."""
+
+    def quantized(g):
+        if g is None or bits is None:
+            return x
+        return quantize_activations(x, g if bits == 8 else 32, bits).to(x.dtype)
+
+    ys = [ops.linear(quantized(g), w) for w, g in parts]
     return ys[0] if len(ys) == 1 else torch.cat(ys, -1)
 
 
-def _gated_mlp(x: torch.Tensor, gate_up, down, activation, quantize: bool) -> torch.Tensor:
+def _gated_mlp(x: torch.Tensor, gate_up, down, activation, bits: int | None) -> torch.Tensor:
     """down(act(gate x) * up x): the fused op (SiLU) where no input is quantized."""
     silu = activation == C.Activation.silu
-    plain = not quantize or (gate_up[0][1] is None and down[0][1] is None)
+    plain = bits is None or (gate_up[0][1] is None and down[0][1] is None)
     if silu and len(gate_up) == 1 and len(down) == 1 and plain:
         return ops.gated_mlp(x, gate_up[0][0], down[0][0])
-    gate, up = _linear(x, gate_up, quantize).chunk(2, dim=-1)
+    gate, up = _linear(x, gate_up, bits).chunk(2, dim=-1)
     act = torch.nn.functional.silu(gate) if silu else torch.nn.functional.gelu(gate, approximate="tanh")
-    return _linear(act * up, down, quantize)
+    return _linear(act * up, down, bits)

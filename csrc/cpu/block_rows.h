@@ -304,6 +304,7 @@ struct Block<WeightFormat::F16> {  // 32 float16 values (GGUF's F16 rows, cut in
 template <WeightFormat F>
 struct BlockRows {
   using B = Block<F>;
+  static constexpr WeightFormat kFormat = F;
   const uint8_t* w;
   int64_t stride;
   BlockRows from(int64_t r) const { return {w + r * stride, stride}; }

@@ -69,25 +69,35 @@ inline void with_rows(const Matrix& m, F&& f, bool int8_activations = false) {
   }
 }
 
+// The integer GEMM's activations of one product's input (run's share_acts): 8-bit ones for
+// the activation groups of 32 and of 256 (q8[0], q8[1]), or 16-bit ones; both null: float32.
+struct GemmActs {
+  const detail::Q8Chunk* q8 = nullptr;
+  const detail::Q16Chunk* q16 = nullptr;
+};
+
 // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token: the one choice of product per format
-// and token count (prompt chunks: the GEMM, with 8-bit activations where q8 holds them, else
-// float32; decode calls: the integer products where w has them). Every token's sums are the
-// same whichever tokens share the call, within one path. \param gemm the GEMM (more than
-// kMaxRowTileTokens tokens; see run), else the row tiles. \param packed gemm_pack_floats(in)
-// floats of this thread's own \param q8 with the GEMM: the tokens quantised for the activation
-// groups of 32 and of 256 (run's share_q8), or null (float32 activations)
+// and token count (the GEMM: with the 8- or 16-bit activations of acts where w's format has
+// integer products, else float32; decode calls: the integer products where w has them). Every
+// token's sums are the same whichever tokens share the call, within one path. \param gemm the
+// GEMM (more than kMaxRowTileTokens tokens; see run), else the row tiles. \param packed
+// gemm_pack_floats(in) floats of this thread's own
 template <bool Accumulate, typename Rows>
 inline void product_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const Rows& w,
                          int64_t tokens, int64_t in, int64_t r0, int64_t r1, float* packed, bool gemm,
-                         const detail::Q8Chunk* q8 = nullptr) {
+                         GemmActs acts = {}) {
   if (gemm) {
-    if constexpr (detail::IsQ8BlockRows<Rows>::value) {  // the integer GEMM, or the plain block rows' one
-      const auto& plain = static_cast<const detail::BlockRows<Rows::kFormat>&>(w);
+    if constexpr (detail::IsBlockRows<Rows>::value || detail::IsQ8BlockRows<Rows>::value) {
+      constexpr WeightFormat F = Rows::kFormat;
+      const detail::BlockRows<F>& plain = w;
 #if defined(PYRUNTIME_VEC_AVX512)
-      if (q8) {
-        const detail::Q8Chunk& chunk = q8[detail::q8_group<Rows::kFormat>() == 32 ? 0 : 1];
-        return detail::vnni::q8_gemm_rows<Accumulate>(y, y_stride, chunk, plain, tokens, r0, r1,
-                                                      reinterpret_cast<uint8_t*>(packed));
+      if constexpr (detail::kHasQ8Dot<F>) {  // the integer GEMM
+        uint8_t* panel = reinterpret_cast<uint8_t*>(packed);
+        if (acts.q8 && detail::IsQ8BlockRows<Rows>::value)
+          return detail::vnni::q8_gemm_rows<Accumulate>(y, y_stride, acts.q8[detail::q8_group<F>() == 32 ? 0 : 1],
+                                                        plain, tokens, r0, r1, panel);
+        if (acts.q16)
+          return detail::vnni::q8_gemm_rows<Accumulate>(y, y_stride, *acts.q16, plain, tokens, r0, r1, panel);
       }
 #endif
       detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, plain, tokens, in, r0, r1, packed);
@@ -132,9 +142,9 @@ struct EngineImpl final : Engine::Impl {
            void* k_cache_v, void* v_cache_v, int64_t cache_rows, float* logits,
            int64_t first_logit, bool prompt, const int64_t* logit_tokens) override {
     const EngineSpec& s = spec;
-    // 8-bit activations: decode calls, and prompts where the level has the integer GEMM.
-    const bool int8_prompts = s.int8_activations && s.int8_prompts && detail::q8_prompt_products();
-    const bool int8_activations = s.int8_activations && (!prompt || int8_prompts);
+    // 8-bit activations: decode calls (int8_activations), and prompts where prompt_bits says so.
+    const int prompt_bits = detail::q8_prompt_products() ? s.prompt_bits : 32;
+    const bool int8_activations = prompt ? prompt_bits == 8 : s.int8_activations;
     const int64_t H = s.hidden, I = s.inter, D = s.head_dim, Hq = s.num_heads, Hkv = s.num_kv_heads;
     TC* k_cache = static_cast<TC*>(k_cache_v);
     TC* v_cache = static_cast<TC*>(v_cache_v);
@@ -188,20 +198,32 @@ struct EngineImpl final : Engine::Impl {
       bool gemm_here = gemm;  // the layers' products; the LM head's below
       // y[t, r] (+)= rows [r0, r1) of w . x[t] for every token.
       auto product = [&](auto accumulate, float* y, int64_t y_stride, const float* x, int64_t x_stride,
-                         const auto& w, int64_t tokens, int64_t in, int64_t r0, int64_t r1, const detail::Q8Chunk* q8) {
+                         const auto& w, int64_t tokens, int64_t in, int64_t r0, int64_t r1, GemmActs acts) {
         product_rows<decltype(accumulate)::value>(y, y_stride, x, x_stride, w, tokens, in, r0, r1, packed,
-                                                  gemm_here, q8);
+                                                  gemm_here, acts);
       };
-      // The GEMM's 8-bit activations (where the level has it): the tokens of x [tokens, in]
-      // quantised once for the activation groups that parts' formats use, the tokens shared out
-      // (every thread then waits for the others); null where the products take float32.
+      // The integer GEMM's activations (where the level has it): the tokens of x [tokens, in]
+      // quantised once, to 8 bits for the activation groups that parts' formats use, or for a
+      // prompt of 16-bit activations to 16; the tokens shared out (every thread then waits for
+      // the others). None where the products take float32.
       detail::Q8Chunk q8[2];
-      auto share_q8 = [&](const float* x, int64_t in, int64_t tokens,
-                          std::initializer_list<const Matrix*> parts) -> const detail::Q8Chunk* {
-        if (!(gemm_here && int8_activations && detail::q8_prompt_products())) return nullptr;
+      detail::Q16Chunk q16;
+      auto share_acts = [&](const float* x, int64_t in, int64_t tokens,
+                            std::initializer_list<const Matrix*> parts) -> GemmActs {
+        const bool eight = int8_activations, sixteen = !int8_activations && prompt && prompt_bits == 16;
+        if (!gemm_here || !detail::q8_prompt_products() || !(eight || sixteen)) return {};
         bool used[2] = {false, false};
         for (const Matrix* m : parts)
           if (const int group = matrix_q8_group(*m)) used[group == 32 ? 0 : 1] = true;
+        if (sixteen) {
+          if (!(used[0] || used[1])) return {};
+#pragma omp for schedule(static)
+          for (int64_t t = 0; t < tokens; ++t)
+            detail::quantize_q16(q16_values.data() + t * in, q16_scales.data() + t * (in / detail::kQ16Group),
+                                 q16_sums.data() + t * (in / 16), x + t * in, in);
+          q16 = {q16_values.data(), q16_scales.data(), q16_sums.data(), in, detail::kQ16Group};
+          return {nullptr, &q16};
+        }
         for (int i = 0; i < 2; ++i) {
           if (!used[i]) continue;
           const int group = i == 0 ? 32 : 256;
@@ -213,14 +235,14 @@ struct EngineImpl final : Engine::Impl {
             detail::quantize_q8(q + t * in, d + t * (in / group), sums + t * (in / 16), x + t * in, in, group);
           q8[i] = {q, d, sums, in, group};
         }
-        return q8;
+        return {q8, nullptr};
       };
       // y (+)= [parts stacked by rows] x (+ bias) for this thread's rows, over `tokens` tokens
       // (each part its own format); then every thread waits for the others (the next phase
       // reads all of y).
       auto project = [&](auto accumulate, float* y, const float* x, std::initializer_list<const Matrix*> parts,
                          const float* bias, int64_t tokens) {
-        const detail::Q8Chunk* q8x = share_q8(x, (*parts.begin())->cols, tokens, parts);
+        const GemmActs acts = share_acts(x, (*parts.begin())->cols, tokens, parts);
         int64_t rows = 0;
         for (const Matrix* m : parts) rows += m->rows;
         int64_t r0, r1, base = 0;
@@ -229,7 +251,7 @@ struct EngineImpl final : Engine::Impl {
           const int64_t lo = std::max(r0, base) - base, hi = std::min(r1, base + m->rows) - base;
           if (lo < hi)
             with_rows(*m, [&](const auto& w) {
-              product(accumulate, y + base, rows, x, m->cols, w, tokens, m->cols, lo, hi, q8x);
+              product(accumulate, y + base, rows, x, m->cols, w, tokens, m->cols, lo, hi, acts);
             }, int8_activations);
           base += m->rows;
         }
@@ -351,15 +373,15 @@ struct EngineImpl final : Engine::Impl {
         norm(L.mlp_norm, n);
         mark(l, Op::MlpNorm);
 
-        const detail::Q8Chunk* q8x = share_q8(x, H, n, {&L.gate, &L.up});
+        const GemmActs acts = share_acts(x, H, n, {&L.gate, &L.up});
         int64_t i0, i1;
         thread_range(I, W, tid, nt, i0, i1);
         if (i1 > i0) {
           with_rows(L.gate, [&](const auto& w) {
-            product(std::false_type{}, gate, chunk, x, H, w.from(i0), n, H, 0, i1 - i0, q8x);
+            product(std::false_type{}, gate, chunk, x, H, w.from(i0), n, H, 0, i1 - i0, acts);
           }, int8_activations);
           with_rows(L.up, [&](const auto& w) {
-            product(std::false_type{}, up, chunk, x, H, w.from(i0), n, H, 0, i1 - i0, q8x);
+            product(std::false_type{}, up, chunk, x, H, w.from(i0), n, H, 0, i1 - i0, acts);
           }, int8_activations);
           const bool gelu = s.activation == Activation::GeluTanh;
           for (int64_t t = 0; t < n; ++t)
@@ -398,22 +420,31 @@ struct EngineImpl final : Engine::Impl {
 
 }  // namespace
 
-void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations) {
+void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations,
+                    int gemm_bits) {
   std::vector<float> packed(detail::gemm_pack_floats(m.cols));
   const bool gemm = tokens > kMaxRowTileTokens;
-  // The integer GEMM's activations, as run's share_q8 quantises them.
-  detail::Q8Chunk q8[2];
-  const int group = int8_activations && gemm && detail::q8_prompt_products() ? matrix_q8_group(m) : 0;
-  std::vector<int8_t> q(group ? tokens * m.cols : 0);
-  std::vector<float> d(group ? tokens * (m.cols / group) : 0);
-  std::vector<int16_t> sums(group ? tokens * (m.cols / 16) : 0);
-  for (int64_t t = 0; group && t < tokens; ++t)
-    detail::quantize_q8(q.data() + t * m.cols, d.data() + t * (m.cols / group), sums.data() + t * (m.cols / 16),
-                        x + t * m.cols, m.cols, group);
-  q8[0] = q8[1] = {q.data(), d.data(), sums.data(), m.cols, group};
+  // The integer GEMM's activations, as run's share_acts quantises them.
+  const int group = gemm && detail::q8_prompt_products() ? matrix_q8_group(m) : 0;
+  const int bits = !group ? 32 : int8_activations ? 8 : gemm_bits;
+  const int64_t in = m.cols, g = bits == 8 ? group : detail::kQ16Group;
+  std::vector<int8_t> q8(bits == 8 ? tokens * in : 0);
+  std::vector<int16_t> q16(bits == 16 ? tokens * in : 0), sums8(bits == 8 ? tokens * (in / 16) : 0);
+  std::vector<int32_t> sums16(bits == 16 ? tokens * (in / 16) : 0);
+  std::vector<float> d(bits < 32 ? tokens * (in / g) : 0);
+  for (int64_t t = 0; t < tokens && bits == 8; ++t)
+    detail::quantize_q8(q8.data() + t * in, d.data() + t * (in / g), sums8.data() + t * (in / 16), x + t * in, in,
+                        group);
+  for (int64_t t = 0; t < tokens && bits == 16; ++t)
+    detail::quantize_q16(q16.data() + t * in, d.data() + t * (in / g), sums16.data() + t * (in / 16), x + t * in, in);
+  const detail::Q8Chunk chunk8[2] = {{q8.data(), d.data(), sums8.data(), in, group},
+                                     {q8.data(), d.data(), sums8.data(), in, group}};
+  const detail::Q16Chunk chunk16{q16.data(), d.data(), sums16.data(), in, detail::kQ16Group};
+  GemmActs acts;
+  if (bits == 8) acts.q8 = chunk8;
+  if (bits == 16) acts.q16 = &chunk16;
   with_rows(m, [&](const auto& w) {
-    product_rows<false>(y, m.rows, x, m.cols, w, tokens, m.cols, 0, m.rows, packed.data(), gemm,
-                        group ? q8 : nullptr);
+    product_rows<false>(y, m.rows, x, m.cols, w, tokens, m.cols, 0, m.rows, packed.data(), gemm, acts);
   }, int8_activations);
 }
 
@@ -462,11 +493,14 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   m.pack_floats = detail::gemm_pack_floats(std::max({H, q_dim, I}));
   if (N > kMaxRowTileTokens) {
     m.pack.assign(static_cast<int64_t>(m.threads) * m.pack_floats, 0.0f);
-    if (detail::q8_prompt_products()) {  // share_q8's buffers, for groups of 32 and of 256
+    if (detail::q8_prompt_products()) {  // share_acts' buffers: 8 bits in groups of 32 and of 256, 16 bits
       m.q8_cols = std::max({H, q_dim, I});
       m.q8_values.assign(2 * N * m.q8_cols, 0);
       m.q8_scales.assign(2 * N * (m.q8_cols / 32), 0.0f);
       m.q8_sums.assign(2 * N * (m.q8_cols / 16), 0);
+      m.q16_values.assign(N * m.q8_cols, 0);
+      m.q16_scales.assign(N * (m.q8_cols / detail::kQ16Group), 0.0f);
+      m.q16_sums.assign(N * (m.q8_cols / 16), 0);
     }
     m.prefill_ws.assign(prefill_attention_workspace_floats(m.threads, sp.num_heads, sp.num_kv_heads, D), 0.0f);
   }

@@ -25,13 +25,17 @@ struct Engine::Impl {
   std::vector<float> xn_own;  // per-thread normed rows of decode calls [threads, kMaxRowTileTokens, H]
   std::vector<float> pack;                            // per-thread packed weight panel (GEMM)
   int64_t pack_floats = 0;
-  // A GEMM's activations quantised to 8 bits (share_q8 in engine.cpp), for activation groups of
+  // A GEMM's activations quantised to 8 bits (share_acts in engine.cpp), for activation groups of
   // 32 and of 256, each [max_tokens, q8_cols] values, scales and sums of 16; empty where the level
   // has no integer GEMM.
   std::vector<int8_t> q8_values;
   std::vector<float> q8_scales;
   std::vector<int16_t> q8_sums;
   int64_t q8_cols = 0;
+  // The same in 16 bits, groups of 32 (a prompt's where spec.prompt_bits is 16).
+  std::vector<int16_t> q16_values;
+  std::vector<float> q16_scales;
+  std::vector<int32_t> q16_sums;
   std::vector<int32_t> seq_lens;
   // Sliding windows: the distinct windows of the layers, each layer's index into them (-1: the
   // whole sequence), and per window and token the first key attended [windows, max_tokens].
@@ -67,7 +71,8 @@ struct Engine::Impl {
 #define PYRUNTIME_DECLARE_ENGINE_FACTORY(E, ns) \
   namespace ns {                                        \
   std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec spec); \
-  void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations); \
+  void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations, \
+                      int gemm_bits); \
   bool q8_prompt_products(); \
   }
 PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_DECLARE_ENGINE_FACTORY)

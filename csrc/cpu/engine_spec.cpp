@@ -104,6 +104,8 @@ Engine::Engine(EngineSpec s) {
   PYRUNTIME_CHECK(std::isfinite(s.attn_softcap) && s.attn_softcap >= 0.0f && std::isfinite(s.final_softcap) &&
                       s.final_softcap >= 0.0f,
                   "engine: attn_softcap and final_softcap must be >= 0 (0: no capping)");
+  PYRUNTIME_CHECK(s.prompt_bits == 8 || s.prompt_bits == 16 || s.prompt_bits == 32,
+                  "engine: prompt_bits must be 8, 16 or 32, got " + std::to_string(s.prompt_bits));
   const int64_t q_dim = s.num_heads * D, kv_dim = s.num_kv_heads * D;
   check_matrix(s.embed, s.vocab, H, "embed");
   check_matrix(s.lm_head, s.vocab, H, "lm_head");
@@ -149,10 +151,11 @@ void Engine::forward(const int64_t* tokens, const int64_t* positions, const int6
   impl_->run(tokens, positions, rows, n, k_cache, v_cache, cache_rows, logits, first_logit, prompt, logit_tokens);
 }
 
-void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations) {
+void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations,
+                    int gemm_bits) {
   switch (active_isa()) {
 #define PYRUNTIME_PRODUCT_CASE(E, ns) \
-  case Isa::E: return ns::matrix_product(y, x, tokens, m, int8_activations);
+  case Isa::E: return ns::matrix_product(y, x, tokens, m, int8_activations, gemm_bits);
     PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_PRODUCT_CASE)
 #undef PYRUNTIME_PRODUCT_CASE
     case Isa::Count: break;
@@ -171,19 +174,21 @@ bool q8_prompt_products() {
 }
 
 const EngineSpec& Engine::spec() const { return impl_->spec; }
-bool Engine::int8_prompts() const {
-  const EngineSpec& s = impl_->spec;
-  if (!(s.int8_activations && s.int8_prompts)) return false;
+int Engine::prompt_bits() const {
   switch (impl_->isa) {
 #define PYRUNTIME_Q8_PROMPT_CASE(E, ns) \
-  case Isa::E: return ns::q8_prompt_products();
+  case Isa::E: return ns::q8_prompt_products() ? impl_->spec.prompt_bits : 32;
     PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_Q8_PROMPT_CASE)
 #undef PYRUNTIME_Q8_PROMPT_CASE
     case Isa::Count: break;
   }
-  return false;
+  return 32;
 }
-void Engine::set_int8_prompts(bool on) { impl_->spec.int8_prompts = on; }
+void Engine::set_prompt_bits(int bits) {
+  PYRUNTIME_CHECK(bits == 8 || bits == 16 || bits == 32,
+                  "engine: prompt_bits must be 8, 16 or 32, got " + std::to_string(bits));
+  impl_->spec.prompt_bits = bits;
+}
 int64_t Engine::layer_slots(int layer) const {
   PYRUNTIME_CHECK(layer >= 0 && layer < static_cast<int>(impl_->slots.size()),
                   "engine.layer_slots: layer " + std::to_string(layer) + " is outside [0, " +

@@ -13,7 +13,10 @@
 // scale. A token's sums run over k in the same order whichever tokens share the chunk.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -26,16 +29,42 @@
 
 namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 
-// A chunk's activations quantised once for every product that reads them (quantize_q8 per
-// token, groups of `group`): token t's values at q + t * in, its scales at d + t * (in / group),
-// its sums of 16 values at s + t * (in / 16).
-struct Q8Chunk {
-  const int8_t* q = nullptr;
+// A chunk's activations quantised once for every product that reads them, to A (int8_t:
+// quantize_q8; int16_t: quantize_q16) in groups of `group`: token t's values at q + t * in, its
+// scales at d + t * (in / group), its sums of 16 values at s + t * (in / 16).
+template <typename A>
+struct ActChunk {
+  using Sum = std::conditional_t<sizeof(A) == 1, int16_t, int32_t>;
+  const A* q = nullptr;
   const float* d = nullptr;
-  const int16_t* s = nullptr;
+  const Sum* s = nullptr;
   int64_t in = 0;
   int group = 0;
 };
+using Q8Chunk = ActChunk<int8_t>;
+using Q16Chunk = ActChunk<int16_t>;
+
+// The prompts' 16-bit activations: groups of kQ16Group values, each as int16 with one float
+// scale (the group's largest |x| maps to 32767, rounded to nearest even: x to ~1.5e-5 of that),
+// and the sums of every 16 of its values.
+constexpr int kQ16Group = 32;
+inline void quantize_q16(int16_t* q, float* d, int32_t* s, const float* x, int64_t in) {
+  for (int64_t g0 = 0; g0 < in; g0 += kQ16Group) {
+    const float* src = x + g0;
+    float amax = 0.0f;
+    for (int i = 0; i < kQ16Group; ++i) amax = std::max(amax, std::fabs(src[i]));
+    // 0 for a zero group, and for one so small that 32767 / amax overflows (as quantize_q8).
+    const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+    const float iscale = inv <= std::numeric_limits<float>::max() ? inv : 0.0f;
+    d[g0 / kQ16Group] = amax / 32767.0f;
+    for (int i = 0; i < kQ16Group; ++i) q[g0 + i] = static_cast<int16_t>(std::nearbyint(src[i] * iscale));
+    for (int k = 0; k < kQ16Group / 16; ++k) {
+      int32_t sum = 0;
+      for (int i = 0; i < 16; ++i) sum += q[g0 + 16 * k + i];
+      s[g0 / 16 + k] = sum;
+    }
+  }
+}
 
 // q[i] = p[i] & 15, q[16 + i] = p[i] >> 4 for i < 16: a 32-value block's nibbles in order.
 inline void split_nibbles(const uint8_t* p, uint8_t* q) {
@@ -52,13 +81,14 @@ inline void split_nibbles(const uint8_t* p, uint8_t* q) {
 }
 
 // Q8Unpack<F>::block(blk, q, scale, min): block blk's values as unsigned bytes q[kValues] and,
-// per sub-block of kSub values, the float32 scale and min with value = q * scale + min.
+// per sub-block of kSub values, the float32 scale and min with value = q * scale + min; where
+// min is -kOffset * scale (kOffset > 0), value = (q - kOffset) * scale.
 template <WeightFormat F>
 struct Q8Unpack;
 
 template <>
 struct Q8Unpack<WeightFormat::Q4_0> {  // d (q - 8)
-  static constexpr int kSub = 32;
+  static constexpr int kSub = 32, kOffset = 8;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     split_nibbles(b + 2, q);
     scale[0] = f16_at(b);
@@ -68,7 +98,7 @@ struct Q8Unpack<WeightFormat::Q4_0> {  // d (q - 8)
 
 template <>
 struct Q8Unpack<WeightFormat::Q4_1> {  // d q + m
-  static constexpr int kSub = 32;
+  static constexpr int kSub = 32, kOffset = 0;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     split_nibbles(b + 4, q);
     scale[0] = f16_at(b);
@@ -78,7 +108,7 @@ struct Q8Unpack<WeightFormat::Q4_1> {  // d q + m
 
 template <>
 struct Q8Unpack<WeightFormat::Q8_0> {  // d w, w int8: (w + 128) d - 128 d
-  static constexpr int kSub = 32;
+  static constexpr int kSub = 32, kOffset = 128;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     for (int i = 0; i < 32; ++i) q[i] = b[2 + i] ^ 0x80;
     scale[0] = f16_at(b);
@@ -88,7 +118,7 @@ struct Q8Unpack<WeightFormat::Q8_0> {  // d w, w int8: (w + 128) d - 128 d
 
 template <bool Five>
 struct Q8UnpackK45 {  // d sc q - dmin m per sub-block of 32 (Q4_K; Q5_K with a fifth bit)
-  static constexpr int kSub = 32;
+  static constexpr int kSub = 32, kOffset = 0;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     const uint8_t* qs = b + (Five ? 48 : 16);
     for (int c = 0; c < 8; ++c) {
@@ -111,7 +141,7 @@ struct Q8Unpack<WeightFormat::Q5_K> : Q8UnpackK45<true> {};
 
 template <>
 struct Q8Unpack<WeightFormat::Q6_K> {  // d sc (q - 32) per sub-block of 16
-  static constexpr int kSub = 16;
+  static constexpr int kSub = 16, kOffset = 32;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     for (int h = 0; h < 2; ++h) {  // value 128 h + 32 c + l: ql's nibble, qh's bits 2c, 2c + 1
       const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
@@ -132,35 +162,49 @@ struct Q8Unpack<WeightFormat::Q6_K> {  // d sc (q - 32) per sub-block of 16
 
 constexpr int kQ8PanelRows = 16;  // one int32 per row in a 512-bit vector
 
-// Bytes of a packed panel of `in` columns: the values [in / 4][kQ8PanelRows][4], then the
-// scales and the mins, each [in / kSub][kQ8PanelRows] float32.
-template <WeightFormat F>
+// Weights against activations A: unsigned bytes q (int8 activations: vpdpbusd), or int16
+// q - kOffset (int16 activations: vpdpwssd; the formats with kOffset then have no min term).
+template <WeightFormat F, typename A>
+constexpr bool kPanelMins = sizeof(A) == 1 || Q8Unpack<F>::kOffset == 0;
+
+// Bytes of a packed panel of `in` columns: the values [in / K][kQ8PanelRows][K] (K = 4 bytes or
+// 2 int16), then the scales and, where kPanelMins, the mins, each [in / kSub][kQ8PanelRows]
+// float32.
+template <WeightFormat F, typename A>
 constexpr int64_t q8_panel_bytes(int64_t in) {
-  return in * kQ8PanelRows + 2 * (in / Q8Unpack<F>::kSub) * kQ8PanelRows * static_cast<int64_t>(sizeof(float));
+  return in * kQ8PanelRows * static_cast<int64_t>(sizeof(A)) +
+         2 * (in / Q8Unpack<F>::kSub) * kQ8PanelRows * static_cast<int64_t>(sizeof(float));
 }
 
 // The panel of w's first `rows` (<= kQ8PanelRows) rows; rows past them are zeros.
-template <WeightFormat F>
+template <WeightFormat F, typename A>
 inline void q8_pack(uint8_t* packed, const BlockRows<F>& w, int rows, int64_t in) {
   using U = Q8Unpack<F>;
   constexpr int V = Block<F>::kValues, S = U::kSub, NS = V / S, P = kQ8PanelRows;
-  float* scales = reinterpret_cast<float*>(packed + in * P);
+  constexpr int K = 4 / sizeof(A);  // values of a row side by side: one 32-bit lane
+  float* scales = reinterpret_cast<float*>(packed + in * P * sizeof(A));
   float* mins = scales + (in / S) * P;
   alignas(64) uint8_t q[V];
+  alignas(64) A v[V];
   float sc[NS], mn[NS];
   for (int64_t b = 0; b < in / V; ++b)  // block by block: the panel's bytes written stay in L1
     for (int r = 0; r < P; ++r) {
       if (r < rows) {
         U::block(w.block(r, b), q, sc, mn);
       } else {
-        std::memset(q, 0, V);
+        std::memset(q, sizeof(A) == 1 ? 0 : U::kOffset, V);
         for (int j = 0; j < NS; ++j) sc[j] = mn[j] = 0.0f;
       }
-      uint8_t* dst = packed + b * V * P + 4 * r;
-      for (int k4 = 0; k4 < V / 4; ++k4) std::memcpy(dst + k4 * 4 * P, q + 4 * k4, 4);
+      if constexpr (sizeof(A) == 1) {
+        std::memcpy(v, q, V);
+      } else {
+        for (int i = 0; i < V; ++i) v[i] = static_cast<A>(q[i] - U::kOffset);
+      }
+      uint8_t* dst = packed + (b * V * P + K * r) * sizeof(A);
+      for (int k = 0; k < V / K; ++k) std::memcpy(dst + k * 4 * P, v + K * k, 4);
       for (int j = 0; j < NS; ++j) {
         scales[(b * NS + j) * P + r] = sc[j];
-        mins[(b * NS + j) * P + r] = mn[j];
+        if constexpr (kPanelMins<F, A>) mins[(b * NS + j) * P + r] = mn[j];
       }
     }
 }
@@ -174,15 +218,16 @@ constexpr int kQ8GemmTokens = 8;  // 3 x 8 accumulators (integer, group, total) 
 
 // y[t, r] (+)= packed panel row r . token t0 + t for t < NT, r < rows. xsum: the tokens' sums
 // of quantised values per sub-block ([tokens][in / S] float32), times the token's scale where
-// a sub-block is a whole activation group.
-template <int NT, bool Accumulate, int S, int G>
-PYRUNTIME_VNNI_GEMM inline void q8_micro(float* y, int64_t y_stride, const Q8Chunk& x, int64_t t0,
+// a sub-block is a whole activation group. Mins: the panel's min terms (kPanelMins).
+template <typename A, int NT, bool Accumulate, int S, int G, bool Mins>
+PYRUNTIME_VNNI_GEMM inline void q8_micro(float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0,
                                          const float* xsum, const uint8_t* packed, int rows) {
   constexpr int P = kQ8PanelRows, kSubs = G / S;  // sub-blocks per activation group
+  constexpr int K = 4 / sizeof(A);                 // values per 32-bit lane
   const int64_t in = x.in;
-  const float* scales = reinterpret_cast<const float*>(packed + in * P);
+  const float* scales = reinterpret_cast<const float*>(packed + in * P * sizeof(A));
   const float* mins = scales + (in / S) * P;
-  const int8_t* xq[NT];
+  const A* xq[NT];
   const float *xd[NT], *xs[NT];
   for (int t = 0; t < NT; ++t) {
     xq[t] = x.q + (t0 + t) * in;
@@ -196,23 +241,27 @@ PYRUNTIME_VNNI_GEMM inline void q8_micro(float* y, int64_t y_stride, const Q8Chu
       const int64_t sub = g * kSubs + j, k0 = sub * S;
       __m512i isum[NT];
       for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
-      for (int k = 0; k < S; k += 4) {
-        const __m512i wv = _mm512_loadu_si512(packed + (k0 + k) * P);
+      for (int k = 0; k < S; k += K) {
+        const __m512i wv = _mm512_loadu_si512(packed + (k0 + k) * P * sizeof(A));
         for (int t = 0; t < NT; ++t) {
           int32_t xv;
           std::memcpy(&xv, xq[t] + k0 + k, 4);
-          isum[t] = _mm512_dpbusd_epi32(isum[t], wv, _mm512_set1_epi32(xv));
+          if constexpr (sizeof(A) == 1)  // u8 weights x s8 activations, four per lane
+            isum[t] = _mm512_dpbusd_epi32(isum[t], wv, _mm512_set1_epi32(xv));
+          else  // int16 x int16, two per lane
+            isum[t] = _mm512_dpwssd_epi32(isum[t], wv, _mm512_set1_epi32(xv));
         }
       }
-      const __m512 sc = _mm512_loadu_ps(scales + sub * P), mn = _mm512_loadu_ps(mins + sub * P);
+      const __m512 sc = _mm512_loadu_ps(scales + sub * P);
+      const __m512 mn = Mins ? _mm512_loadu_ps(mins + sub * P) : _mm512_setzero_ps();
       for (int t = 0; t < NT; ++t) {
         const __m512 f = _mm512_cvtepi32_ps(isum[t]);
         if constexpr (kSubs == 1) {  // the token's scale per sub-block (xsum holds it too)
           acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_set1_ps(xd[t][g])), sc, acc[t]);
-          acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t][sub]), mn, acc[t]);
+          if constexpr (Mins) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t][sub]), mn, acc[t]);
         } else {
           part[t] = j == 0 ? _mm512_mul_ps(f, sc) : _mm512_fmadd_ps(f, sc, part[t]);
-          part[t] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t][sub]), mn, part[t]);
+          if constexpr (Mins) part[t] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t][sub]), mn, part[t]);
         }
       }
     }
@@ -228,38 +277,42 @@ PYRUNTIME_VNNI_GEMM inline void q8_micro(float* y, int64_t y_stride, const Q8Chu
   }
 }
 
-template <bool Accumulate, int S, int G, int NT = kQ8GemmTokens>
-PYRUNTIME_VNNI_GEMM inline void q8_micro_n(int nt, float* y, int64_t y_stride, const Q8Chunk& x, int64_t t0,
+template <typename A, bool Accumulate, int S, int G, bool Mins, int NT = kQ8GemmTokens>
+PYRUNTIME_VNNI_GEMM inline void q8_micro_n(int nt, float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0,
                                            const float* xsum, const uint8_t* packed, int rows) {
   if constexpr (NT >= 1) {
-    if (nt == NT) return q8_micro<NT, Accumulate, S, G>(y, y_stride, x, t0, xsum, packed, rows);
-    q8_micro_n<Accumulate, S, G, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
+    if (nt == NT) return q8_micro<A, NT, Accumulate, S, G, Mins>(y, y_stride, x, t0, xsum, packed, rows);
+    q8_micro_n<A, Accumulate, S, G, Mins, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
   }
 }
 
 // y[t, r] (+)= w[r, :in] . token t of x for rows [row_begin, row_end) and `tokens` tokens,
-// a panel of kQ8PanelRows rows at a time. \param packed q8_panel_bytes<F>(in) bytes of this
+// a panel of kQ8PanelRows rows at a time. x: 8-bit activations in Q8Dot<F>::kGroup groups, or
+// 16-bit ones in kQ16Group groups. \param packed q8_panel_bytes<F, A>(in) bytes of this
 // thread's own
-template <bool Accumulate, WeightFormat F>
-PYRUNTIME_VNNI_GEMM inline void q8_gemm_rows(float* y, int64_t y_stride, const Q8Chunk& x, const BlockRows<F>& w,
+template <bool Accumulate, WeightFormat F, typename A>
+PYRUNTIME_VNNI_GEMM inline void q8_gemm_rows(float* y, int64_t y_stride, const ActChunk<A>& x, const BlockRows<F>& w,
                                              int64_t tokens, int64_t row_begin, int64_t row_end, uint8_t* packed) {
-  constexpr int S = Q8Unpack<F>::kSub, G = Q8Dot<F>::kGroup;
+  constexpr int S = Q8Unpack<F>::kSub, G = sizeof(A) == 1 ? Q8Dot<F>::kGroup : kQ16Group;
+  constexpr bool kMins = kPanelMins<F, A>;
   static_assert(G % S == 0 && S % 16 == 0, "sub-blocks of 16 or 32 inside the activation groups");
   const int64_t in = x.in, subs = in / S;
   thread_local std::vector<float> xsum;  // grows, then stays
-  if (static_cast<int64_t>(xsum.size()) < tokens * subs) xsum.resize(tokens * subs);
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t j = 0; j < subs; ++j) {
-      const int16_t* s = x.s + t * (in / 16) + j * (S / 16);
-      const float sum = static_cast<float>(S == 16 ? s[0] : s[0] + s[1]);
-      xsum[t * subs + j] = S == G ? sum * x.d[t * (in / G) + j] : sum;
-    }
+  if (kMins) {
+    if (static_cast<int64_t>(xsum.size()) < tokens * subs) xsum.resize(tokens * subs);
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t j = 0; j < subs; ++j) {
+        const auto* s = x.s + t * (in / 16) + j * (S / 16);
+        const float sum = static_cast<float>(S == 16 ? s[0] : s[0] + s[1]);  // exact: under 2^24
+        xsum[t * subs + j] = S == G ? sum * x.d[t * (in / G) + j] : sum;
+      }
+  }
   for (int64_t r = row_begin; r < row_end; r += kQ8PanelRows) {
     const int rows = static_cast<int>(row_end - r < kQ8PanelRows ? row_end - r : kQ8PanelRows);
-    q8_pack(packed, w.from(r), rows, in);
+    q8_pack<F, A>(packed, w.from(r), rows, in);
     for (int64_t t0 = 0; t0 < tokens; t0 += kQ8GemmTokens) {
       const int nt = static_cast<int>(tokens - t0 < kQ8GemmTokens ? tokens - t0 : kQ8GemmTokens);
-      q8_micro_n<Accumulate, S, G>(nt, y + t0 * y_stride + r, y_stride, x, t0, xsum.data(), packed, rows);
+      q8_micro_n<A, Accumulate, S, G, kMins>(nt, y + t0 * y_stride + r, y_stride, x, t0, xsum.data(), packed, rows);
     }
   }
 }

@@ -332,7 +332,6 @@ constexpr bool kHasQ8Dot = F == WeightFormat::Q4_0 || F == WeightFormat::Q4_1 ||
 // BlockRows whose products run in integers against 8-bit activations (the engine's choice).
 template <WeightFormat F>
 struct Q8BlockRows : BlockRows<F> {
-  static constexpr WeightFormat kFormat = F;
   Q8BlockRows from(int64_t r) const { return {BlockRows<F>::from(r)}; }
 };
 template <typename Rows>

@@ -105,10 +105,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "int8 weight-only quantisation (absmax / 127 per group): (q, scales)");
   m.def("int8_group_size", &pyruntime::int8_group_size, py::arg("cols"));
   m.def("matrix_product", &pyruntime::matrix_product, py::arg("x"), py::arg("m"), py::arg("int8_activations"),
+        py::arg("gemm_bits") = 32,
         "x [tokens, cols] times m^T through the CPU engine's products at the active level");
   m.def("int8_prompt_products", &pyruntime::cpu::q8_prompt_products,
-        "whether the active level multiplies prompt chunks (and matrix_product calls of more than "
-        "max_row_tile_tokens tokens) against 8-bit activations: AVX512-VNNI without AMX");
+        "whether the active level has the integer GEMM (8- and 16-bit activations against the block formats "
+        "with integer products): AVX512-VNNI without AMX");
   m.def("pack_int8_rows", &pyruntime::pack_int8_rows, py::arg("q"), py::arg("scales"),
         "quantize_int8's rows interleaved in blocks of 4: (q [rows / 4, groups, 4, group], scales [rows / 4, groups, 4])");
   using pyruntime::LayerSpec;
@@ -261,10 +262,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                              "positions each layer's KV cache keeps per sequence (a ring on sliding-window layers)")
       .def_property_readonly("int8_activations", &pyruntime::EngineHandle::int8_activations,
                              "Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K products against activations quantised to 8 bits")
-      .def_property("int8_prompts", &pyruntime::EngineHandle::int8_prompts,
-                    &pyruntime::EngineHandle::set_int8_prompts,
-                    "whether prompts take those 8-bit activations too (int8_activations, this setting, and a "
-                    "level with the integer GEMM: int8_prompt_products()); off by default");
+      .def_property("prompt_bits", &pyruntime::EngineHandle::prompt_bits, &pyruntime::EngineHandle::set_prompt_bits,
+                    "bits of the prompts' activations in those products: 8, 16 (the default) or 32 (float32) "
+                    "where the level has the integer GEMM (int8_prompt_products()), else 32");
 #ifdef PYRUNTIME_WITH_CUDA
   py::class_<pyruntime::CudaEngineHandle>(m, "CudaEngine",
                                           "whole forward steps on a CUDA device, decode steps as CUDA graphs")

@@ -173,8 +173,11 @@ int64_t EngineHandle::threads() const { return engine_->threads(); }
 std::string EngineHandle::isa() const { return cpu::isa_name(engine_->isa()); }
 int64_t EngineHandle::max_tokens() const { return engine_->spec().max_tokens; }
 bool EngineHandle::int8_activations() const { return engine_->spec().int8_activations; }
-bool EngineHandle::int8_prompts() const { return engine_->int8_prompts(); }
-void EngineHandle::set_int8_prompts(bool on) { engine_->set_int8_prompts(on); }
+int64_t EngineHandle::prompt_bits() const { return engine_->prompt_bits(); }
+void EngineHandle::set_prompt_bits(int64_t bits) {
+  TORCH_CHECK_VALUE(bits == 8 || bits == 16 || bits == 32, "prompt_bits must be 8, 16 or 32, got ", bits);
+  engine_->set_prompt_bits(static_cast<int>(bits));
+}
 std::vector<int64_t> EngineHandle::layer_slots() const {
   std::vector<int64_t> out;
   for (int l = 0; l < static_cast<int>(spec_.layers.size()); ++l) out.push_back(engine_->layer_slots(l));

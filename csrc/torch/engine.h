@@ -28,7 +28,7 @@ class EngineHandle {
                bool int8_activations = true);
   const ModelSpec& spec() const { return spec_; }
 
-  // prompt: cpu::Engine::forward's (a prompt's tokens get the activations int8_prompts() says).
+  // prompt: cpu::Engine::forward's (a prompt's products take prompt_bits() activations).
   void forward(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& rows,
                at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& logits, int64_t first_logit, bool prompt,
                const std::optional<at::Tensor>& logit_tokens);
@@ -40,9 +40,9 @@ class EngineHandle {
   int64_t threads() const;
   int64_t max_tokens() const;
   bool int8_activations() const;
-  // cpu::Engine::int8_prompts (the effective choice); the setter switches spec.int8_prompts.
-  bool int8_prompts() const;
-  void set_int8_prompts(bool on);
+  // cpu::Engine::prompt_bits (the effective choice); the setter switches spec.prompt_bits.
+  int64_t prompt_bits() const;
+  void set_prompt_bits(int64_t bits);
   // Positions each layer's cache keeps per sequence (cpu::kv_slots: a ring on sliding-window layers).
   std::vector<int64_t> layer_slots() const;
   // The instruction-set level of the CPU kernels this engine runs (cpu_isa.h).

@@ -119,15 +119,17 @@ int64_t int8_group_size(int64_t cols) {
   }
 }
 
-at::Tensor matrix_product(const at::Tensor& x, const WeightMatrix& m, bool int8_activations) {
+at::Tensor matrix_product(const at::Tensor& x, const WeightMatrix& m, bool int8_activations, int64_t gemm_bits) {
   TORCH_CHECK_VALUE(m.data.device().is_cpu(), "matrix_product: the matrix must be on the cpu");
+  TORCH_CHECK_VALUE(gemm_bits == 16 || gemm_bits == 32, "matrix_product: gemm_bits must be 16 or 32, got ", gemm_bits);
   TORCH_CHECK_VALUE(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.size(1) == m.cols,
                     "matrix_product: x must be a float32 cpu [tokens, ", m.cols, "] tensor, got ", x.scalar_type(),
                     " ", x.sizes(), " on ", x.device());
   TORCH_CHECK_VALUE(x.size(0) > 0, "matrix_product: x has no tokens");
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty({x.size(0), m.rows}, x.options());
-  cpu::matrix_product(y.data_ptr<float>(), xc.data_ptr<float>(), x.size(0), m.view(), int8_activations);
+  cpu::matrix_product(y.data_ptr<float>(), xc.data_ptr<float>(), x.size(0), m.view(), int8_activations,
+                      static_cast<int>(gemm_bits));
   return y;
 }
 

@@ -112,7 +112,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& w, int64_t gr
 int64_t int8_group_size(int64_t cols);
 // x [tokens, m.cols] float32 (cpu) times m^T through the CPU engine's products at the active
 // level (cpu::matrix_product): [tokens, m.rows].
-at::Tensor matrix_product(const at::Tensor& x, const WeightMatrix& m, bool int8_activations);
+// gemm_bits: cpu::matrix_product's (16 or 32).
+at::Tensor matrix_product(const at::Tensor& x, const WeightMatrix& m, bool int8_activations, int64_t gemm_bits = 32);
 // cpu::pack_int8_rows of quantize_int8's (q, scales): (q [rows / 4, groups, 4, group], scales
 // [rows / 4, groups, 4]), the engine's int8 row blocks.
 std::tuple<at::Tensor, at::Tensor> pack_int8_rows(const at::Tensor& q, const at::Tensor& scales);

@@ -88,10 +88,13 @@ def test_block_format_products_match_dequantized_reference(level, fmt, int8):
     # Every matrix in the format: embedding rows gathered, every projection, the LM head.
     spec = tiny_spec({role: fmt for role in ("embed", "q", "k", "v", "o", "gate", "up", "down", "lm_head")})
     eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2, int8_activations=int8)
-    assert eng.isa == level and eng.int8_activations == int8 and not eng.int8_prompts
-    eng.int8_prompts = True  # the prompt's products too, where the level has the integer GEMM
-    assert eng.int8_prompts == (int8 and C.int8_prompt_products())
-    ref = TorchReference(spec, 64, torch.float32, int8_activations=int8, int8_prompts=eng.int8_prompts)
+    assert eng.isa == level and eng.int8_activations == int8
+    # The prompt's products: 16-bit activations by default, 8-bit ones with int8 here, where the
+    # level has the integer GEMM (else float32).
+    if int8:
+        eng.prompt_bits = 8
+    assert eng.prompt_bits == ((8 if int8 else 16) if C.int8_prompt_products() else 32)
+    ref = TorchReference(spec, 64, torch.float32, int8_activations=int8, prompt_bits=eng.prompt_bits)
     tol = MODEL_TOLERANCE[int8]
     ids = torch.tensor([3, 17, 95, 0, 42, 7, 7, 60, 31, 2, 88, 15, 4, 9, 70, 23, 50, 1, 66, 12, 5, 33, 80, 44])
     # 24 tokens in one call (prefill, the GEMM path), then decode steps of one token (linear).
@@ -113,8 +116,8 @@ def test_mixed_block_formats_in_one_layer(int8):
     spec = tiny_spec({"q": "q4_k", "k": "q4_k", "v": "q6_k", "o": "q4_k", "gate": "q5_1", "up": "q4_k",
                       "down": "q6_k", "embed": "q4_0", "lm_head": "q8_0"}, seed=1)
     eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2, int8_activations=int8)
-    eng.int8_prompts = True
-    ref = TorchReference(spec, 64, torch.float32, int8_activations=int8, int8_prompts=eng.int8_prompts)
+    eng.prompt_bits = 8 if int8 else 16
+    ref = TorchReference(spec, 64, torch.float32, int8_activations=int8, prompt_bits=eng.prompt_bits)
     ids = torch.arange(5, 45)
     want = ref.prefill(ids, 0, 0, all_logits=True)
     got = eng.prefill(ids, 0, 0, all_logits=True)
@@ -164,12 +167,26 @@ def test_wide_mlp_adds_every_piece_into_the_residual(level, fmt):
     # residual stream piece by piece of the features (AMX tiles) or at once (FMA).
     spec = tiny_spec({"gate": fmt, "up": fmt, "down": fmt}, I=2560, seed=2)
     eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2)
-    ref = TorchReference(spec, 64, torch.float32, int8_prompts=eng.int8_prompts)
+    ref = TorchReference(spec, 64, torch.float32, prompt_bits=eng.prompt_bits)
     ids = torch.arange(3, 43)
     want = ref.prefill(ids, 0, 0, all_logits=True)
     got = eng.prefill(ids, 0, 0, all_logits=True)
-    tol = MODEL_TOLERANCE[eng.int8_prompts]
+    tol = MODEL_TOLERANCE[eng.prompt_bits == 8]
     torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=0)
+
+
+def test_prompt_bits_are_checked():
+    spec = tiny_spec({"q": "q4_k"})
+    eng = engine_mod.CpuEngine(spec, 64, torch.float32, 1)
+    for bad in (7, 64, True, "16"):
+        with pytest.raises(ValueError, match="prompt_bits must be 8, 16 or 32"):
+            eng.prompt_bits = bad
+    with pytest.raises(ValueError, match="prompt_bits must be 8, 16 or 32, got 12"):
+        eng.handle.prompt_bits = 12
+    with pytest.raises(ValueError, match="prompt_bits must be 8, 16 or 32"):
+        TorchReference(spec, 64, torch.float32, prompt_bits=4)
+    with pytest.raises(ValueError, match="gemm_bits must be 16 or 32, got 8"):
+        C.matrix_product(torch.zeros(20, 256), spec.layers[0].q, False, 8)
 
 
 def test_block_matrix_shapes_are_checked():

@@ -3,7 +3,8 @@ bits per group (pyruntime.formats.quantize_activations), then exact integer sums
 is checked against float64 torch over the same quantized activations and gguf's dequantized
 weights, through the engine's own product (C.matrix_product) at every level this CPU runs, for
 every decode token count's tile shapes; and the prompt chunks' GEMM (more than
-C.max_row_tile_tokens tokens), integer where the level has it (C.int8_prompt_products())."""
+C.max_row_tile_tokens tokens) against 8- or 16-bit activations where the level has it
+(C.int8_prompt_products())."""
 
 import os
 import subprocess
@@ -23,9 +24,10 @@ from tests.kernels.test_gguf_formats import NATIVE_FORMATS, random_blocks
 INT8_FORMATS = [name for name, f in FORMATS.items() if f.activation_group]
 
 
-def reference(x: torch.Tensor, m: C.WeightMatrix, group: int | None):
-    """(x, quantized where group says so) @ W^T in float64, and the sum of the terms' magnitudes."""
-    xq = (x if group is None else quantize_activations(x, group)).double()
+def reference(x: torch.Tensor, m: C.WeightMatrix, group: int | None, bits: int = 8):
+    """(x, quantized to `bits` where group says so) @ W^T in float64, and the sum of the terms'
+    magnitudes."""
+    xq = (x if group is None else quantize_activations(x, group, bits)).double()
     w = FORMATS[m.format.name].dequantize(m).double()
     return xq @ w.T, xq.abs() @ w.abs().T
 
@@ -165,6 +167,28 @@ def test_prompt_chunks_take_the_integer_gemm_where_the_level_has_it(level, fmt, 
     got_q = C.matrix_product(x[:16], m, True).double()
     assert (got_q - want_q).abs().max() <= 1e-5 * mag_q.max()
     assert torch.equal(C.matrix_product(x[5:6], m, True).double(), got_q[5:6])
+
+
+@pytest.mark.parametrize("fmt", INT8_FORMATS)
+@pytest.mark.parametrize("tokens,rows,cols", [(17, 1030, 256), (300, 56, 2560)], ids=["17x1030x256", "300x56x2560"])
+def test_prompt_chunks_take_16_bit_activations_where_the_level_has_the_gemm(level, fmt, tokens, rows, cols):
+    # The prompts' default (CpuEngine.prompt_bits 16): int16 activations per group of 32 where
+    # C.int8_prompt_products(), else float32; against float64 torch either way, and within the
+    # float32 products' rounding of float32 activations.
+    gen = np.random.default_rng(9)
+    m = random_blocks(fmt, rows, cols, gen)
+    x = torch.from_numpy(gen.standard_normal((tokens, cols)).astype(np.float32))
+    x[2, :64] *= 50
+    x[3, 128:] = 0
+    x[4, :] *= 1e-36  # 32767 / max|x| overflows (max|x| under ~9.6e-35): zeros
+    group = 32 if C.int8_prompt_products() else None
+    want, mag = reference(x, m, group, bits=16)
+    got = C.matrix_product(x, m, False, 16).double()
+    assert ((got - want).abs() <= 1e-5 * mag.max(dim=1, keepdim=True).values).all()
+    assert torch.equal(C.matrix_product(x[:C.max_row_tile_tokens + 1], m, False, 16).double(),
+                       got[:C.max_row_tile_tokens + 1])
+    want_f, mag_f = reference(x, m, None)
+    assert ((got - want_f).abs()[5:] <= 2e-5 * mag_f.max(dim=1, keepdim=True).values[5:]).all()
 
 
 def test_matrix_product_checks_its_input():

@@ -105,13 +105,16 @@ struct EngineLayer {
 struct EngineSpec : EngineShape {
   DType kv_dtype = DType::Float32;              // float32 or bfloat16
   int threads = 0;          // 0: the OpenMP default
-  // Products of Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K matrices in integers against activations
-  // quantised to 8 bits per block (csrc/cpu/linear_q8.h): decode calls, and with int8_prompts
-  // prompts too where the active level has the integer GEMM (q8_prompt_products(): AVX512-VNNI
-  // without AMX; csrc/cpu/gemm_q8.h). false: float32 activations everywhere. Prompts keep
-  // float32 by default: 8-bit ones (llama.cpp's) change some top-1 tokens of prompt logits.
+  // Decode products (calls not marked as a prompt) of Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K
+  // matrices in integers against activations quantised to 8 bits per block
+  // (csrc/cpu/linear_q8.h); false: float32 activations.
   bool int8_activations = true;
-  bool int8_prompts = false;
+  // The activations of a prompt's products with those matrices, where the active level has the
+  // integer GEMM (q8_prompt_products(): AVX512-VNNI without AMX; csrc/cpu/gemm_q8.h): 8 (as
+  // decode calls', and llama.cpp's), 16 (int16 per group of 32, ~1.5e-5 of the group's largest
+  // value; prompt calls of up to kPromptGemmTokens tokens: float32) or 32 (float32). Elsewhere
+  // float32. 8-bit activations change some top-1 tokens of a prompt's logits; 16 do not.
+  int prompt_bits = 16;
   const float* cos_sin = nullptr;  // [max_seq, rot_dim]: cos half, then sin half
   Matrix embed;                    // [vocab, H]
   float embed_scale = 1.0f;        // the embedding rows times this (Gemma: sqrt(H))
@@ -141,10 +144,13 @@ void pack_int8_rows(const int8_t* q, const float* scales, int64_t rows, int64_t 
 // y [tokens, m.rows] = x [tokens, m.cols] m^T through the engine's products at the active level
 // (the integer ones where int8_activations, m's format has them and tokens <= kMaxRowTileTokens),
 // on the calling thread: the kernel tests' entry. Callers check the sizes.
-void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations);
+// Over kMaxRowTileTokens tokens (the GEMM) where the level has the integer GEMM and m's format
+// integer products: 8-bit activations where int8_activations, else gemm_bits' (16 or 32).
+void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations,
+                    int gemm_bits = 32);
 
-// Whether the active level multiplies prompt chunks (and matrix_product's calls of more than
-// kMaxRowTileTokens tokens) against 8-bit activations: the integer GEMM of csrc/cpu/gemm_q8.h.
+// Whether the active level has the integer GEMM of csrc/cpu/gemm_q8.h (8- and 16-bit
+// activations against Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K: EngineSpec::prompt_bits).
 bool q8_prompt_products();
 
 // The phases of a step, as the profiler names them.
@@ -179,10 +185,9 @@ class Engine {
   // first_logit..n-1.
   // \param k_cache, v_cache every layer's [cache_rows, Hkv, layer_slots(l), D] of
   //        spec.kv_dtype, one layer after another: cache_rows * cache_row_elements() values
-  // \param prompt the tokens are (a chunk of) a prompt: 8-bit activations in every product of
-  //        an integer format where int8_prompts() holds, float32 ones in every product
-  //        otherwise, so that a prompt's tokens get the same however much of the prompt was
-  //        cached before (decode steps: false). A prompt call may hold several
+  // \param prompt the tokens are (a chunk of) a prompt: its products take prompt_bits()
+  //        activations whatever spec.int8_activations, so that a prompt's tokens get the same
+  //        however much of the prompt was cached before (decode steps: false). A prompt call may hold several
   //        prompts' chunks, each a run of consecutive positions of its own row: each chunk's
   //        K/V and logits are then bitwise those of a call of its own, provided that the
   //        chunks are all longer than kPromptGemmTokens tokens or all at most that long, and
@@ -194,10 +199,10 @@ class Engine {
                int64_t first_logit, bool prompt = false, const int64_t* logit_tokens = nullptr);
 
   const EngineSpec& spec() const;
-  // Whether prompts take 8-bit activations: spec.int8_activations, spec.int8_prompts and the
-  // level's q8_prompt_products(). set_int8_prompts changes spec.int8_prompts (between calls).
-  bool int8_prompts() const;
-  void set_int8_prompts(bool on);
+  // The bits of the prompts' activations: spec.prompt_bits where the engine's level has the
+  // integer GEMM, else 32. set_prompt_bits changes spec.prompt_bits (8, 16 or 32; between calls).
+  int prompt_bits() const;
+  void set_prompt_bits(int bits);
   // Positions layer l's cache keeps per sequence (kv_slots of its window).
   int64_t layer_slots(int layer) const;
   // K (or V) values of one cache row over every layer: Hkv * D * the sum of layer_slots.
