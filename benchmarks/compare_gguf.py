@@ -9,7 +9,9 @@ so llama.cpp puts those tensors of the k-quant files in other types) and, with -
 of Llama-3.2-1B's shapes (hidden 2048, 16 layers, 32 query / 8 KV heads, intermediate 8192,
 vocabulary 128256) with random weights written by the gguf package, whose weights are far larger
 than the cache. pyruntime runs each file in its own types (dtype="gguf", bfloat16 KV cache; decode
-steps against 8-bit activations where the block type has integer products, prompts in float32);
+steps against 8-bit activations where the block type has integer products; prompts against
+16-bit ones there on CPUs with AVX512-VNNI and without AMX, float32 elsewhere; and, where the CPU
+has that integer GEMM, a prefill row of its own with 8-bit activations, llama.cpp's numerics);
 llama.cpp as llama-cpp-python builds it (8-bit activations, f16 KV cache),
 without its extra CPU buffer types unless --llama-extra-buffers (see compare.LlamaCpp).
 Figures: decode tokens/s at batch 1 (new tokens after a short prompt; for the 1B model also
@@ -166,6 +168,8 @@ def main():
             short, long_ = prompt_ids(tok, a.prompt_tokens), prompt_ids(tok, a.prefill_tokens)
             cases = [("decode", short)] + [(f"decode@{c}", prompt_ids(tok, c)) for c in contexts]
             samples = {(rt.name, case): [] for rt in runtimes for case, _ in cases + [("prefill", None)]}
+            eight_bit = C.int8_prompt_products()  # the prompts' GEMM on 8-bit activations too
+            samples[("pyruntime", "prefill8")] = []
             for rt in runtimes:  # warm-up
                 rt.decode(short, 4)
             for rep in range(a.reps):
@@ -175,6 +179,10 @@ def main():
                             time.sleep(0.3)
                             samples[(rt.name, case)].append(rt.decode(ids, a.new_tokens)[1])
                         samples[(rt.name, "prefill")].append(a.prefill_tokens / rt.prefill(long_))
+                        if rt is ours and eight_bit:
+                            ours.llm.engine.prompt_bits = 8
+                            samples[("pyruntime", "prefill8")].append(a.prefill_tokens / rt.prefill(long_))
+                            ours.llm.engine.prompt_bits = 16
                 contention.append({"part": f"{model} {fmt} rep {rep}", "other_cpu_cores": busy.other_cores,
                                    "steal_cpu_cores": busy.steal_cores})
                 warning = contention_warning(busy.other_cores, busy.steal_cores)
@@ -193,6 +201,11 @@ def main():
                 p = samples[(rt.name, "prefill")]
                 rows.append({"model": model, "format": fmt, "runtime": rt.name, "case": f"prefill {a.prefill_tokens}",
                              "tokens_per_s": statistics.median(p), "samples": p})
+                if rt is ours and eight_bit:  # against llama.cpp's prefill row
+                    p = samples[("pyruntime", "prefill8")]
+                    rows.append({"model": model, "format": fmt, "runtime": rt.name,
+                                 "case": f"prefill {a.prefill_tokens} 8-bit", "peer_case": f"prefill {a.prefill_tokens}",
+                                 "tokens_per_s": statistics.median(p), "samples": p})
             print(f"{model} {fmt}: " + "  ".join(
                 f"{case} {statistics.median(samples[('pyruntime', case)]):.1f} vs "
                 f"{statistics.median(samples[('llama.cpp', case)]):.1f}" for case in [c for c, _ in cases] + ["prefill"]),
@@ -204,8 +217,9 @@ def main():
         if "bytes_per_token" in r:
             r["mbu"] = r["bytes_per_token"] * r["tokens_per_s"] / (bw * 1e9)
     find = {(r["model"], r["format"], r["runtime"], r["case"]): r for r in rows}
+    peer = lambda r: find[(r["model"], r["format"], "llama.cpp", r.get("peer_case", r["case"]))]  # noqa: E731
     ratios = [{"model": r["model"], "format": r["format"], "case": r["case"],
-               "ratio": r["tokens_per_s"] / find[(r["model"], r["format"], "llama.cpp", r["case"])]["tokens_per_s"]}
+               "ratio": r["tokens_per_s"] / peer(r)["tokens_per_s"]}
               for r in rows if r["runtime"] == "pyruntime"]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -218,12 +232,12 @@ def main():
     (out / "compare_gguf.json").write_text(json.dumps(report, indent=1))
     print(f"\ncommit {commit}  {cpu_model()}  kernels {C.cpu_isa()}  threads {a.threads}  "
           f"read bandwidth {bw:.1f} GB/s")
-    print(f"{'model':<16}{'format':<8}{'case':<14}{'pyruntime':>10}{'MBU':>6}{'llama.cpp':>11}{'MBU':>6}{'ratio':>8}")
+    print(f"{'model':<16}{'format':<8}{'case':<20}{'pyruntime':>10}{'MBU':>6}{'llama.cpp':>11}{'MBU':>6}{'ratio':>8}")
     for r in ratios:
         o = find[(r["model"], r["format"], "pyruntime", r["case"])]
-        p = find[(r["model"], r["format"], "llama.cpp", r["case"])]
+        p = peer(o)
         mbu = lambda x: f"{100 * x['mbu']:>5.0f}%" if "mbu" in x else "      "  # noqa: E731
-        print(f"{r['model']:<16}{r['format']:<8}{r['case']:<14}{o['tokens_per_s']:>10.1f}{mbu(o)}"
+        print(f"{r['model']:<16}{r['format']:<8}{r['case']:<20}{o['tokens_per_s']:>10.1f}{mbu(o)}"
               f"{p['tokens_per_s']:>11.1f}{mbu(p)}{r['ratio']:>7.2f}x")
     print(f"\nwrote {out / 'compare_gguf.json'}")
 

@@ -7,10 +7,11 @@ The files are compare_gguf.py's (llama.cpp's quantize of the bundled model's F32
 ~/.cache/pyruntime; run compare_gguf.py first). For each: teacher-forced greedy top-1 agreement
 over 256 tokens of text, the largest logit difference relative to the largest logit, and the
 greedy answer to "The capital of France is", for pyruntime's default (bfloat16 KV cache) and with
-a float32 KV cache; the logits of the prompt as one prefill (float32 activations) and token by
-token through decode steps, with the default 8-bit activations of the integer products and
-with int8_activations=False (the effect of quantizing the activations). Writes quality_gguf.json
-under --out.
+a float32 KV cache; the logits of the prompt as one prefill (with the prompts' default 16-bit
+activations of the integer products, with 8-bit ones and with float32 ones: engine.prompt_bits,
+where the CPU has the integer GEMM) and token by token through decode steps, with the default
+8-bit activations of the integer products and with int8_activations=False (the effect of
+quantizing the activations). Writes quality_gguf.json under --out.
 """
 
 from __future__ import annotations
@@ -55,10 +56,17 @@ def main():
             raise SystemExit(f"{path} is missing: run benchmarks/compare_gguf.py first")
         ref = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                                 dtype=torch.float32).eval()
-        for kv, path_kind, int8 in (("bfloat16", "prefill", True), ("float32", "prefill", True),
-                                    ("bfloat16", "decode", True), ("bfloat16", "decode", False),
-                                    ("float32", "decode", True), ("float32", "decode", False)):
+        # (KV cache, logits of, activation bits: the prompts' prompt_bits, or 8 / 32 for decode
+        # steps' int8_activations True / False)
+        for kv, path_kind, bits in (("bfloat16", "prefill", 16), ("bfloat16", "prefill", 8),
+                                    ("bfloat16", "prefill", 32), ("float32", "prefill", 16),
+                                    ("bfloat16", "decode", 8), ("bfloat16", "decode", 32),
+                                    ("float32", "decode", 8), ("float32", "decode", 32)):
+            int8 = path_kind == "prefill" or bits == 8
             llm = pyruntime.LLM(path, kv_dtype=kv, progress=False, int8_activations=int8)
+            if path_kind == "prefill":
+                llm.engine.prompt_bits = bits
+                bits = llm.engine.prompt_bits  # 32 where the CPU has no integer GEMM
             ids = llm.tokenizer.encode(TEXT)[:256]
             with torch.no_grad():
                 want = ref(torch.tensor([ids])).logits[0]
@@ -67,13 +75,13 @@ def main():
             with torch.no_grad():
                 ref_answer = ref.generate(torch.tensor([q]), max_new_tokens=8, do_sample=False)[0, len(q):].tolist()
             answer = llm.generate(q, max_new_tokens=8, ignore_eos=True).token_ids
-            row = {"file": name, "kv_dtype": kv, "logits_of": path_kind, "int8_activations": int8,
+            row = {"file": name, "kv_dtype": kv, "logits_of": path_kind, "activation_bits": bits,
                    "weight_formats": llm.weight_formats, "tokens": len(ids),
                    "top1_agreement": (got.argmax(-1) == want.argmax(-1)).float().mean().item(),
                    "max_abs_diff_rel": ((got - want).abs().max() / want.abs().max()).item(),
                    "answer": llm.tokenizer.decode(answer), "transformers_answer": llm.tokenizer.decode(ref_answer)}
             rows.append(row)
-            print(f"{name:<14} kv {kv:<9} {path_kind:<7} {'int8' if int8 else 'float'} act  top-1 {100 * row['top1_agreement']:5.1f}%  max |diff| "
+            print(f"{name:<14} kv {kv:<9} {path_kind:<7} {bits:>2}-bit act  top-1 {100 * row['top1_agreement']:5.1f}%  max |diff| "
                   f"{row['max_abs_diff_rel']:.1e} of max  answer {row['answer']!r} (transformers "
                   f"{row['transformers_answer']!r})  {row['weight_formats']}", flush=True)
             del llm

@@ -141,11 +141,12 @@ class CpuEngine(Engine):
     the caller passes; the tests of its argument checks use it)."""
 
     def __init__(self, spec: C.ModelSpec, max_seq_len: int, kv_dtype: torch.dtype, threads: int,
-                 int8_activations: bool = True):
+                 int8_activations: bool = True, prompt_bits: int = 16):
         """int8_activations: decode calls' products of q4_0, q4_1, q8_0, q4_k, q5_k, q6_k matrices in
         integers against activations quantized to 8 bits (pyruntime.formats.quantize_activations);
-        False: float32. Prompts: prompt_bits."""
+        False: float32. prompt_bits: the prompts' (the property)."""
         self.handle = C.Engine(spec, max_seq_len, kv_dtype, threads, MAX_TOKENS, int8_activations)
+        self.prompt_bits = prompt_bits
         self.max_tokens = self.handle.max_tokens
         super().__init__(spec, max_seq_len, kv_dtype, "cpu", self.handle.layer_slots)
 
@@ -265,16 +266,16 @@ class CudaEngine(Engine):
 
 
 def make_engine(cfg: ModelConfig, weights: ModelWeights, dtype: str, max_seq_len: int, threads: int,
-                kv_dtype: torch.dtype | None = None, int8_activations: bool = True) -> Engine:
+                kv_dtype: torch.dtype | None = None, int8_activations: bool = True, prompt_bits: int = 16) -> Engine:
     """The model description of `weights` at precision `dtype`, and the engine for it on the
     weights' device: the compiled CPU engine, the CUDA engine for bfloat16 on a GPU, else the
     Python-sequenced reference forward (float32 on CUDA). kv_dtype: the precision's by default;
-    int8_activations: CpuEngine's."""
+    int8_activations, prompt_bits: CpuEngine's."""
     prec = PRECISIONS[dtype]
     kv = prec.kv if kv_dtype is None else kv_dtype
     if weights.embed.device.type == "cpu":
         return CpuEngine(build_spec(cfg, weights, prec.weights, max_seq_len), max_seq_len, kv, threads,
-                         int8_activations)
+                         int8_activations, prompt_bits)
     if dtype == "bfloat16" and kv == torch.bfloat16 and hasattr(C, "CudaEngine"):
         return CudaEngine(build_spec(cfg, weights, prec.weights, max_seq_len, torch.bfloat16, fuse=True), max_seq_len)
     from pyruntime.reference import TorchReference

@@ -118,13 +118,18 @@ class LLM:
 
     def __init__(self, model: str | Path, dtype: str | None = None, max_seq_len: int | None = None,
                  threads: int | None = None, device: str = "cpu", progress: bool = True,
-                 kv_dtype: str | None = None, int8_activations: bool = True):
+                 kv_dtype: str | None = None, int8_activations: bool = True, prompt_bits: int = 16):
         """dtype: "gguf" (a GGUF model's own weight types, read from the file's memory map; the
         default for GGUF files and bundled models), "float32" (the default for folders),
         "bfloat16", "int8" or "int4" (quantized once at load). kv_dtype: "float32" or
         "bfloat16" for the KV cache (default: the precision's, pyruntime.formats.PRECISIONS).
-        int8_activations: the CPU engine multiplies Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K matrices in
-        integers against activations quantized to 8 bits (as llama.cpp); False keeps them float32."""
+        int8_activations: the CPU engine's decode steps multiply Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K
+        matrices in integers against activations quantized to 8 bits (as llama.cpp); False keeps
+        them float32. prompt_bits: the prompts' activations in those products where the CPU has
+        the integer GEMM (AVX512-VNNI without AMX): 16 (int16, the default), 8 (as llama.cpp) or
+        32 (float32); float32 elsewhere (llm.engine.prompt_bits says which runs)."""
+        if isinstance(prompt_bits, bool) or prompt_bits not in (8, 16, 32):
+            raise ValueError(f"prompt_bits must be 8, 16 or 32, got {prompt_bits!r}")
         if dtype is not None and dtype not in PRECISIONS:
             raise ValueError(f"dtype must be one of {', '.join(PRECISIONS)} or None, got {dtype!r}")
         if kv_dtype not in (None, "float32", "bfloat16"):
@@ -166,7 +171,7 @@ class LLM:
         if device == "cuda":
             weights = _to_device(weights, device)
         self.engine: Engine = make_engine(self.config, weights, dtype, self.max_seq_len, self.threads, self._kv_dtype,
-                                          int8_activations)
+                                          int8_activations, prompt_bits)
         del weights  # int8 / int4: the float32 copy goes; the engine keeps the quantised one
         self._lock = threading.Lock()  # held during a step's compute only
         self._cached_ids: list[int] = []  # tokens whose K/V are completely written in row 0 of the cache

@@ -176,7 +176,7 @@ def test_gguf_twin_matches_transformers(tiny, tmp_path, llm, qtype):  # noqa: F8
     ids = _ids(300, 9)
     with torch.no_grad():
         want = ref(torch.tensor([ids])).logits[0]
-    got_llm = pyruntime.LLM(path, kv_dtype="float32", int8_activations=False, progress=False)
+    got_llm = pyruntime.LLM(path, kv_dtype="float32", int8_activations=False, prompt_bits=32, progress=False)
     assert got_llm.config.architecture == {"llama": "LlamaForCausalLM"}.get(arch, type(model).__name__)
     got = got_llm.logits(ids)
     assert (got - want).abs().max().item() < 1e-4
