@@ -491,7 +491,7 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   }
   m.first_keys.assign(m.windows.size() * N, 0);
   m.pack_floats = detail::gemm_pack_floats(std::max({H, q_dim, I}));
-  if (N > kMaxRowTileTokens) {
+  if (N > kPromptGemmTokens) {  // the GEMM's panels and activations: prompt calls over kPromptGemmTokens tokens
     m.pack.assign(static_cast<int64_t>(m.threads) * m.pack_floats, 0.0f);
     if (detail::q8_prompt_products()) {  // share_acts' buffers: 8 bits in groups of 32 and of 256, 16 bits
       m.q8_cols = std::max({H, q_dim, I});
@@ -502,8 +502,9 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
       m.q16_scales.assign(N * (m.q8_cols / detail::kQ16Group), 0.0f);
       m.q16_sums.assign(N * (m.q8_cols / 16), 0);
     }
-    m.prefill_ws.assign(prefill_attention_workspace_floats(m.threads, sp.num_heads, sp.num_kv_heads, D), 0.0f);
   }
+  if (N > kMaxRowTileTokens)  // causal prefill attention over prompt chunks of more tokens
+    m.prefill_ws.assign(prefill_attention_workspace_floats(m.threads, sp.num_heads, sp.num_kv_heads, D), 0.0f);
   // Attention workspace for n tokens of the longest length; it grows when the OpenMP thread
   // count is raised later, or for a window whose splits, aligned to blocks, come to one more.
   std::vector<int32_t> longest(N, static_cast<int32_t>(sp.max_seq));

@@ -52,12 +52,19 @@ inline void quantize_q16(int16_t* q, float* d, int32_t* s, const float* x, int64
   for (int64_t g0 = 0; g0 < in; g0 += kQ16Group) {
     const float* src = x + g0;
     float amax = 0.0f;
-    for (int i = 0; i < kQ16Group; ++i) amax = std::max(amax, std::fabs(src[i]));
-    // 0 for a zero group, and for one so small that 32767 / amax overflows (as quantize_q8).
-    const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+    bool finite = true;
+    for (int i = 0; i < kQ16Group; ++i) {
+      const float a = std::fabs(src[i]);
+      finite = finite && a <= std::numeric_limits<float>::max();
+      amax = std::max(amax, a);
+    }
+    // 0 for a zero group, and for one so small that 32767 / amax overflows (as quantize_q8). A
+    // group holding an inf or a NaN: zeros with a NaN scale, so that the products come out NaN.
+    const float inv = amax > 0.0f && finite ? 32767.0f / amax : 0.0f;
     const float iscale = inv <= std::numeric_limits<float>::max() ? inv : 0.0f;
-    d[g0 / kQ16Group] = amax / 32767.0f;
-    for (int i = 0; i < kQ16Group; ++i) q[g0 + i] = static_cast<int16_t>(std::nearbyint(src[i] * iscale));
+    d[g0 / kQ16Group] = finite ? amax / 32767.0f : std::numeric_limits<float>::quiet_NaN();
+    for (int i = 0; i < kQ16Group; ++i)
+      q[g0 + i] = finite ? static_cast<int16_t>(std::nearbyint(src[i] * iscale)) : int16_t{0};
     for (int k = 0; k < kQ16Group / 16; ++k) {
       int32_t sum = 0;
       for (int i = 0; i < 16; ++i) sum += q[g0 + 16 * k + i];

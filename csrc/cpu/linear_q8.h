@@ -25,6 +25,7 @@
 
 #include "block_rows.h"
 #include "linear_q8_lanes.h"
+#include "pyruntime/cpu_kernels.h"
 #include "vec.h"
 #include "weight_rows.h"
 
@@ -554,6 +555,15 @@ inline void lane_order_rows(float* y, bool accumulate, const LaneToken& x, const
 template <bool Accumulate, WeightFormat F>
 inline void q8_rows(float* y, int64_t y_stride, const float* x, int64_t x_stride, const BlockRows<F>& w,
                     int64_t tokens, int64_t in, int64_t row_begin, int64_t row_end) {
+  // The lane kernels' tiles take up to kMaxRowTileTokens tokens: a longer call (a prompt call of
+  // many short chunks, with 8-bit prompt activations) in pieces of that many, each token's sums
+  // as they are alone.
+  if (tokens > kMaxRowTileTokens) {
+    for (int64_t t0 = 0; t0 < tokens; t0 += kMaxRowTileTokens)
+      q8_rows<Accumulate, F>(y + t0 * y_stride, y_stride, x + t0 * x_stride, x_stride, w,
+                             std::min<int64_t>(kMaxRowTileTokens, tokens - t0), in, row_begin, row_end);
+    return;
+  }
   constexpr int G = Q8Dot<F>::kGroup;
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> xd;

@@ -175,6 +175,21 @@ def test_wide_mlp_adds_every_piece_into_the_residual(level, fmt):
     torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=0)
 
 
+def test_engine_of_a_few_tokens_per_call_takes_the_gemm(monkeypatch):
+    # max_tokens of 9 to 16: a prompt call of more than C.prompt_gemm_tokens tokens takes the
+    # GEMM (its panels and activations allocated for it) at the default prompt_bits.
+    monkeypatch.setattr(engine_mod, "MAX_TOKENS", 12)
+    spec = tiny_spec({"q": "q4_k", "k": "q4_k", "v": "q6_k", "o": "q4_0", "gate": "q8_0", "up": "q4_1",
+                      "down": "q6_k"}, seed=3)
+    eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2)
+    assert eng.max_tokens == 12
+    ref = TorchReference(spec, 64, torch.float32, prompt_bits=eng.prompt_bits)
+    ids = torch.arange(5, 17)  # one call of 12 tokens
+    want = ref.prefill(ids, 0, 0, all_logits=True)
+    got = eng.prefill(ids, 0, 0, all_logits=True)
+    torch.testing.assert_close(got, want, atol=MODEL_TOLERANCE[False] * want.abs().max().item(), rtol=0)
+
+
 def test_prompt_bits_are_checked():
     spec = tiny_spec({"q": "q4_k"})
     eng = engine_mod.CpuEngine(spec, 64, torch.float32, 1)

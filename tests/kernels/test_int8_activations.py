@@ -189,6 +189,12 @@ def test_prompt_chunks_take_16_bit_activations_where_the_level_has_the_gemm(leve
                        got[:C.max_row_tile_tokens + 1])
     want_f, mag_f = reference(x, m, None)
     assert ((got - want_f).abs()[5:] <= 2e-5 * mag_f.max(dim=1, keepdim=True).values[5:]).all()
+    # An inf among a token's activations: its sums come out NaN (as float32 activations' would
+    # be inf or NaN), the other tokens' unchanged.
+    x[6, 40] = float("inf")
+    bad = C.matrix_product(x, m, False, 16)
+    assert not bad[6].isfinite().any()
+    assert torch.equal(bad[7:].double(), got[7:])
 
 
 def test_matrix_product_checks_its_input():

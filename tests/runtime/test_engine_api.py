@@ -83,12 +83,15 @@ def test_a_prompt_after_its_cached_prefix_keeps_float_activations():
     assert apart(tail) < 3e-3 and apart(steps) > 8e-3, (apart(tail), apart(steps))
 
 
-def test_prompt_chunks_of_several_rows_share_calls_and_equal_each_alone():
+@pytest.mark.parametrize("bits", [16, 8, 32])
+def test_prompt_chunks_of_several_rows_share_calls_and_equal_each_alone(bits):
     # prefill_many: 22 prompts' chunks (over C.prompt_gemm_tokens = 8 tokens: the GEMM, and over
     # 16 the causal attention per chunk, else attention token by token; at most 8: the row
-    # tiles; more than 16 chunks wanting logits: split over calls), some after a cached prefix,
-    # two without logits: each chunk's K/V and logits bitwise those of its own prefill call.
-    llm = pyruntime.LLM(MODEL, progress=False)
+    # tiles, with 8-bit activations the decode products over more tokens than their tiles hold;
+    # more than 16 chunks wanting logits: split over calls), some after a cached prefix, two
+    # without logits: each chunk's K/V and logits bitwise those of its own prefill call, at every
+    # prompt_bits.
+    llm = pyruntime.LLM(MODEL, progress=False, prompt_bits=bits)
     eng, ids = llm.engine, llm.tokenizer.encode(" ".join([TEXT] * 12))
     lengths = [40, 9, 23, 16, 5, 30, 12, 17] + [3 + i % 7 for i in range(14)]
     k = len(lengths)
