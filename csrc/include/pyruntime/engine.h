@@ -141,11 +141,11 @@ void quantize_int8(const float* w, int64_t rows, int64_t cols, int64_t group, in
 void pack_int8_rows(const int8_t* q, const float* scales, int64_t rows, int64_t cols, int64_t group,
                     int8_t* q_out, float* scales_out);
 
-// y [tokens, m.rows] = x [tokens, m.cols] m^T through the engine's products at the active level
-// (the integer ones where int8_activations, m's format has them and tokens <= kMaxRowTileTokens),
-// on the calling thread: the kernel tests' entry. Callers check the sizes.
-// Over kMaxRowTileTokens tokens (the GEMM) where the level has the integer GEMM and m's format
-// integer products: 8-bit activations where int8_activations, else gemm_bits' (16 or 32).
+// y [tokens, m.rows] = x [tokens, m.cols] m^T through the engine's products at the active level,
+// on the calling thread: the kernel tests' entry. Callers check the sizes. Where m's format has
+// integer products: up to kMaxRowTileTokens tokens (the decode products) against 8-bit
+// activations where int8_activations; over that (the GEMM), where the level has the integer
+// GEMM, against 8-bit ones where int8_activations, else gemm_bits' (16 or 32: float32).
 void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations,
                     int gemm_bits = 32);
 
