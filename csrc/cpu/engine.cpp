@@ -210,7 +210,7 @@ struct EngineImpl final : Engine::Impl {
       detail::Q16Chunk q16;
       auto share_acts = [&](const float* x, int64_t in, int64_t tokens,
                             std::initializer_list<const Matrix*> parts) -> GemmActs {
-        const bool eight = int8_activations, sixteen = !int8_activations && prompt && prompt_bits == 16;
+        const bool eight = int8_activations, sixteen = prompt && prompt_bits == 16;
         if (!gemm_here || !detail::q8_prompt_products() || !(eight || sixteen)) return {};
         bool used[2] = {false, false};
         for (const Matrix* m : parts)
@@ -221,7 +221,7 @@ struct EngineImpl final : Engine::Impl {
           for (int64_t t = 0; t < tokens; ++t)
             detail::quantize_q16(q16_values.data() + t * in, q16_scales.data() + t * (in / detail::kQ16Group),
                                  q16_sums.data() + t * (in / 16), x + t * in, in);
-          q16 = {q16_values.data(), q16_scales.data(), q16_sums.data(), in, detail::kQ16Group};
+          q16 = {q16_values.data(), q16_scales.data(), q16_sums.data(), in};
           return {nullptr, &q16};
         }
         for (int i = 0; i < 2; ++i) {
@@ -233,7 +233,7 @@ struct EngineImpl final : Engine::Impl {
 #pragma omp for schedule(static)
           for (int64_t t = 0; t < tokens; ++t)
             detail::quantize_q8(q + t * in, d + t * (in / group), sums + t * (in / 16), x + t * in, in, group);
-          q8[i] = {q, d, sums, in, group};
+          q8[i] = {q, d, sums, in};
         }
         return {q8, nullptr};
       };
@@ -437,9 +437,8 @@ void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, b
                         group);
   for (int64_t t = 0; t < tokens && bits == 16; ++t)
     detail::quantize_q16(q16.data() + t * in, d.data() + t * (in / g), sums16.data() + t * (in / 16), x + t * in, in);
-  const detail::Q8Chunk chunk8[2] = {{q8.data(), d.data(), sums8.data(), in, group},
-                                     {q8.data(), d.data(), sums8.data(), in, group}};
-  const detail::Q16Chunk chunk16{q16.data(), d.data(), sums16.data(), in, detail::kQ16Group};
+  const detail::Q8Chunk chunk8[2] = {{q8.data(), d.data(), sums8.data(), in}, {q8.data(), d.data(), sums8.data(), in}};
+  const detail::Q16Chunk chunk16{q16.data(), d.data(), sums16.data(), in};
   GemmActs acts;
   if (bits == 8) acts.q8 = chunk8;
   if (bits == 16) acts.q16 = &chunk16;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "block_rows.h"
+#include "gemm.h"
 #include "gemm_amx.h"
 #include "linear_q8.h"
 #include "linear_vnni.h"
@@ -31,7 +32,8 @@ namespace pyruntime::cpu::PYRUNTIME_ISA::detail {
 
 // A chunk's activations quantised once for every product that reads them, to A (int8_t:
 // quantize_q8; int16_t: quantize_q16) in groups of `group`: token t's values at q + t * in, its
-// scales at d + t * (in / group), its sums of 16 values at s + t * (in / 16).
+// scales at d + t * (in / group), its sums of 16 values at s + t * (in / 16). (The group is the
+// format's: Q8Dot<F>::kGroup for 8 bits, kQ16Group for 16.)
 template <typename A>
 struct ActChunk {
   using Sum = std::conditional_t<sizeof(A) == 1, int16_t, int32_t>;
@@ -39,7 +41,6 @@ struct ActChunk {
   const float* d = nullptr;
   const Sum* s = nullptr;
   int64_t in = 0;
-  int group = 0;
 };
 using Q8Chunk = ActChunk<int8_t>;
 using Q16Chunk = ActChunk<int16_t>;
@@ -302,6 +303,8 @@ PYRUNTIME_VNNI_GEMM inline void q8_gemm_rows(float* y, int64_t y_stride, const A
                                              int64_t tokens, int64_t row_begin, int64_t row_end, uint8_t* packed) {
   constexpr int S = Q8Unpack<F>::kSub, G = sizeof(A) == 1 ? Q8Dot<F>::kGroup : kQ16Group;
   constexpr bool kMins = kPanelMins<F, A>;
+  static_assert(q8_panel_bytes<F, A>(Block<F>::kValues) <= Block<F>::kValues * kPanelRows * int64_t{sizeof(float)},
+                "a panel fits the float GEMM's packed buffer (gemm_pack_floats(in) floats) it is given");
   static_assert(G % S == 0 && S % 16 == 0, "sub-blocks of 16 or 32 inside the activation groups");
   const int64_t in = x.in, subs = in / S;
   thread_local std::vector<float> xsum;  // grows, then stays
