@@ -14,15 +14,16 @@ def cpu_features() -> dict:
     isa: the level the kernels run at now; best_isa: the highest this CPU runs;
     levels: every level compiled in -> the features it needs that this CPU lacks ("" when it
     runs here); features: the cpuid flags that matter (True/False); paths: the special product
-    paths the active level takes (int8 weights on AVX512-VNNI, bf16 prefill on AMX tiles, the
-    block formats' prompts on the integer GEMM: AVX512-VNNI without AMX);
+    paths the active level takes (int8 weights on AVX512-VNNI, bf16 prefill on AMX tiles, and
+    integer_gemm: the activation bits of the block formats' prompts on the integer GEMM, [8] on
+    AVX2, [8, 16] on AVX512-VNNI without AMX, [] elsewhere);
     q8_decode_rows: how many weight rows a one-token integer decode product reads at once (1:
     one after another, the default on AMD CPUs; 4: side by side, the 32-value formats a row per
     vector lane; PYRUNTIME_Q8_DECODE_ROWS sets it).
     """
     flags = C.cpu_features()
     paths = {"int8_vnni": flags.pop("int8_vnni_path"), "bf16_amx": flags.pop("bf16_amx_path"),
-             "integer_gemm": C.int8_prompt_products()}
+             "integer_gemm": [8] * C.int8_prompt_products() + [16] * C.int16_prompt_products()}
     levels = {name: C.cpu_isa_missing_features(name) for name in C.cpu_isa_levels()}
     return {"isa": C.cpu_isa(), "best_isa": C.best_cpu_isa(), "levels": levels, "features": flags, "paths": paths,
             "q8_decode_rows": C.q8_decode_rows()}

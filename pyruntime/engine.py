@@ -163,9 +163,10 @@ class CpuEngine(Engine):
         """The activations of a prompt's products with q4_0, q4_1, q8_0, q4_k, q5_k, q6_k matrices:
         16 (the default: int16 per group of 32, ~1.5e-5 of the group's largest value), 8 (as
         decode calls' and llama.cpp's: faster, and changes some top-1 tokens of the prompt's
-        logits) or 32 (float32), where the CPU level has the integer GEMM
-        (C.int8_prompt_products(): AVX512-VNNI without AMX); 32 elsewhere. Setting it asks for
-        8, 16 or 32; this then reads what runs."""
+        logits) or 32 (float32), where the CPU level has the integer GEMM for them
+        (C.int8_prompt_products(): AVX2 and AVX512-VNNI without AMX; C.int16_prompt_products():
+        AVX512-VNNI without AMX); 32 elsewhere. Setting it asks for 8, 16 or 32; this then reads
+        what runs."""
         return self.handle.prompt_bits
 
     @prompt_bits.setter

@@ -126,8 +126,9 @@ class LLM:
         int8_activations: the CPU engine's decode steps multiply Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K
         matrices in integers against activations quantized to 8 bits (as llama.cpp); False keeps
         them float32. prompt_bits: the prompts' activations in those products where the CPU has
-        the integer GEMM (AVX512-VNNI without AMX): 16 (int16, the default), 8 (as llama.cpp) or
-        32 (float32); float32 elsewhere (llm.engine.prompt_bits says which runs)."""
+        the integer GEMM for them: 16 (int16, the default; AVX512-VNNI without AMX), 8 (as
+        llama.cpp; AVX2 too) or 32 (float32); float32 elsewhere (llm.engine.prompt_bits says
+        which runs)."""
         if isinstance(prompt_bits, bool) or prompt_bits not in (8, 16, 32):
             raise ValueError(f"prompt_bits must be 8, 16 or 32, got {prompt_bits!r}")
         if dtype is not None and dtype not in PRECISIONS:

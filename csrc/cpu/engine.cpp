@@ -90,14 +90,15 @@ inline void product_rows(float* y, int64_t y_stride, const float* x, int64_t x_s
     if constexpr (detail::IsBlockRows<Rows>::value || detail::IsQ8BlockRows<Rows>::value) {
       constexpr WeightFormat F = Rows::kFormat;
       const detail::BlockRows<F>& plain = w;
-#if defined(PYRUNTIME_VEC_AVX512)
+#if defined(PYRUNTIME_VEC_AVX512) || defined(PYRUNTIME_VEC_AVX2)
       if constexpr (detail::kHasQ8Dot<F>) {  // the integer GEMM
         uint8_t* panel = reinterpret_cast<uint8_t*>(packed);
         if (acts.q8 && detail::IsQ8BlockRows<Rows>::value)
-          return detail::vnni::q8_gemm_rows<Accumulate>(y, y_stride, acts.q8[detail::q8_group<F>() == 32 ? 0 : 1],
-                                                        plain, tokens, r0, r1, panel);
-        if (acts.q16)
-          return detail::vnni::q8_gemm_rows<Accumulate>(y, y_stride, *acts.q16, plain, tokens, r0, r1, panel);
+          return detail::q8_gemm_rows<Accumulate>(y, y_stride, acts.q8[detail::q8_group<F>() == 32 ? 0 : 1], plain,
+                                                  tokens, r0, r1, panel);
+#if defined(PYRUNTIME_VEC_AVX512)
+        if (acts.q16) return detail::q8_gemm_rows<Accumulate>(y, y_stride, *acts.q16, plain, tokens, r0, r1, panel);
+#endif
       }
 #endif
       detail::gemm_rows<Accumulate>(y, y_stride, x, x_stride, plain, tokens, in, r0, r1, packed);
@@ -143,7 +144,7 @@ struct EngineImpl final : Engine::Impl {
            int64_t first_logit, bool prompt, const int64_t* logit_tokens) override {
     const EngineSpec& s = spec;
     // 8-bit activations: decode calls (int8_activations), and prompts where prompt_bits says so.
-    const int prompt_bits = detail::q8_prompt_products() ? s.prompt_bits : 32;
+    const int prompt_bits = detail::prompt_bits_run(s.prompt_bits);
     const bool int8_activations = prompt ? prompt_bits == 8 : s.int8_activations;
     const int64_t H = s.hidden, I = s.inter, D = s.head_dim, Hq = s.num_heads, Hkv = s.num_kv_heads;
     TC* k_cache = static_cast<TC*>(k_cache_v);
@@ -211,7 +212,7 @@ struct EngineImpl final : Engine::Impl {
       auto share_acts = [&](const float* x, int64_t in, int64_t tokens,
                             std::initializer_list<const Matrix*> parts) -> GemmActs {
         const bool eight = int8_activations, sixteen = prompt && prompt_bits == 16;
-        if (!gemm_here || !detail::q8_prompt_products() || !(eight || sixteen)) return {};
+        if (!gemm_here || !(eight || sixteen)) return {};
         bool used[2] = {false, false};
         for (const Matrix* m : parts)
           if (const int group = matrix_q8_group(*m)) used[group == 32 ? 0 : 1] = true;
@@ -426,7 +427,7 @@ void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, b
   const bool gemm = tokens > kMaxRowTileTokens;
   // The integer GEMM's activations, as run's share_acts quantises them.
   const int group = gemm && detail::q8_prompt_products() ? matrix_q8_group(m) : 0;
-  const int bits = !group ? 32 : int8_activations ? 8 : gemm_bits;
+  const int bits = !group ? 32 : detail::prompt_bits_run(int8_activations ? 8 : gemm_bits);
   const int64_t in = m.cols, g = bits == 8 ? group : detail::kQ16Group;
   std::vector<int8_t> q8(bits == 8 ? tokens * in : 0);
   std::vector<int16_t> q16(bits == 16 ? tokens * in : 0), sums8(bits == 8 ? tokens * (in / 16) : 0);
@@ -448,6 +449,8 @@ void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, b
 }
 
 bool q8_prompt_products() { return detail::q8_prompt_products(); }
+bool q16_prompt_products() { return detail::q16_prompt_products(); }
+int prompt_bits_run(int asked) { return detail::prompt_bits_run(asked); }
 
 std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
@@ -492,11 +495,13 @@ std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {
   m.pack_floats = detail::gemm_pack_floats(std::max({H, q_dim, I}));
   if (N > kPromptGemmTokens) {  // the GEMM's panels and activations: prompt calls over kPromptGemmTokens tokens
     m.pack.assign(static_cast<int64_t>(m.threads) * m.pack_floats, 0.0f);
-    if (detail::q8_prompt_products()) {  // share_acts' buffers: 8 bits in groups of 32 and of 256, 16 bits
+    if (detail::q8_prompt_products()) {  // share_acts' buffers: 8 bits in groups of 32 and of 256; 16 bits
       m.q8_cols = std::max({H, q_dim, I});
       m.q8_values.assign(2 * N * m.q8_cols, 0);
       m.q8_scales.assign(2 * N * (m.q8_cols / 32), 0.0f);
       m.q8_sums.assign(2 * N * (m.q8_cols / 16), 0);
+    }
+    if (detail::q16_prompt_products()) {
       m.q16_values.assign(N * m.q8_cols, 0);
       m.q16_scales.assign(N * (m.q8_cols / detail::kQ16Group), 0.0f);
       m.q16_sums.assign(N * (m.q8_cols / 16), 0);

@@ -74,6 +74,8 @@ struct Engine::Impl {
   void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations, \
                       int gemm_bits); \
   bool q8_prompt_products(); \
+  bool q16_prompt_products(); \
+  int prompt_bits_run(int asked); \
   }
 PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_DECLARE_ENGINE_FACTORY)
 #undef PYRUNTIME_DECLARE_ENGINE_FACTORY

@@ -173,11 +173,22 @@ bool q8_prompt_products() {
   return false;
 }
 
+bool q16_prompt_products() {
+  switch (active_isa()) {
+#define PYRUNTIME_Q16_PROMPT_CASE(E, ns) \
+  case Isa::E: return ns::q16_prompt_products();
+    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_Q16_PROMPT_CASE)
+#undef PYRUNTIME_Q16_PROMPT_CASE
+    case Isa::Count: break;
+  }
+  return false;
+}
+
 const EngineSpec& Engine::spec() const { return impl_->spec; }
 int Engine::prompt_bits() const {
   switch (impl_->isa) {
 #define PYRUNTIME_Q8_PROMPT_CASE(E, ns) \
-  case Isa::E: return ns::q8_prompt_products() ? impl_->spec.prompt_bits : 32;
+  case Isa::E: return ns::prompt_bits_run(impl_->spec.prompt_bits);
     PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_Q8_PROMPT_CASE)
 #undef PYRUNTIME_Q8_PROMPT_CASE
     case Isa::Count: break;

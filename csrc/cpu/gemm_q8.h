@@ -1,16 +1,17 @@
-// The integer GEMM of prompt chunks (many tokens per weight row) on AVX512-VNNI: the block
-// formats with integer products (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) against activations
+// The integer GEMM of prompt chunks (many tokens per weight row) on AVX512-VNNI and on AVX2: the
+// block formats with integer products (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) against activations
 // quantised to 8 bits as the decode products quantise them (quantize_q8: Q8Dot<F>::kGroup values
-// per scale), once per chunk for every product that reads them.
+// per scale) or to 16 bits (quantize_q16), once per chunk for every product that reads them.
 //
-// A panel of kQ8PanelRows weight rows is unpacked once per chunk into unsigned bytes, four
-// consecutive values of each row side by side ([in / 4][16 rows][4]), with each sub-block's
-// scale and min as float32 per row (value = q * scale + min, exactly the value
-// gguf.quants.dequantize gives: an f16 times a small integer). One vpdpbusd then multiplies 4
-// values of 16 rows by 4 values of a token into 16 int32 sums; every sub-block's exact integer
-// sum is converted once and scaled by the rows' scales, the min terms come from the token's
-// sums of its quantised values, and each activation group's total is scaled by the token's
-// scale. A token's sums run over k in the same order whichever tokens share the chunk.
+// A panel of kQ8PanelRows weight rows (16 on AVX-512, 8 on AVX2) is unpacked once per chunk into
+// unsigned bytes, four consecutive values of each row side by side ([in / 4][rows][4]; 16-bit:
+// int16, two side by side), with each sub-block's scale and min as float32 per row (value =
+// q * scale + min, exactly the value gguf.quants.dequantize gives: an f16 times a small
+// integer). One vpdpbusd (AVX2: vpmaddubsw and vpmaddwd) then multiplies 4 values of the panel's
+// rows by 4 values of a token into one int32 sum per row; every sub-block's exact integer sum is
+// converted once and scaled by the rows' scales, the min terms come from the token's sums of its
+// quantised values, and each activation group's total is scaled by the token's scale. A token's
+// sums run over k in the same order whichever tokens share the chunk.
 #pragma once
 
 #include <algorithm>
@@ -168,12 +169,23 @@ struct Q8Unpack<WeightFormat::Q6_K> {  // d sc (q - 32) per sub-block of 16
   }
 };
 
-constexpr int kQ8PanelRows = 16;  // one int32 per row in a 512-bit vector
+// One int32 per row in a vector: 16 rows on AVX-512, 8 on AVX2.
+#if defined(PYRUNTIME_VEC_AVX512)
+constexpr int kQ8PanelRows = 16;
+#else
+constexpr int kQ8PanelRows = 8;
+#endif
 
-// Weights against activations A: unsigned bytes q (int8 activations: vpdpbusd), or int16
-// q - kOffset (int16 activations: vpdpwssd; the formats with kOffset then have no min term).
+// Q8_0's weights against 8-bit activations on AVX2: the panel holds them signed (w, no min),
+// since vpmaddubsw's pair of unsigned (w + 128) x signed products can pass int16. The product
+// takes |w| x (x with w's sign) instead: at most 2 x 128 x 127.
 template <WeightFormat F, typename A>
-constexpr bool kPanelMins = sizeof(A) == 1 || Q8Unpack<F>::kOffset == 0;
+constexpr bool kSignedPanel = F == WeightFormat::Q8_0 && sizeof(A) == 1 && kQ8PanelRows == 8;
+
+// Weights against activations A: unsigned bytes q (int8 activations), or int16 q - kOffset
+// (int16 activations; the formats with kOffset then have no min term), or kSignedPanel's.
+template <WeightFormat F, typename A>
+constexpr bool kPanelMins = !kSignedPanel<F, A> && (sizeof(A) == 1 || Q8Unpack<F>::kOffset == 0);
 
 // Bytes of a packed panel of `in` columns: the values [in / K][kQ8PanelRows][K] (K = 4 bytes or
 // 2 int16), then the scales and, where kPanelMins, the mins, each [in / kSub][kQ8PanelRows]
@@ -200,10 +212,12 @@ inline void q8_pack(uint8_t* packed, const BlockRows<F>& w, int rows, int64_t in
       if (r < rows) {
         U::block(w.block(r, b), q, sc, mn);
       } else {
-        std::memset(q, sizeof(A) == 1 ? 0 : U::kOffset, V);
+        std::memset(q, sizeof(A) == 1 && !kSignedPanel<F, A> ? 0 : U::kOffset, V);
         for (int j = 0; j < NS; ++j) sc[j] = mn[j] = 0.0f;
       }
-      if constexpr (sizeof(A) == 1) {
+      if constexpr (kSignedPanel<F, A>) {
+        for (int i = 0; i < V; ++i) v[i] = static_cast<A>(q[i] - U::kOffset);
+      } else if constexpr (sizeof(A) == 1) {
         std::memcpy(v, q, V);
       } else {
         for (int i = 0; i < V; ++i) v[i] = static_cast<A>(q[i] - U::kOffset);
@@ -285,22 +299,128 @@ PYRUNTIME_VNNI_GEMM inline void q8_micro(float* y, int64_t y_stride, const ActCh
   }
 }
 
-template <typename A, bool Accumulate, int S, int G, bool Mins, int NT = kQ8GemmTokens>
+template <typename A, bool Accumulate, int S, int G, bool Mins, bool Signed, int NT = kQ8GemmTokens>
 PYRUNTIME_VNNI_GEMM inline void q8_micro_n(int nt, float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0,
                                            const float* xsum, const uint8_t* packed, int rows) {
+  static_assert(!Signed, "vpdpbusd's int32 sums take Q8_0's unsigned bytes");
   if constexpr (NT >= 1) {
     if (nt == NT) return q8_micro<A, NT, Accumulate, S, G, Mins>(y, y_stride, x, t0, xsum, packed, rows);
-    q8_micro_n<A, Accumulate, S, G, Mins, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
+    q8_micro_n<A, Accumulate, S, G, Mins, Signed, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
   }
 }
 
+#undef PYRUNTIME_VNNI_GEMM
+
+}  // namespace vnni
+namespace q8k = vnni;
+#elif defined(PYRUNTIME_VEC_AVX2)
+namespace madd {  // AVX2: vpmaddubsw + vpmaddwd, 8-bit activations
+
+constexpr int kQ8GemmTokens = 4;  // 3 x 4 accumulators of the 16 registers
+
+// As vnni::q8_micro, on 8 rows and 8-bit activations: vpmaddubsw over two steps of 4 values
+// (unsigned weights of at most 6 bits: each int16 pair sum under 2 x 63 x 127, two of them
+// under 2^15), then vpmaddwd by ones; kSignedPanel's Q8_0 one step at a time.
+template <typename A, int NT, bool Accumulate, int S, int G, bool Mins, bool Signed>
+inline void q8_micro(float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0, const float* xsum,
+                     const uint8_t* packed, int rows) {
+  static_assert(sizeof(A) == 1, "8-bit activations (q16_prompt_products)");
+  constexpr int P = kQ8PanelRows, kSubs = G / S, K = 4;
+  const int64_t in = x.in;
+  const float* scales = reinterpret_cast<const float*>(packed + in * P * sizeof(A));
+  const float* mins = scales + (in / S) * P;
+  const A* xq[NT];
+  const float *xd[NT], *xs[NT];
+  for (int t = 0; t < NT; ++t) {
+    xq[t] = x.q + (t0 + t) * in;
+    xd[t] = x.d + (t0 + t) * (in / G);
+    xs[t] = xsum + (t0 + t) * (in / S);
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  auto bcast = [](const A* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+  };
+  auto wload = [&](int64_t k) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k * P)); };
+  __m256 acc[NT], part[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = part[t] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < in / G; ++g) {
+    for (int j = 0; j < kSubs; ++j) {
+      const int64_t sub = g * kSubs + j, k0 = sub * S;
+      __m256i isum[NT];
+      for (int t = 0; t < NT; ++t) isum[t] = _mm256_setzero_si256();
+      if constexpr (Signed) {
+#pragma GCC unroll 8
+        for (int k = 0; k < S; k += K) {
+          const __m256i wv = wload(k0 + k), wa = _mm256_abs_epi8(wv);
+          for (int t = 0; t < NT; ++t) {
+            const __m256i p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(bcast(xq[t] + k0 + k), wv));
+            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, ones));
+          }
+        }
+      } else {
+#pragma GCC unroll 4
+        for (int k = 0; k < S; k += 2 * K) {
+          const __m256i w0 = wload(k0 + k), w1 = wload(k0 + k + K);
+          for (int t = 0; t < NT; ++t) {
+            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, bcast(xq[t] + k0 + k)),
+                                               _mm256_maddubs_epi16(w1, bcast(xq[t] + k0 + k + K)));
+            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, ones));
+          }
+        }
+      }
+      const __m256 sc = _mm256_loadu_ps(scales + sub * P);
+      const __m256 mn = Mins ? _mm256_loadu_ps(mins + sub * P) : _mm256_setzero_ps();
+      for (int t = 0; t < NT; ++t) {
+        const __m256 f = _mm256_cvtepi32_ps(isum[t]);
+        if constexpr (kSubs == 1) {
+          acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_set1_ps(xd[t][g])), sc, acc[t]);
+          if constexpr (Mins) acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(xs[t][sub]), mn, acc[t]);
+        } else {
+          part[t] = j == 0 ? _mm256_mul_ps(f, sc) : _mm256_fmadd_ps(f, sc, part[t]);
+          if constexpr (Mins) part[t] = _mm256_fmadd_ps(_mm256_set1_ps(xs[t][sub]), mn, part[t]);
+        }
+      }
+    }
+    if constexpr (kSubs > 1)
+      for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(part[t], _mm256_set1_ps(xd[t][g]), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) {
+    float* yt = y + t * y_stride;
+    if (rows == P) {
+      __m256 v = acc[t];
+      if (Accumulate) v = _mm256_add_ps(v, _mm256_loadu_ps(yt));
+      _mm256_storeu_ps(yt, v);
+    } else {
+      alignas(32) float v[P];
+      _mm256_store_ps(v, acc[t]);
+      for (int r = 0; r < rows; ++r) yt[r] = Accumulate ? yt[r] + v[r] : v[r];
+    }
+  }
+}
+
+template <typename A, bool Accumulate, int S, int G, bool Mins, bool Signed, int NT = kQ8GemmTokens>
+inline void q8_micro_n(int nt, float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0, const float* xsum,
+                       const uint8_t* packed, int rows) {
+  if constexpr (NT >= 1) {
+    if (nt == NT) return q8_micro<A, NT, Accumulate, S, G, Mins, Signed>(y, y_stride, x, t0, xsum, packed, rows);
+    q8_micro_n<A, Accumulate, S, G, Mins, Signed, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
+  }
+}
+
+}  // namespace madd
+namespace q8k = madd;
+#endif
+
+#if defined(PYRUNTIME_VEC_AVX512) || defined(PYRUNTIME_VEC_AVX2)
 // y[t, r] (+)= w[r, :in] . token t of x for rows [row_begin, row_end) and `tokens` tokens,
-// a panel of kQ8PanelRows rows at a time. x: 8-bit activations in Q8Dot<F>::kGroup groups, or
+// a panel of kQ8PanelRows rows at a time, q8k's micro-kernel (this level's). x: 8-bit activations in Q8Dot<F>::kGroup groups, or
 // 16-bit ones in kQ16Group groups. \param packed q8_panel_bytes<F, A>(in) bytes of this
 // thread's own
 template <bool Accumulate, WeightFormat F, typename A>
-PYRUNTIME_VNNI_GEMM inline void q8_gemm_rows(float* y, int64_t y_stride, const ActChunk<A>& x, const BlockRows<F>& w,
-                                             int64_t tokens, int64_t row_begin, int64_t row_end, uint8_t* packed) {
+inline void q8_gemm_rows(float* y, int64_t y_stride, const ActChunk<A>& x, const BlockRows<F>& w, int64_t tokens,
+                          int64_t row_begin, int64_t row_end, uint8_t* packed) {
   constexpr int S = Q8Unpack<F>::kSub, G = sizeof(A) == 1 ? Q8Dot<F>::kGroup : kQ16Group;
   constexpr bool kMins = kPanelMins<F, A>;
   static_assert(q8_panel_bytes<F, A>(Block<F>::kValues) <= Block<F>::kValues * kPanelRows * int64_t{sizeof(float)},
@@ -320,28 +440,47 @@ PYRUNTIME_VNNI_GEMM inline void q8_gemm_rows(float* y, int64_t y_stride, const A
   for (int64_t r = row_begin; r < row_end; r += kQ8PanelRows) {
     const int rows = static_cast<int>(row_end - r < kQ8PanelRows ? row_end - r : kQ8PanelRows);
     q8_pack<F, A>(packed, w.from(r), rows, in);
-    for (int64_t t0 = 0; t0 < tokens; t0 += kQ8GemmTokens) {
-      const int nt = static_cast<int>(tokens - t0 < kQ8GemmTokens ? tokens - t0 : kQ8GemmTokens);
-      q8_micro_n<A, Accumulate, S, G, kMins>(nt, y + t0 * y_stride + r, y_stride, x, t0, xsum.data(), packed, rows);
+    for (int64_t t0 = 0; t0 < tokens; t0 += q8k::kQ8GemmTokens) {
+      const int nt = static_cast<int>(std::min<int64_t>(tokens - t0, q8k::kQ8GemmTokens));
+      q8k::q8_micro_n<A, Accumulate, S, G, kMins, kSignedPanel<F, A>>(nt, y + t0 * y_stride + r, y_stride, x, t0,
+                                                                        xsum.data(), packed, rows);
     }
   }
 }
 
-#undef PYRUNTIME_VNNI_GEMM
-
-}  // namespace vnni
 #endif
 
-// Whether this level multiplies prompt chunks with 8-bit activations (q8_gemm_rows): AVX512-VNNI
-// without AMX (AMX hosts keep their bf16 tiles).
+// Whether this level multiplies prompt chunks with 8-bit activations (q8_gemm_rows): AVX2, and
+// AVX512-VNNI without AMX (AMX hosts keep their bf16 tiles; AVX-512 without VNNI, float32).
 inline bool q8_prompt_products() {
 #if defined(PYRUNTIME_VEC_AVX512) && defined(__linux__)
   return vnni::available() && !amx::available();
 #elif defined(PYRUNTIME_VEC_AVX512)
   return vnni::available();
+#elif defined(PYRUNTIME_VEC_AVX2)
+  return true;
 #else
   return false;
 #endif
+}
+
+// Whether it also takes 16-bit activations: with VNNI (vpdpwssd). AVX2 keeps float32 for them:
+// its vpmaddwd takes two values per broadcast activation word (vpmaddubsw four), and that GEMM
+// ran below the float32 one (benchmarks/README.md).
+inline bool q16_prompt_products() {
+#if defined(PYRUNTIME_VEC_AVX512)
+  return q8_prompt_products();
+#else
+  return false;
+#endif
+}
+
+// The bits of a prompt's activations in the integer products at this level for EngineSpec's
+// prompt_bits `asked` (8, 16 or 32): asked where the level has that GEMM, else 32 (float32).
+inline int prompt_bits_run(int asked) {
+  if (asked == 8 && q8_prompt_products()) return 8;
+  if (asked == 16 && q16_prompt_products()) return 16;
+  return 32;
 }
 
 // The activation group of F's integer products (Q8Dot<F>::kGroup), or 0 where it has none.

@@ -108,8 +108,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("gemm_bits") = 32,
         "x [tokens, cols] times m^T through the CPU engine's products at the active level");
   m.def("int8_prompt_products", &pyruntime::cpu::q8_prompt_products,
-        "whether the active level has the integer GEMM (8- and 16-bit activations against the block formats "
-        "with integer products): AVX512-VNNI without AMX");
+        "whether the active level has the integer GEMM with 8-bit activations (against the block formats with "
+        "integer products): AVX2, and AVX512-VNNI without AMX");
+  m.def("int16_prompt_products", &pyruntime::cpu::q16_prompt_products,
+        "whether the active level has the integer GEMM with 16-bit activations: AVX512-VNNI without AMX");
   m.def("pack_int8_rows", &pyruntime::pack_int8_rows, py::arg("q"), py::arg("scales"),
         "quantize_int8's rows interleaved in blocks of 4: (q [rows / 4, groups, 4, group], scales [rows / 4, groups, 4])");
   using pyruntime::LayerSpec;
@@ -264,7 +266,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                              "Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K products against activations quantised to 8 bits")
       .def_property("prompt_bits", &pyruntime::EngineHandle::prompt_bits, &pyruntime::EngineHandle::set_prompt_bits,
                     "bits of the prompts' activations in those products: 8, 16 (the default) or 32 (float32) "
-                    "where the level has the integer GEMM (int8_prompt_products()), else 32");
+                    "where the level has the integer GEMM for them (int8_prompt_products(), "
+                    "int16_prompt_products()), else 32");
 #ifdef PYRUNTIME_WITH_CUDA
   py::class_<pyruntime::CudaEngineHandle>(m, "CudaEngine",
                                           "whole forward steps on a CUDA device, decode steps as CUDA graphs")

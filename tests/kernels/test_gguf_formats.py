@@ -90,10 +90,11 @@ def test_block_format_products_match_dequantized_reference(level, fmt, int8):
     eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2, int8_activations=int8)
     assert eng.isa == level and eng.int8_activations == int8
     # The prompt's products: 16-bit activations by default, 8-bit ones with int8 here, where the
-    # level has the integer GEMM (else float32).
+    # level has the integer GEMM for them (else float32).
     if int8:
         eng.prompt_bits = 8
-    assert eng.prompt_bits == ((8 if int8 else 16) if C.int8_prompt_products() else 32)
+    runs = (8 if C.int8_prompt_products() else 32) if int8 else (16 if C.int16_prompt_products() else 32)
+    assert eng.prompt_bits == runs
     ref = TorchReference(spec, 64, torch.float32, int8_activations=int8, prompt_bits=eng.prompt_bits)
     tol = MODEL_TOLERANCE[int8]
     ids = torch.tensor([3, 17, 95, 0, 42, 7, 7, 60, 31, 2, 88, 15, 4, 9, 70, 23, 50, 1, 66, 12, 5, 33, 80, 44])
@@ -175,19 +176,20 @@ def test_wide_mlp_adds_every_piece_into_the_residual(level, fmt):
     torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=0)
 
 
-def test_engine_of_a_few_tokens_per_call_takes_the_gemm(monkeypatch):
+@pytest.mark.parametrize("prompt_bits", [16, 8])
+def test_engine_of_a_few_tokens_per_call_takes_the_gemm(monkeypatch, prompt_bits):
     # max_tokens of 9 to 16: a prompt call of more than C.prompt_gemm_tokens tokens takes the
-    # GEMM (its panels and activations allocated for it) at the default prompt_bits.
+    # GEMM (its panels and activations allocated for it), at the default prompt_bits and at 8.
     monkeypatch.setattr(engine_mod, "MAX_TOKENS", 12)
     spec = tiny_spec({"q": "q4_k", "k": "q4_k", "v": "q6_k", "o": "q4_0", "gate": "q8_0", "up": "q4_1",
                       "down": "q6_k"}, seed=3)
-    eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2)
+    eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2, prompt_bits=prompt_bits)
     assert eng.max_tokens == 12
     ref = TorchReference(spec, 64, torch.float32, prompt_bits=eng.prompt_bits)
     ids = torch.arange(5, 17)  # one call of 12 tokens
     want = ref.prefill(ids, 0, 0, all_logits=True)
     got = eng.prefill(ids, 0, 0, all_logits=True)
-    torch.testing.assert_close(got, want, atol=MODEL_TOLERANCE[False] * want.abs().max().item(), rtol=0)
+    torch.testing.assert_close(got, want, atol=MODEL_TOLERANCE[eng.prompt_bits == 8] * want.abs().max().item(), rtol=0)
 
 
 def test_prompt_bits_are_checked():

@@ -19,7 +19,7 @@ import pyruntime
 from pyruntime._ext import C
 from pyruntime.formats import FORMATS, quantize_activations
 
-from tests.kernels.test_gguf_formats import NATIVE_FORMATS, random_blocks
+from tests.kernels.test_gguf_formats import BLOCKS, NATIVE_FORMATS, random_blocks
 
 INT8_FORMATS = [name for name, f in FORMATS.items() if f.activation_group]
 
@@ -135,18 +135,20 @@ def test_environment_variable_picks_the_decode_rows(value):
         assert r.returncode != 0 and "PYRUNTIME_Q8_DECODE_ROWS=3: rows read at once must be 1 or 4" in r.stderr
 
 
-def test_integer_gemm_is_where_the_level_has_vnni_without_amx(level):
+def test_integer_gemm_is_at_avx2_and_where_the_level_has_vnni_without_amx(level):
     paths = pyruntime.cpu_features()["paths"]
-    want = level.startswith("avx512") and paths["int8_vnni"] and not paths["bf16_amx"]
-    assert C.int8_prompt_products() == want == pyruntime.cpu_features()["paths"]["integer_gemm"]
+    vnni = level.startswith("avx512") and paths["int8_vnni"] and not paths["bf16_amx"]
+    assert C.int8_prompt_products() == (level == "avx2" or vnni)
+    assert C.int16_prompt_products() == vnni
+    assert paths["integer_gemm"] == [8] * C.int8_prompt_products() + [16] * C.int16_prompt_products()
 
 
 @pytest.mark.parametrize("fmt", INT8_FORMATS)
 @pytest.mark.parametrize("tokens,rows,cols", [(17, 1030, 256), (300, 56, 2560)], ids=["17x1030x256", "300x56x2560"])
 def test_prompt_chunks_take_the_integer_gemm_where_the_level_has_it(level, fmt, tokens, rows, cols):
     # More than max_row_tile_tokens tokens (a prompt chunk's GEMM): 8-bit activations where
-    # C.int8_prompt_products() (panels of 16 rows: 1030 and 56 end in partial ones; blocks of 8
-    # tokens: 17 and 300 end in partial ones), else float32; against float64 torch either way.
+    # C.int8_prompt_products() (panels of 16 or 8 rows: 1030 and 56 end in partial ones at 16;
+    # blocks of 8 or 4 tokens: 17 and 300 end in partial ones at 8), else float32; against float64 torch either way.
     gen = np.random.default_rng(7)
     m = random_blocks(fmt, rows, cols, gen)  # 1030 rows: many rows ahead prefetched by the decode path
     x = torch.from_numpy(gen.standard_normal((tokens, cols)).astype(np.float32))
@@ -181,7 +183,7 @@ def test_prompt_chunks_take_16_bit_activations_where_the_level_has_the_gemm(leve
     x[2, :64] *= 50
     x[3, 128:] = 0
     x[4, :] *= 1e-36  # 32767 / max|x| overflows (max|x| under ~9.6e-35): zeros
-    group = 32 if C.int8_prompt_products() else None
+    group = 32 if C.int16_prompt_products() else None
     want, mag = reference(x, m, group, bits=16)
     got = C.matrix_product(x, m, False, 16).double()
     assert ((got - want).abs() <= 1e-5 * mag.max(dim=1, keepdim=True).values).all()
@@ -195,6 +197,36 @@ def test_prompt_chunks_take_16_bit_activations_where_the_level_has_the_gemm(leve
     bad = C.matrix_product(x, m, False, 16)
     assert not bad[6].isfinite().any()
     assert torch.equal(bad[7:].double(), got[7:])
+
+
+@pytest.mark.parametrize("fmt", INT8_FORMATS)
+@pytest.mark.parametrize("bits", [8, 16])
+def test_prompt_gemm_holds_every_weight_and_activation_at_its_largest(level, fmt, bits):
+    # Every value byte of the blocks 0xff (Q8_0: 0x7f and 0x80, +127 and -128), so that each
+    # weight is its format's largest integer, against tokens whose quantized activations are all
+    # +127 (32767) or all -127: the integer sums' widest terms (the AVX2 kernels' int16 pair sums
+    # among them) must not saturate or wrap.
+    values, nbytes, scales = BLOCKS[fmt]
+    rows, cols = 24, 512
+    gen = np.random.default_rng(11)
+    got_rows = []
+    for fill in ([0x7F, 0x80] if fmt == "q8_0" else [0xFF]):
+        blocks = np.full((rows, cols // values, nbytes), fill, dtype=np.uint8)
+        for offset, magnitude in scales.items():
+            d = (magnitude * gen.uniform(0.5, 1.0, size=(rows, cols // values))).astype(np.float16)
+            blocks[:, :, offset : offset + 2] = d.view(np.uint8).reshape(rows, cols // values, 2)
+        m = C.WeightMatrix(getattr(C.WeightFormat, fmt), torch.from_numpy(blocks.reshape(rows, -1)))
+        x = torch.ones(C.max_row_tile_tokens + 3, cols)
+        x[1::2] = -1
+        x[2] *= 1e3
+        has_gemm = C.int8_prompt_products() if bits == 8 else C.int16_prompt_products()
+        group = (FORMATS[fmt].activation_group if bits == 8 else 32) if has_gemm else None
+        want, mag = reference(x, m, group, bits=bits)
+        got = (C.matrix_product(x, m, True) if bits == 8 else C.matrix_product(x, m, False, 16)).double()
+        assert ((got - want).abs() <= 1e-5 * mag.max(dim=1, keepdim=True).values).all()
+        got_rows.append(got)
+    if fmt == "q8_0":  # +127 and -128 weights: the products differ in sign (and size)
+        assert (got_rows[0][0] > 0).all() and (got_rows[1][0] < 0).all()
 
 
 def test_matrix_product_checks_its_input():

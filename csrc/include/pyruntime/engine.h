@@ -145,13 +145,15 @@ void pack_int8_rows(const int8_t* q, const float* scales, int64_t rows, int64_t 
 // on the calling thread: the kernel tests' entry. Callers check the sizes. Where m's format has
 // integer products: up to kMaxRowTileTokens tokens (the decode products) against 8-bit
 // activations where int8_activations; over that (the GEMM), where the level has the integer
-// GEMM, against 8-bit ones where int8_activations, else gemm_bits' (16 or 32: float32).
+// GEMM for them, against 8-bit ones where int8_activations, else gemm_bits' (16 or 32: float32).
 void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations,
                     int gemm_bits = 32);
 
-// Whether the active level has the integer GEMM of csrc/cpu/gemm_q8.h (8- and 16-bit
-// activations against Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K: EngineSpec::prompt_bits).
+// Whether the active level has the integer GEMM of csrc/cpu/gemm_q8.h (against Q4_0, Q4_1,
+// Q8_0, Q4_K, Q5_K, Q6_K: EngineSpec::prompt_bits) with 8-bit activations (AVX2, AVX512-VNNI
+// without AMX), and with 16-bit ones (AVX512-VNNI without AMX).
 bool q8_prompt_products();
+bool q16_prompt_products();
 
 // The phases of a step, as the profiler names them.
 enum class Op : int {
@@ -200,7 +202,7 @@ class Engine {
 
   const EngineSpec& spec() const;
   // The bits of the prompts' activations: spec.prompt_bits where the engine's level has the
-  // integer GEMM, else 32. set_prompt_bits changes spec.prompt_bits (8, 16 or 32; between calls).
+  // integer GEMM for them, else 32. set_prompt_bits changes spec.prompt_bits (8, 16 or 32; between calls).
   int prompt_bits() const;
   void set_prompt_bits(int bits);
   // Positions layer l's cache keeps per sequence (kv_slots of its window).
