@@ -89,7 +89,8 @@ inline void split_nibbles(const uint8_t* p, uint8_t* q) {
 #endif
 }
 
-// Q8Unpack<F>::block(blk, q, scale, min): block blk's values as unsigned bytes q[kValues] and,
+// Q8Unpack<F>::block(blk, q, scale, min): block blk's values as unsigned bytes q[kValues] (at
+// most kMax) and,
 // per sub-block of kSub values, the float32 scale and min with value = q * scale + min; where
 // min is -kOffset * scale (kOffset > 0), value = (q - kOffset) * scale.
 template <WeightFormat F>
@@ -97,7 +98,7 @@ struct Q8Unpack;
 
 template <>
 struct Q8Unpack<WeightFormat::Q4_0> {  // d (q - 8)
-  static constexpr int kSub = 32, kOffset = 8;
+  static constexpr int kSub = 32, kOffset = 8, kMax = 15;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     split_nibbles(b + 2, q);
     scale[0] = f16_at(b);
@@ -107,7 +108,7 @@ struct Q8Unpack<WeightFormat::Q4_0> {  // d (q - 8)
 
 template <>
 struct Q8Unpack<WeightFormat::Q4_1> {  // d q + m
-  static constexpr int kSub = 32, kOffset = 0;
+  static constexpr int kSub = 32, kOffset = 0, kMax = 15;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     split_nibbles(b + 4, q);
     scale[0] = f16_at(b);
@@ -117,7 +118,7 @@ struct Q8Unpack<WeightFormat::Q4_1> {  // d q + m
 
 template <>
 struct Q8Unpack<WeightFormat::Q8_0> {  // d w, w int8: (w + 128) d - 128 d
-  static constexpr int kSub = 32, kOffset = 128;
+  static constexpr int kSub = 32, kOffset = 128, kMax = 255;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     for (int i = 0; i < 32; ++i) q[i] = b[2 + i] ^ 0x80;
     scale[0] = f16_at(b);
@@ -127,7 +128,7 @@ struct Q8Unpack<WeightFormat::Q8_0> {  // d w, w int8: (w + 128) d - 128 d
 
 template <bool Five>
 struct Q8UnpackK45 {  // d sc q - dmin m per sub-block of 32 (Q4_K; Q5_K with a fifth bit)
-  static constexpr int kSub = 32, kOffset = 0;
+  static constexpr int kSub = 32, kOffset = 0, kMax = Five ? 31 : 15;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     const uint8_t* qs = b + (Five ? 48 : 16);
     for (int c = 0; c < 8; ++c) {
@@ -150,7 +151,7 @@ struct Q8Unpack<WeightFormat::Q5_K> : Q8UnpackK45<true> {};
 
 template <>
 struct Q8Unpack<WeightFormat::Q6_K> {  // d sc (q - 32) per sub-block of 16
-  static constexpr int kSub = 16, kOffset = 32;
+  static constexpr int kSub = 16, kOffset = 32, kMax = 63;
   static void block(const uint8_t* b, uint8_t* q, float* scale, float* min) {
     for (int h = 0; h < 2; ++h) {  // value 128 h + 32 c + l: ql's nibble, qh's bits 2c, 2c + 1
       const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
@@ -299,13 +300,13 @@ PYRUNTIME_VNNI_GEMM inline void q8_micro(float* y, int64_t y_stride, const ActCh
   }
 }
 
-template <typename A, bool Accumulate, int S, int G, bool Mins, bool Signed, int NT = kQ8GemmTokens>
+template <WeightFormat F, typename A, bool Accumulate, int S, int G, bool Mins, int NT = kQ8GemmTokens>
 PYRUNTIME_VNNI_GEMM inline void q8_micro_n(int nt, float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0,
                                            const float* xsum, const uint8_t* packed, int rows) {
-  static_assert(!Signed, "vpdpbusd's int32 sums take Q8_0's unsigned bytes");
+  static_assert(!kSignedPanel<F, A>, "vpdpbusd's int32 sums take Q8_0's unsigned bytes");
   if constexpr (NT >= 1) {
     if (nt == NT) return q8_micro<A, NT, Accumulate, S, G, Mins>(y, y_stride, x, t0, xsum, packed, rows);
-    q8_micro_n<A, Accumulate, S, G, Mins, Signed, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
+    q8_micro_n<F, A, Accumulate, S, G, Mins, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
   }
 }
 
@@ -316,16 +317,34 @@ namespace q8k = vnni;
 #elif defined(PYRUNTIME_VEC_AVX2)
 namespace madd {  // AVX2: vpmaddubsw + vpmaddwd, 8-bit activations
 
-constexpr int kQ8GemmTokens = 4;  // 3 x 4 accumulators of the 16 registers
+constexpr int kQ8GemmTokens = 4;  // 3 or 4 x 4 accumulators of the 16 registers
 
-// As vnni::q8_micro, on 8 rows and 8-bit activations: vpmaddubsw over two steps of 4 values
-// (unsigned weights of at most 6 bits: each int16 pair sum under 2 x 63 x 127, two of them
-// under 2^15), then vpmaddwd by ones; kSignedPanel's Q8_0 one step at a time.
-template <typename A, int NT, bool Accumulate, int S, int G, bool Mins, bool Signed>
+// vpmaddubsw steps (of 4 values) of F's panel whose int16 pair sums add up in int16: each is at
+// most 2 x kMax x 127 (kSignedPanel's 2 x 128 x 127), and their sum stays under 2^15; at most a
+// sub-block's.
+template <WeightFormat F, typename A>
+constexpr int int16_steps() {
+  const int most = kSignedPanel<F, A> ? 2 * 128 * 127 : 2 * Q8Unpack<F>::kMax * 127;
+  int n = 1;
+  while (2 * n * most <= 32767 && 2 * n * 4 <= Q8Unpack<F>::kSub) n *= 2;
+  return n;
+}
+
+// v, kept a register at this point: a running sum stays one chain of adds (GCC's reassociation
+// would otherwise form every step's products first, more than the registers hold, and spill them).
+inline __m256i in_register(__m256i v) {
+  __asm__("" : "+x"(v));
+  return v;
+}
+
+// As vnni::q8_micro, on 8 rows and 8-bit activations: vpmaddubsw (kSignedPanel's: |w| against x
+// with w's sign), int16_steps of them added in int16, then vpmaddwd by ones into int32.
+template <WeightFormat F, typename A, int NT, bool Accumulate, int S, int G, bool Mins>
 inline void q8_micro(float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0, const float* xsum,
                      const uint8_t* packed, int rows) {
   static_assert(sizeof(A) == 1, "8-bit activations (q16_prompt_products)");
-  constexpr int P = kQ8PanelRows, kSubs = G / S, K = 4;
+  constexpr int P = kQ8PanelRows, kSubs = G / S, K = 4, Run = int16_steps<F, A>();
+  constexpr bool Signed = kSignedPanel<F, A>;
   const int64_t in = x.in;
   const float* scales = reinterpret_cast<const float*>(packed + in * P * sizeof(A));
   const float* mins = scales + (in / S) * P;
@@ -349,25 +368,22 @@ inline void q8_micro(float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t
     for (int j = 0; j < kSubs; ++j) {
       const int64_t sub = g * kSubs + j, k0 = sub * S;
       __m256i isum[NT];
-      for (int t = 0; t < NT; ++t) isum[t] = _mm256_setzero_si256();
-      if constexpr (Signed) {
 #pragma GCC unroll 8
-        for (int k = 0; k < S; k += K) {
-          const __m256i wv = wload(k0 + k), wa = _mm256_abs_epi8(wv);
+      for (int k = 0; k < S; k += Run * K) {
+        __m256i p[NT];
+#pragma GCC unroll 8
+        for (int i = 0; i < Run; ++i) {
+          const __m256i wv = wload(k0 + k + i * K), wa = Signed ? _mm256_abs_epi8(wv) : wv;
           for (int t = 0; t < NT; ++t) {
-            const __m256i p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(bcast(xq[t] + k0 + k), wv));
-            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, ones));
+            __m256i xv = bcast(xq[t] + k0 + k + i * K);
+            if constexpr (Signed) xv = _mm256_sign_epi8(xv, wv);
+            const __m256i m = _mm256_maddubs_epi16(wa, xv);
+            p[t] = i == 0 ? m : in_register(_mm256_add_epi16(p[t], m));
           }
         }
-      } else {
-#pragma GCC unroll 4
-        for (int k = 0; k < S; k += 2 * K) {
-          const __m256i w0 = wload(k0 + k), w1 = wload(k0 + k + K);
-          for (int t = 0; t < NT; ++t) {
-            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, bcast(xq[t] + k0 + k)),
-                                               _mm256_maddubs_epi16(w1, bcast(xq[t] + k0 + k + K)));
-            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, ones));
-          }
+        for (int t = 0; t < NT; ++t) {
+          const __m256i s32 = _mm256_madd_epi16(p[t], ones);
+          isum[t] = k == 0 ? s32 : _mm256_add_epi32(isum[t], s32);
         }
       }
       const __m256 sc = _mm256_loadu_ps(scales + sub * P);
@@ -400,12 +416,12 @@ inline void q8_micro(float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t
   }
 }
 
-template <typename A, bool Accumulate, int S, int G, bool Mins, bool Signed, int NT = kQ8GemmTokens>
+template <WeightFormat F, typename A, bool Accumulate, int S, int G, bool Mins, int NT = kQ8GemmTokens>
 inline void q8_micro_n(int nt, float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0, const float* xsum,
                        const uint8_t* packed, int rows) {
   if constexpr (NT >= 1) {
-    if (nt == NT) return q8_micro<A, NT, Accumulate, S, G, Mins, Signed>(y, y_stride, x, t0, xsum, packed, rows);
-    q8_micro_n<A, Accumulate, S, G, Mins, Signed, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
+    if (nt == NT) return q8_micro<F, A, NT, Accumulate, S, G, Mins>(y, y_stride, x, t0, xsum, packed, rows);
+    q8_micro_n<F, A, Accumulate, S, G, Mins, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
   }
 }
 
@@ -442,8 +458,8 @@ inline void q8_gemm_rows(float* y, int64_t y_stride, const ActChunk<A>& x, const
     q8_pack<F, A>(packed, w.from(r), rows, in);
     for (int64_t t0 = 0; t0 < tokens; t0 += q8k::kQ8GemmTokens) {
       const int nt = static_cast<int>(std::min<int64_t>(tokens - t0, q8k::kQ8GemmTokens));
-      q8k::q8_micro_n<A, Accumulate, S, G, kMins, kSignedPanel<F, A>>(nt, y + t0 * y_stride + r, y_stride, x, t0,
-                                                                        xsum.data(), packed, rows);
+      q8k::q8_micro_n<F, A, Accumulate, S, G, kMins>(nt, y + t0 * y_stride + r, y_stride, x, t0, xsum.data(),
+                                                     packed, rows);
     }
   }
 }
