@@ -11,7 +11,8 @@ vocabulary 128256) with random weights written by the gguf package, whose weight
 than the cache. pyruntime runs each file in its own types (dtype="gguf", bfloat16 KV cache; decode
 steps against 8-bit activations where the block type has integer products; prompts against
 16-bit ones there on CPUs with AVX512-VNNI and without AMX, float32 elsewhere; and, where the CPU
-has that integer GEMM, a prefill row of its own with 8-bit activations, llama.cpp's numerics);
+has the integer GEMM with 8-bit activations (AVX2 too), a prefill row of its own with them,
+llama.cpp's numerics);
 llama.cpp as llama-cpp-python builds it (8-bit activations, f16 KV cache),
 without its extra CPU buffer types unless --llama-extra-buffers (see compare.LlamaCpp).
 Figures: decode tokens/s at batch 1 (new tokens after a short prompt; for the 1B model also

@@ -232,91 +232,44 @@ inline void q8_pack(uint8_t* packed, const BlockRows<F>& w, int rows, int64_t in
     }
 }
 
+// The micro-kernel's integer part per level (namespace q8k): IVec (one int32 per panel row),
+// kQ8GemmTokens, and sub_sums: the exact integer sums of one sub-block of S values of the panel
+// against NT tokens' quantised values.
 #if defined(PYRUNTIME_VEC_AVX512)
+#define PYRUNTIME_Q8_GEMM __attribute__((target("avx512f,avx512bw,avx512vnni")))
 namespace vnni {
 
-#define PYRUNTIME_VNNI_GEMM __attribute__((target("avx512f,avx512bw,avx512vnni")))
-
+using IVec = __m512i;
 constexpr int kQ8GemmTokens = 8;  // 3 x 8 accumulators (integer, group, total) of the 32 registers
 
-// y[t, r] (+)= packed panel row r . token t0 + t for t < NT, r < rows. xsum: the tokens' sums
-// of quantised values per sub-block ([tokens][in / S] float32), times the token's scale where
-// a sub-block is a whole activation group. Mins: the panel's min terms (kPanelMins).
-template <typename A, int NT, bool Accumulate, int S, int G, bool Mins>
-PYRUNTIME_VNNI_GEMM inline void q8_micro(float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0,
-                                         const float* xsum, const uint8_t* packed, int rows) {
-  constexpr int P = kQ8PanelRows, kSubs = G / S;  // sub-blocks per activation group
-  constexpr int K = 4 / sizeof(A);                 // values per 32-bit lane
-  const int64_t in = x.in;
-  const float* scales = reinterpret_cast<const float*>(packed + in * P * sizeof(A));
-  const float* mins = scales + (in / S) * P;
-  const A* xq[NT];
-  const float *xd[NT], *xs[NT];
-  for (int t = 0; t < NT; ++t) {
-    xq[t] = x.q + (t0 + t) * in;
-    xd[t] = x.d + (t0 + t) * (in / G);
-    xs[t] = xsum + (t0 + t) * (in / S);
-  }
-  __m512 acc[NT], part[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = part[t] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < in / G; ++g) {
-    for (int j = 0; j < kSubs; ++j) {
-      const int64_t sub = g * kSubs + j, k0 = sub * S;
-      __m512i isum[NT];
-      for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
-      for (int k = 0; k < S; k += K) {
-        const __m512i wv = _mm512_loadu_si512(packed + (k0 + k) * P * sizeof(A));
-        for (int t = 0; t < NT; ++t) {
-          int32_t xv;
-          std::memcpy(&xv, xq[t] + k0 + k, 4);
-          if constexpr (sizeof(A) == 1)  // u8 weights x s8 activations, four per lane
-            isum[t] = _mm512_dpbusd_epi32(isum[t], wv, _mm512_set1_epi32(xv));
-          else  // int16 x int16, two per lane
-            isum[t] = _mm512_dpwssd_epi32(isum[t], wv, _mm512_set1_epi32(xv));
-        }
-      }
-      const __m512 sc = _mm512_loadu_ps(scales + sub * P);
-      const __m512 mn = Mins ? _mm512_loadu_ps(mins + sub * P) : _mm512_setzero_ps();
-      for (int t = 0; t < NT; ++t) {
-        const __m512 f = _mm512_cvtepi32_ps(isum[t]);
-        if constexpr (kSubs == 1) {  // the token's scale per sub-block (xsum holds it too)
-          acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_set1_ps(xd[t][g])), sc, acc[t]);
-          if constexpr (Mins) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t][sub]), mn, acc[t]);
-        } else {
-          part[t] = j == 0 ? _mm512_mul_ps(f, sc) : _mm512_fmadd_ps(f, sc, part[t]);
-          if constexpr (Mins) part[t] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t][sub]), mn, part[t]);
-        }
-      }
-    }
-    if constexpr (kSubs > 1)
-      for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(part[t], _mm512_set1_ps(xd[t][g]), acc[t]);
-  }
-  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
-  for (int t = 0; t < NT; ++t) {
-    float* yt = y + t * y_stride;
-    __m512 v = acc[t];
-    if (Accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yt));
-    _mm512_mask_storeu_ps(yt, mask, v);
-  }
-}
-
-template <WeightFormat F, typename A, bool Accumulate, int S, int G, bool Mins, int NT = kQ8GemmTokens>
-PYRUNTIME_VNNI_GEMM inline void q8_micro_n(int nt, float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0,
-                                           const float* xsum, const uint8_t* packed, int rows) {
+// vpdpbusd: u8 weights x s8 activations, four per lane; vpdpwssd: int16 x int16, two per lane.
+template <WeightFormat F, typename A, int NT, int S>
+PYRUNTIME_Q8_GEMM inline void sub_sums(IVec* isum, const uint8_t* packed, const A* const* xq, int64_t k0) {
   static_assert(!kSignedPanel<F, A>, "vpdpbusd's int32 sums take Q8_0's unsigned bytes");
-  if constexpr (NT >= 1) {
-    if (nt == NT) return q8_micro<A, NT, Accumulate, S, G, Mins>(y, y_stride, x, t0, xsum, packed, rows);
-    q8_micro_n<F, A, Accumulate, S, G, Mins, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
+  constexpr int P = kQ8PanelRows, K = 4 / sizeof(A);
+  for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
+  for (int k = 0; k < S; k += K) {
+    const __m512i wv = _mm512_loadu_si512(packed + (k0 + k) * P * sizeof(A));
+    for (int t = 0; t < NT; ++t) {
+      int32_t xv;
+      std::memcpy(&xv, xq[t] + k0 + k, 4);
+      if constexpr (sizeof(A) == 1)
+        isum[t] = _mm512_dpbusd_epi32(isum[t], wv, _mm512_set1_epi32(xv));
+      else
+        isum[t] = _mm512_dpwssd_epi32(isum[t], wv, _mm512_set1_epi32(xv));
+    }
   }
 }
 
-#undef PYRUNTIME_VNNI_GEMM
+PYRUNTIME_Q8_GEMM inline VecF sums_to_float(IVec v) { return VecF(_mm512_cvtepi32_ps(v)); }
 
 }  // namespace vnni
 namespace q8k = vnni;
 #elif defined(PYRUNTIME_VEC_AVX2)
-namespace madd {  // AVX2: vpmaddubsw + vpmaddwd, 8-bit activations
+#define PYRUNTIME_Q8_GEMM
+namespace madd {  // vpmaddubsw + vpmaddwd, 8-bit activations
 
+using IVec = __m256i;
 constexpr int kQ8GemmTokens = 4;  // 3 or 4 x 4 accumulators of the 16 registers
 
 // vpmaddubsw steps (of 4 values) of F's panel whose int16 pair sums add up in int16: each is at
@@ -337,14 +290,53 @@ inline __m256i in_register(__m256i v) {
   return v;
 }
 
-// As vnni::q8_micro, on 8 rows and 8-bit activations: vpmaddubsw (kSignedPanel's: |w| against x
-// with w's sign), int16_steps of them added in int16, then vpmaddwd by ones into int32.
-template <WeightFormat F, typename A, int NT, bool Accumulate, int S, int G, bool Mins>
-inline void q8_micro(float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0, const float* xsum,
-                     const uint8_t* packed, int rows) {
+// vpmaddubsw (kSignedPanel's: |w| against x with w's sign), int16_steps of them added in int16,
+// then vpmaddwd by ones into int32.
+template <WeightFormat F, typename A, int NT, int S>
+inline void sub_sums(IVec* isum, const uint8_t* packed, const A* const* xq, int64_t k0) {
   static_assert(sizeof(A) == 1, "8-bit activations (q16_prompt_products)");
-  constexpr int P = kQ8PanelRows, kSubs = G / S, K = 4, Run = int16_steps<F, A>();
+  constexpr int P = kQ8PanelRows, K = 4, Run = int16_steps<F, A>();
   constexpr bool Signed = kSignedPanel<F, A>;
+  const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 8
+  for (int k = 0; k < S; k += Run * K) {
+    __m256i p[NT];
+#pragma GCC unroll 8
+    for (int i = 0; i < Run; ++i) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + (k0 + k + i * K) * P));
+      const __m256i wa = Signed ? _mm256_abs_epi8(wv) : wv;
+      for (int t = 0; t < NT; ++t) {
+        int32_t x4;
+        std::memcpy(&x4, xq[t] + k0 + k + i * K, 4);
+        __m256i xv = _mm256_set1_epi32(x4);
+        if constexpr (Signed) xv = _mm256_sign_epi8(xv, wv);
+        const __m256i m = _mm256_maddubs_epi16(wa, xv);
+        p[t] = i == 0 ? m : in_register(_mm256_add_epi16(p[t], m));
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      const __m256i s32 = _mm256_madd_epi16(p[t], ones);
+      isum[t] = k == 0 ? s32 : _mm256_add_epi32(isum[t], s32);
+    }
+  }
+}
+
+inline VecF sums_to_float(IVec v) { return VecF(_mm256_cvtepi32_ps(v)); }
+
+}  // namespace madd
+namespace q8k = madd;
+#endif
+
+#if defined(PYRUNTIME_VEC_AVX512) || defined(PYRUNTIME_VEC_AVX2)
+static_assert(kQ8PanelRows == VecF::W, "a panel row per float lane");
+
+// y[t, r] (+)= packed panel row r . token t0 + t for t < NT, r < rows. xsum: the tokens' sums
+// of quantised values per sub-block ([tokens][in / S] float32), times the token's scale where
+// a sub-block is a whole activation group. Mins: the panel's min terms (kPanelMins).
+template <WeightFormat F, typename A, int NT, bool Accumulate, int S, int G, bool Mins>
+PYRUNTIME_Q8_GEMM inline void q8_micro(float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0,
+                                       const float* xsum, const uint8_t* packed, int rows) {
+  constexpr int P = kQ8PanelRows, kSubs = G / S;  // sub-blocks per activation group
   const int64_t in = x.in;
   const float* scales = reinterpret_cast<const float*>(packed + in * P * sizeof(A));
   const float* mins = scales + (in / S) * P;
@@ -355,83 +347,50 @@ inline void q8_micro(float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t
     xd[t] = x.d + (t0 + t) * (in / G);
     xs[t] = xsum + (t0 + t) * (in / S);
   }
-  const __m256i ones = _mm256_set1_epi16(1);
-  auto bcast = [](const A* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
-  };
-  auto wload = [&](int64_t k) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k * P)); };
-  __m256 acc[NT], part[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = part[t] = _mm256_setzero_ps();
+  VecF acc[NT], part[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = part[t] = VecF::zero();
   for (int64_t g = 0; g < in / G; ++g) {
     for (int j = 0; j < kSubs; ++j) {
-      const int64_t sub = g * kSubs + j, k0 = sub * S;
-      __m256i isum[NT];
-#pragma GCC unroll 8
-      for (int k = 0; k < S; k += Run * K) {
-        __m256i p[NT];
-#pragma GCC unroll 8
-        for (int i = 0; i < Run; ++i) {
-          const __m256i wv = wload(k0 + k + i * K), wa = Signed ? _mm256_abs_epi8(wv) : wv;
-          for (int t = 0; t < NT; ++t) {
-            __m256i xv = bcast(xq[t] + k0 + k + i * K);
-            if constexpr (Signed) xv = _mm256_sign_epi8(xv, wv);
-            const __m256i m = _mm256_maddubs_epi16(wa, xv);
-            p[t] = i == 0 ? m : in_register(_mm256_add_epi16(p[t], m));
-          }
-        }
-        for (int t = 0; t < NT; ++t) {
-          const __m256i s32 = _mm256_madd_epi16(p[t], ones);
-          isum[t] = k == 0 ? s32 : _mm256_add_epi32(isum[t], s32);
-        }
-      }
-      const __m256 sc = _mm256_loadu_ps(scales + sub * P);
-      const __m256 mn = Mins ? _mm256_loadu_ps(mins + sub * P) : _mm256_setzero_ps();
+      const int64_t sub = g * kSubs + j;
+      q8k::IVec isum[NT];
+      q8k::sub_sums<F, A, NT, S>(isum, packed, xq, sub * S);
+      const VecF sc = VecF::load(scales + sub * P);
+      const VecF mn = Mins ? VecF::load(mins + sub * P) : VecF::zero();
       for (int t = 0; t < NT; ++t) {
-        const __m256 f = _mm256_cvtepi32_ps(isum[t]);
-        if constexpr (kSubs == 1) {
-          acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_set1_ps(xd[t][g])), sc, acc[t]);
-          if constexpr (Mins) acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(xs[t][sub]), mn, acc[t]);
+        const VecF f = q8k::sums_to_float(isum[t]);
+        if constexpr (kSubs == 1) {  // the token's scale per sub-block (xsum holds it too)
+          acc[t] = VecF::fma(f * VecF::set1(xd[t][g]), sc, acc[t]);
+          if constexpr (Mins) acc[t] = VecF::fma(VecF::set1(xs[t][sub]), mn, acc[t]);
         } else {
-          part[t] = j == 0 ? _mm256_mul_ps(f, sc) : _mm256_fmadd_ps(f, sc, part[t]);
-          if constexpr (Mins) part[t] = _mm256_fmadd_ps(_mm256_set1_ps(xs[t][sub]), mn, part[t]);
+          part[t] = j == 0 ? f * sc : VecF::fma(f, sc, part[t]);
+          if constexpr (Mins) part[t] = VecF::fma(VecF::set1(xs[t][sub]), mn, part[t]);
         }
       }
     }
     if constexpr (kSubs > 1)
-      for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(part[t], _mm256_set1_ps(xd[t][g]), acc[t]);
+      for (int t = 0; t < NT; ++t) acc[t] = VecF::fma(part[t], VecF::set1(xd[t][g]), acc[t]);
   }
   for (int t = 0; t < NT; ++t) {
     float* yt = y + t * y_stride;
-    if (rows == P) {
-      __m256 v = acc[t];
-      if (Accumulate) v = _mm256_add_ps(v, _mm256_loadu_ps(yt));
-      _mm256_storeu_ps(yt, v);
-    } else {
-      alignas(32) float v[P];
-      _mm256_store_ps(v, acc[t]);
-      for (int r = 0; r < rows; ++r) yt[r] = Accumulate ? yt[r] + v[r] : v[r];
-    }
+    const VecF v = Accumulate ? acc[t] + VecF::load_partial(yt, rows) : acc[t];
+    v.store_partial(yt, rows);
   }
 }
 
-template <WeightFormat F, typename A, bool Accumulate, int S, int G, bool Mins, int NT = kQ8GemmTokens>
-inline void q8_micro_n(int nt, float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0, const float* xsum,
-                       const uint8_t* packed, int rows) {
+template <WeightFormat F, typename A, bool Accumulate, int S, int G, bool Mins, int NT = q8k::kQ8GemmTokens>
+PYRUNTIME_Q8_GEMM inline void q8_micro_n(int nt, float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0,
+                                         const float* xsum, const uint8_t* packed, int rows) {
   if constexpr (NT >= 1) {
     if (nt == NT) return q8_micro<F, A, NT, Accumulate, S, G, Mins>(y, y_stride, x, t0, xsum, packed, rows);
     q8_micro_n<F, A, Accumulate, S, G, Mins, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
   }
 }
-
-}  // namespace madd
-namespace q8k = madd;
+#undef PYRUNTIME_Q8_GEMM
 #endif
 
 #if defined(PYRUNTIME_VEC_AVX512) || defined(PYRUNTIME_VEC_AVX2)
 // y[t, r] (+)= w[r, :in] . token t of x for rows [row_begin, row_end) and `tokens` tokens,
-// a panel of kQ8PanelRows rows at a time, q8k's micro-kernel (this level's). x: 8-bit activations in Q8Dot<F>::kGroup groups, or
+// a panel of kQ8PanelRows rows at a time. x: 8-bit activations in Q8Dot<F>::kGroup groups, or
 // 16-bit ones in kQ16Group groups. \param packed q8_panel_bytes<F, A>(in) bytes of this
 // thread's own
 template <bool Accumulate, WeightFormat F, typename A>
@@ -458,8 +417,8 @@ inline void q8_gemm_rows(float* y, int64_t y_stride, const ActChunk<A>& x, const
     q8_pack<F, A>(packed, w.from(r), rows, in);
     for (int64_t t0 = 0; t0 < tokens; t0 += q8k::kQ8GemmTokens) {
       const int nt = static_cast<int>(std::min<int64_t>(tokens - t0, q8k::kQ8GemmTokens));
-      q8k::q8_micro_n<F, A, Accumulate, S, G, kMins>(nt, y + t0 * y_stride + r, y_stride, x, t0, xsum.data(),
-                                                     packed, rows);
+      q8_micro_n<F, A, Accumulate, S, G, kMins>(nt, y + t0 * y_stride + r, y_stride, x, t0, xsum.data(), packed,
+                                                rows);
     }
   }
 }

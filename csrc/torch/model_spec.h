@@ -1,7 +1,7 @@
 // The model description every engine is built from: typed, built once in Python from the
-// checkpoint (pyruntime/spec.py), checked here once, bound as C.ModelSpec, C.LayerSpec and
-// C.WeightMatrix. Adding an architecture's attribute or a weight format means adding it here
-// (and to the kernels that read it), nowhere else.
+// checkpoint (pyruntime/spec.py), checked here, bound as C.ModelSpec, C.LayerSpec and
+// C.WeightMatrix; the engines copy it into their EngineSpec (include/pyruntime/engine.h).
+// docs/architecture.md lists what a new attribute or weight format touches.
 #pragma once
 
 #include <ATen/ATen.h>
