@@ -211,7 +211,9 @@ struct EngineImpl final : Engine::Impl {
       detail::Q16Chunk q16;
       auto share_acts = [&](const float* x, int64_t in, int64_t tokens,
                             std::initializer_list<const Matrix*> parts) -> GemmActs {
-        const bool eight = int8_activations, sixteen = prompt && prompt_bits == 16;
+        // (A decode call of more than kMaxRowTileTokens tokens has 8-bit activations where the
+        // level has that GEMM; the float32 GEMM elsewhere. A prompt's prompt_bits run already.)
+        const bool eight = int8_activations && detail::q8_prompt_products(), sixteen = prompt && prompt_bits == 16;
         if (!gemm_here || !(eight || sixteen)) return {};
         bool used[2] = {false, false};
         for (const Matrix* m : parts)

@@ -192,6 +192,22 @@ def test_engine_of_a_few_tokens_per_call_takes_the_gemm(monkeypatch, prompt_bits
     torch.testing.assert_close(got, want, atol=MODEL_TOLERANCE[eng.prompt_bits == 8] * want.abs().max().item(), rtol=0)
 
 
+def test_decode_call_of_more_tokens_than_a_tile_at_every_level(level):
+    # One engine call that is not a prompt, with more tokens than the decode products' tiles take
+    # (C.Engine.forward accepts up to max_tokens): the GEMM, on 8-bit activations where the
+    # level's GEMM has them, else float32; equal to decode steps in groups of 16 within the
+    # 8-bit tolerance.
+    spec = tiny_spec({"q": "q4_k", "k": "q4_0", "v": "q6_k", "o": "q8_0", "gate": "q4_1", "up": "q5_k",
+                      "down": "q6_k", "lm_head": "q8_0"}, seed=4)
+    eng = engine_mod.CpuEngine(spec, 64, torch.float32, 2)
+    n = C.max_row_tile_tokens + 5
+    eng.ensure_rows(2 * n)
+    tokens, positions = torch.arange(3, 3 + n), torch.zeros(n, dtype=torch.int64)
+    together = eng._forward(tokens, positions, torch.arange(n), 0, prompt=False)
+    steps = eng.decode(tokens, positions, torch.arange(n, 2 * n))
+    torch.testing.assert_close(together, steps, atol=MODEL_TOLERANCE[True] * steps.abs().max().item(), rtol=0)
+
+
 def test_prompt_bits_are_checked():
     spec = tiny_spec({"q": "q4_k"})
     eng = engine_mod.CpuEngine(spec, 64, torch.float32, 1)

@@ -110,7 +110,8 @@ struct EngineSpec : EngineShape {
   // (csrc/cpu/linear_q8.h); false: float32 activations.
   bool int8_activations = true;
   // The activations of a prompt's products with those matrices, where the active level has the
-  // integer GEMM (q8_prompt_products(): AVX512-VNNI without AMX; csrc/cpu/gemm_q8.h): 8 (as
+  // integer GEMM for them (csrc/cpu/gemm_q8.h; 8 bits: q8_prompt_products(), AVX2 and
+  // AVX512-VNNI without AMX; 16: q16_prompt_products(), AVX512-VNNI without AMX): 8 (as
   // decode calls', and llama.cpp's), 16 (int16 per group of 32, ~1.5e-5 of the group's largest
   // value; prompt calls of up to kPromptGemmTokens tokens: float32) or 32 (float32). Elsewhere
   // float32. 8-bit activations change some top-1 tokens of a prompt's logits; 16 do not.
