@@ -232,11 +232,13 @@ inline void q8_pack(uint8_t* packed, const BlockRows<F>& w, int rows, int64_t in
     }
 }
 
-// The micro-kernel's integer part per level (namespace q8k): IVec (one int32 per panel row),
-// kQ8GemmTokens, and sub_sums: the exact integer sums of one sub-block of S values of the panel
-// against NT tokens' quantised values.
+// The micro-kernel's integer part per level: IVec (one int32 per panel row), kQ8GemmTokens, and
+// sub_sums: the exact integer sums of one sub-block of S values of the panel against NT tokens'
+// quantised values; the micro-kernel itself is shared, in the same namespace (vnni on AVX-512:
+// the functions holding VNNI instructions; madd on AVX2), aliased as q8k.
 #if defined(PYRUNTIME_VEC_AVX512)
 #define PYRUNTIME_Q8_GEMM __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define PYRUNTIME_Q8_NS vnni
 namespace vnni {
 
 using IVec = __m512i;
@@ -264,9 +266,9 @@ PYRUNTIME_Q8_GEMM inline void sub_sums(IVec* isum, const uint8_t* packed, const 
 PYRUNTIME_Q8_GEMM inline VecF sums_to_float(IVec v) { return VecF(_mm512_cvtepi32_ps(v)); }
 
 }  // namespace vnni
-namespace q8k = vnni;
 #elif defined(PYRUNTIME_VEC_AVX2)
 #define PYRUNTIME_Q8_GEMM
+#define PYRUNTIME_Q8_NS madd
 namespace madd {  // vpmaddubsw + vpmaddwd, 8-bit activations
 
 using IVec = __m256i;
@@ -324,11 +326,11 @@ inline void sub_sums(IVec* isum, const uint8_t* packed, const A* const* xq, int6
 inline VecF sums_to_float(IVec v) { return VecF(_mm256_cvtepi32_ps(v)); }
 
 }  // namespace madd
-namespace q8k = madd;
 #endif
 
 #if defined(PYRUNTIME_VEC_AVX512) || defined(PYRUNTIME_VEC_AVX2)
 static_assert(kQ8PanelRows == VecF::W, "a panel row per float lane");
+namespace PYRUNTIME_Q8_NS {
 
 // y[t, r] (+)= packed panel row r . token t0 + t for t < NT, r < rows. xsum: the tokens' sums
 // of quantised values per sub-block ([tokens][in / S] float32), times the token's scale where
@@ -352,12 +354,12 @@ PYRUNTIME_Q8_GEMM inline void q8_micro(float* y, int64_t y_stride, const ActChun
   for (int64_t g = 0; g < in / G; ++g) {
     for (int j = 0; j < kSubs; ++j) {
       const int64_t sub = g * kSubs + j;
-      q8k::IVec isum[NT];
-      q8k::sub_sums<F, A, NT, S>(isum, packed, xq, sub * S);
+      IVec isum[NT];
+      sub_sums<F, A, NT, S>(isum, packed, xq, sub * S);
       const VecF sc = VecF::load(scales + sub * P);
       const VecF mn = Mins ? VecF::load(mins + sub * P) : VecF::zero();
       for (int t = 0; t < NT; ++t) {
-        const VecF f = q8k::sums_to_float(isum[t]);
+        const VecF f = sums_to_float(isum[t]);
         if constexpr (kSubs == 1) {  // the token's scale per sub-block (xsum holds it too)
           acc[t] = VecF::fma(f * VecF::set1(xd[t][g]), sc, acc[t]);
           if constexpr (Mins) acc[t] = VecF::fma(VecF::set1(xs[t][sub]), mn, acc[t]);
@@ -377,7 +379,7 @@ PYRUNTIME_Q8_GEMM inline void q8_micro(float* y, int64_t y_stride, const ActChun
   }
 }
 
-template <WeightFormat F, typename A, bool Accumulate, int S, int G, bool Mins, int NT = q8k::kQ8GemmTokens>
+template <WeightFormat F, typename A, bool Accumulate, int S, int G, bool Mins, int NT = kQ8GemmTokens>
 PYRUNTIME_Q8_GEMM inline void q8_micro_n(int nt, float* y, int64_t y_stride, const ActChunk<A>& x, int64_t t0,
                                          const float* xsum, const uint8_t* packed, int rows) {
   if constexpr (NT >= 1) {
@@ -385,6 +387,9 @@ PYRUNTIME_Q8_GEMM inline void q8_micro_n(int nt, float* y, int64_t y_stride, con
     q8_micro_n<F, A, Accumulate, S, G, Mins, NT - 1>(nt, y, y_stride, x, t0, xsum, packed, rows);
   }
 }
+}  // namespace PYRUNTIME_Q8_NS
+namespace q8k = PYRUNTIME_Q8_NS;
+#undef PYRUNTIME_Q8_NS
 #undef PYRUNTIME_Q8_GEMM
 #endif
 
@@ -417,8 +422,8 @@ inline void q8_gemm_rows(float* y, int64_t y_stride, const ActChunk<A>& x, const
     q8_pack<F, A>(packed, w.from(r), rows, in);
     for (int64_t t0 = 0; t0 < tokens; t0 += q8k::kQ8GemmTokens) {
       const int nt = static_cast<int>(std::min<int64_t>(tokens - t0, q8k::kQ8GemmTokens));
-      q8_micro_n<F, A, Accumulate, S, G, kMins>(nt, y + t0 * y_stride + r, y_stride, x, t0, xsum.data(), packed,
-                                                rows);
+      q8k::q8_micro_n<F, A, Accumulate, S, G, kMins>(nt, y + t0 * y_stride + r, y_stride, x, t0, xsum.data(),
+                                                     packed, rows);
     }
   }
 }
