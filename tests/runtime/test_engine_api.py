@@ -92,6 +92,8 @@ def test_prompt_chunks_of_several_rows_share_calls_and_equal_each_alone(bits):
     # without logits: each chunk's K/V and logits bitwise those of its own prefill call, at every
     # prompt_bits.
     llm = pyruntime.LLM(MODEL, progress=False, prompt_bits=bits)
+    if llm.engine.prompt_bits != bits:  # the level lacks that GEMM: the same path as another case
+        pytest.skip(f"prompt_bits={bits} runs as {llm.engine.prompt_bits} at this CPU level: that case covers it")
     eng, ids = llm.engine, llm.tokenizer.encode(" ".join([TEXT] * 12))
     lengths = [40, 9, 23, 16, 5, 30, 12, 17] + [3 + i % 7 for i in range(14)]
     k = len(lengths)
