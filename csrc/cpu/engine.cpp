@@ -450,8 +450,6 @@ void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, b
   }, int8_activations);
 }
 
-bool q8_prompt_products() { return detail::q8_prompt_products(); }
-bool q16_prompt_products() { return detail::q16_prompt_products(); }
 int prompt_bits_run(int asked) { return detail::prompt_bits_run(asked); }
 
 std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec s) {

@@ -73,8 +73,6 @@ struct Engine::Impl {
   std::unique_ptr<Engine::Impl> make_engine_impl(EngineSpec spec); \
   void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, bool int8_activations, \
                       int gemm_bits); \
-  bool q8_prompt_products(); \
-  bool q16_prompt_products(); \
   int prompt_bits_run(int asked); \
   }
 PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_DECLARE_ENGINE_FACTORY)

@@ -162,39 +162,26 @@ void matrix_product(float* y, const float* x, int64_t tokens, const Matrix& m, b
   }
 }
 
-bool q8_prompt_products() {
-  switch (active_isa()) {
-#define PYRUNTIME_Q8_PROMPT_CASE(E, ns) \
-  case Isa::E: return ns::q8_prompt_products();
-    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_Q8_PROMPT_CASE)
-#undef PYRUNTIME_Q8_PROMPT_CASE
-    case Isa::Count: break;
-  }
-  return false;
-}
-
-bool q16_prompt_products() {
-  switch (active_isa()) {
-#define PYRUNTIME_Q16_PROMPT_CASE(E, ns) \
-  case Isa::E: return ns::q16_prompt_products();
-    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_Q16_PROMPT_CASE)
-#undef PYRUNTIME_Q16_PROMPT_CASE
-    case Isa::Count: break;
-  }
-  return false;
-}
-
-const EngineSpec& Engine::spec() const { return impl_->spec; }
-int Engine::prompt_bits() const {
-  switch (impl_->isa) {
-#define PYRUNTIME_Q8_PROMPT_CASE(E, ns) \
-  case Isa::E: return ns::prompt_bits_run(impl_->spec.prompt_bits);
-    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_Q8_PROMPT_CASE)
-#undef PYRUNTIME_Q8_PROMPT_CASE
+namespace {
+// prompt_bits_run (csrc/cpu/gemm_q8.h) of the given level: the bits a prompt asking for
+// `asked` runs with there.
+int prompt_bits_at(Isa isa, int asked) {
+  switch (isa) {
+#define PYRUNTIME_PROMPT_BITS_CASE(E, ns) \
+  case Isa::E: return ns::prompt_bits_run(asked);
+    PYRUNTIME_FOR_EACH_ISA(PYRUNTIME_PROMPT_BITS_CASE)
+#undef PYRUNTIME_PROMPT_BITS_CASE
     case Isa::Count: break;
   }
   return 32;
 }
+}  // namespace
+
+bool q8_prompt_products() { return prompt_bits_at(active_isa(), 8) == 8; }
+bool q16_prompt_products() { return prompt_bits_at(active_isa(), 16) == 16; }
+
+const EngineSpec& Engine::spec() const { return impl_->spec; }
+int Engine::prompt_bits() const { return prompt_bits_at(impl_->isa, impl_->spec.prompt_bits); }
 void Engine::set_prompt_bits(int bits) {
   PYRUNTIME_CHECK(bits == 8 || bits == 16 || bits == 32,
                   "engine: prompt_bits must be 8, 16 or 32, got " + std::to_string(bits));

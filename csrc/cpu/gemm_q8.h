@@ -216,11 +216,9 @@ inline void q8_pack(uint8_t* packed, const BlockRows<F>& w, int rows, int64_t in
         std::memset(q, sizeof(A) == 1 && !kSignedPanel<F, A> ? 0 : U::kOffset, V);
         for (int j = 0; j < NS; ++j) sc[j] = mn[j] = 0.0f;
       }
-      if constexpr (kSignedPanel<F, A>) {
-        for (int i = 0; i < V; ++i) v[i] = static_cast<A>(q[i] - U::kOffset);
-      } else if constexpr (sizeof(A) == 1) {
+      if constexpr (sizeof(A) == 1 && !kSignedPanel<F, A>) {
         std::memcpy(v, q, V);
-      } else {
+      } else {  // int16, or kSignedPanel's int8: q - kOffset
         for (int i = 0; i < V; ++i) v[i] = static_cast<A>(q[i] - U::kOffset);
       }
       uint8_t* dst = packed + (b * V * P + K * r) * sizeof(A);

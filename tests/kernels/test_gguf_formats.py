@@ -33,12 +33,14 @@ BLOCKS = {
 NATIVE_FORMATS = GGUF_BLOCK_FORMATS + ("f16",)
 
 
-def random_blocks(fmt: str, rows: int, cols: int, gen: np.random.Generator) -> C.WeightMatrix:
+def random_blocks(fmt: str, rows: int, cols: int, gen: np.random.Generator, fill: int | None = None) -> C.WeightMatrix:
+    """Random blocks of fmt with scales of its BLOCKS magnitude; fill: every other byte that value."""
     if fmt == "f16":  # float16 weights of ~0.05
         w = (0.05 * gen.standard_normal((rows, cols))).astype(np.float16)
         return C.WeightMatrix(C.WeightFormat.f16, torch.from_numpy(w.view(np.uint8)))
     values, nbytes, scales = BLOCKS[fmt]
-    blocks = gen.integers(0, 256, size=(rows, cols // values, nbytes), dtype=np.uint8)
+    shape = (rows, cols // values, nbytes)
+    blocks = gen.integers(0, 256, size=shape, dtype=np.uint8) if fill is None else np.full(shape, fill, np.uint8)
     for offset, magnitude in scales.items():
         d = (magnitude * gen.uniform(0.5, 1.0, size=(rows, cols // values))).astype(np.float16)
         blocks[:, :, offset : offset + 2] = d.view(np.uint8).reshape(rows, cols // values, 2)

@@ -19,7 +19,7 @@ import pyruntime
 from pyruntime._ext import C
 from pyruntime.formats import FORMATS, quantize_activations
 
-from tests.kernels.test_gguf_formats import BLOCKS, NATIVE_FORMATS, random_blocks
+from tests.kernels.test_gguf_formats import NATIVE_FORMATS, random_blocks
 
 INT8_FORMATS = [name for name, f in FORMATS.items() if f.activation_group]
 
@@ -206,16 +206,11 @@ def test_prompt_gemm_holds_every_weight_and_activation_at_its_largest(level, fmt
     # weight is its format's largest integer, against tokens whose quantized activations are all
     # +127 (32767) or all -127: the integer sums' widest terms (the AVX2 kernels' int16 pair sums
     # among them) must not saturate or wrap.
-    values, nbytes, scales = BLOCKS[fmt]
     rows, cols = 24, 512
     gen = np.random.default_rng(11)
     got_rows = []
     for fill in ([0x7F, 0x80] if fmt == "q8_0" else [0xFF]):
-        blocks = np.full((rows, cols // values, nbytes), fill, dtype=np.uint8)
-        for offset, magnitude in scales.items():
-            d = (magnitude * gen.uniform(0.5, 1.0, size=(rows, cols // values))).astype(np.float16)
-            blocks[:, :, offset : offset + 2] = d.view(np.uint8).reshape(rows, cols // values, 2)
-        m = C.WeightMatrix(getattr(C.WeightFormat, fmt), torch.from_numpy(blocks.reshape(rows, -1)))
+        m = random_blocks(fmt, rows, cols, gen, fill=fill)
         x = torch.ones(C.max_row_tile_tokens + 3, cols)
         x[1::2] = -1
         x[2] *= 1e3
