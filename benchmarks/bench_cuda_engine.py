@@ -54,8 +54,16 @@ def random_spec(gen):
 
     inv = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device=DEV, dtype=torch.float32) / D))
     ang = torch.arange(MAX_SEQ, device=DEV, dtype=torch.float32)[:, None] * inv[None]
-    layers = [C.LayerSpec(attn_norm=ones(), qkv=mat((HQ + 2 * HKV) * D, H), o=mat(H, HQ * D), mlp_norm=ones(),
-                          gate_up=mat(2 * I, H), down=mat(H, I)) for _ in range(L)]
+    def rows(*sizes):  # adjacent row blocks of one tensor: the CUDA engine's stacked q, k, v (gate, up)
+        whole = rnd(sum(sizes), H)
+        return [C.WeightMatrix(C.WeightFormat.bfloat16, w) for w in whole.split(list(sizes))]
+
+    layers = []
+    for _ in range(L):
+        q, k, v = rows(HQ * D, HKV * D, HKV * D)
+        gate, up = rows(I, I)
+        layers.append(C.LayerSpec(attn_norm=ones(), q=q, k=k, v=v, o=mat(H, HQ * D), mlp_norm=ones(), gate=gate,
+                                  up=up, down=mat(H, I)))
     spec = C.ModelSpec(architecture="LlamaForCausalLM", hidden=H, inter=I, num_heads=HQ, num_kv_heads=HKV,
                        head_dim=D, vocab=V, norm_eps=1e-5, attn_scale=D**-0.5,
                        rope_cos_sin=torch.cat([ang.cos(), ang.sin()], 1).contiguous(), rotary_dim=D, rope_neox=True,

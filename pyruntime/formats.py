@@ -106,12 +106,10 @@ def _gguf_block(name: str) -> Format:
     def dequantize(m: C.WeightMatrix) -> torch.Tensor:
         return torch.from_numpy(gguf_quants.dequantize(m.data.cpu().numpy(), qtype)).reshape(m.shape)
 
-    return Format(name, c, pack, dequantize, _ACTIVATION_GROUPS.get(name))
-
-
-# The formats with integer products (csrc/cpu/linear_q8.h) and their activation groups: a block
-# for the 32-value formats, a whole k-quant block (llama.cpp's Q8_K) for the k-quants.
-_ACTIVATION_GROUPS = {"q4_0": 32, "q4_1": 32, "q8_0": 32, "q4_k": 256, "q5_k": 256, "q6_k": 256}
+    # The formats with integer products (csrc/cpu/linear_q8.h) and their activation groups (the
+    # engine's table, kFormats in engine.h): a block for the 32-value formats, a whole k-quant
+    # block (llama.cpp's Q8_K) for the k-quants.
+    return Format(name, c, pack, dequantize, C.format_activation_group(c) or None)
 
 
 def quantize_activations(x: torch.Tensor, group: int, bits: int = 8) -> torch.Tensor:

@@ -17,7 +17,7 @@ from pyruntime._ext import C
 from pyruntime.config import ModelConfig
 from pyruntime.errors import ModelLoadError
 from pyruntime.formats import F16_BLOCK, GGUF_BLOCK_FORMATS
-from pyruntime.weights import LayerWeights, ModelWeights
+from pyruntime.weights import ModelWeights, hf_layer
 
 
 def _reverse_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -175,10 +175,8 @@ def load_gguf_weights(path: Path, cfg: ModelConfig, load: torch.dtype | None, pr
     1 + w already: llama.cpp's converter adds the 1). q and k rows are put back in Hugging
     Face's order where llama.cpp's converter interleaved them (the `llama` architecture)."""
     src = GGUFSource(path)
-    H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    q, kv = cfg.q_size, cfg.kv_size
+    H, V = cfg.hidden_size, cfg.vocab_size
     permuted = cfg.architecture == "LlamaForCausalLM"
-    gemma = cfg.post_norms
 
     def mat(name, shape, heads=0):
         heads = heads if permuted else 0
@@ -193,35 +191,9 @@ def load_gguf_weights(path: Path, cfg: ModelConfig, load: torch.dtype | None, pr
         return m[r0:r1]
 
     embed = mat("model.embed_tokens.weight", (V, H))
-    layers = []
-    for i in tqdm(range(cfg.num_layers), desc=f"mapping {path.name}", unit="layer", disable=not progress, leave=False):
-        p = f"model.layers.{i}."
-        if cfg.architecture == "Phi3ForCausalLM":  # fused q, k, v and gate, up
-            qkv = mat(p + "self_attn.qkv_proj.weight", (q + 2 * kv, H))
-            wq, wk, wv = rows(qkv, 0, q), rows(qkv, q, q + kv), rows(qkv, q + kv, q + 2 * kv)
-            gate_up = mat(p + "mlp.gate_up_proj.weight", (2 * I, H))
-            gate, up = rows(gate_up, 0, I), rows(gate_up, I, 2 * I)
-        else:
-            wq = mat(p + "self_attn.q_proj.weight", (q, H), cfg.num_heads)
-            wk = mat(p + "self_attn.k_proj.weight", (kv, H), cfg.num_kv_heads)
-            wv = mat(p + "self_attn.v_proj.weight", (kv, H))
-            gate, up = mat(p + "mlp.gate_proj.weight", (I, H)), mat(p + "mlp.up_proj.weight", (I, H))
-        qkv_bias = None
-        if cfg.attention_bias:
-            qkv_bias = torch.cat([src.vector(p + f"self_attn.{n}_proj.bias", s) for n, s in (("q", q), ("k", kv), ("v", kv))])
-        layers.append(LayerWeights(
-            attn_norm=src.vector(p + "input_layernorm.weight", H),
-            q=wq, k=wk, v=wv, qkv_bias=qkv_bias,
-            o=mat(p + "self_attn.o_proj.weight", (H, q)),
-            o_bias=src.vector(p + "self_attn.o_proj.bias", H) if cfg.o_bias else None,
-            mlp_norm=src.vector(p + ("pre_feedforward_layernorm" if gemma else "post_attention_layernorm") + ".weight", H),
-            gate=gate, up=up,
-            down=mat(p + "mlp.down_proj.weight", (H, I)),
-            q_norm=src.vector(p + "self_attn.q_norm.weight", cfg.head_dim) if cfg.qk_norm else None,
-            k_norm=src.vector(p + "self_attn.k_norm.weight", cfg.head_dim) if cfg.qk_norm else None,
-            post_attn_norm=src.vector(p + "post_attention_layernorm.weight", H) if gemma else None,
-            post_mlp_norm=src.vector(p + "post_feedforward_layernorm.weight", H) if gemma else None,
-        ))
+    layers = [hf_layer(cfg, i, matrix=mat, norm=src.vector, bias=src.vector, rows=rows)
+              for i in tqdm(range(cfg.num_layers), desc=f"mapping {path.name}", unit="layer", disable=not progress,
+                            leave=False)]
     final_norm = src.vector("model.norm.weight", H)
     lm_head = mat("lm_head.weight", (V, H)) if "lm_head.weight" in src else embed
     # RoPE factors went into the config (pyruntime.convert); anything else unread is a part of the

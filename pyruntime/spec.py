@@ -52,23 +52,27 @@ def build_spec(cfg: ModelConfig, weights: ModelWeights, fmt: Format, max_seq_len
     if cfg.local_rope is not None and cfg.local_rope != cfg.rope:
         local_cos_sin = cos_sin_cache(cfg.local_rope, cfg.rotary_dim, max_seq_len).to(device)
     for i, l in enumerate(weights.layers):
-        q, k, v = stacked(f"layers.{i}.qkv", l.q, l.k, l.v)
-        gate, up = stacked(f"layers.{i}.gate_up", l.gate, l.up)
-        layers.append(C.LayerSpec(attn_norm=vector(l.attn_norm), q=q, k=k, v=v, qkv_bias=vector(l.qkv_bias),
-                                  o=matrix(f"layers.{i}.o", l.o), o_bias=vector(l.o_bias),
-                                  mlp_norm=vector(l.mlp_norm), gate=gate, up=up, down=matrix(f"layers.{i}.down", l.down),
-                                  q_norm=vector(l.q_norm), k_norm=vector(l.k_norm), sliding_window=windows[i],
-                                  post_attn_norm=vector(l.post_attn_norm), post_mlp_norm=vector(l.post_mlp_norm),
-                                  rope_cos_sin=local_cos_sin if cfg.layer_windows and cfg.layer_windows[i] else None))
+        # Every matrix and vector of C.LayerSpec.fields from the LayerWeights field of its name;
+        # q, k, v and gate, up stacked.
+        fields = dict(zip(("q", "k", "v"), stacked(f"layers.{i}.qkv", l.q, l.k, l.v)))
+        fields.update(zip(("gate", "up"), stacked(f"layers.{i}.gate_up", l.gate, l.up)))
+        for name, kind in C.LayerSpec.fields.items():
+            if kind == "matrix" and name not in fields:
+                fields[name] = matrix(f"layers.{i}.{name}", getattr(l, name))
+            elif kind in ("vector", "optional_vector"):
+                fields[name] = vector(getattr(l, name))
+        local = cfg.layer_windows and cfg.layer_windows[i]
+        layers.append(C.LayerSpec(**fields, sliding_window=windows[i], rope_cos_sin=local_cos_sin if local else None))
     spec = C.ModelSpec(
         architecture=cfg.architecture, hidden=cfg.hidden_size, inter=cfg.intermediate_size,
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, vocab=cfg.vocab_size,
         norm_eps=cfg.rms_norm_eps, attn_scale=cfg.attn_scale or cfg.head_dim**-0.5,
         rope_cos_sin=cos_sin_cache(cfg.rope, cfg.rotary_dim, max_seq_len).to(device), rotary_dim=cfg.rotary_dim,
         rope_neox=True, embed=matrix("embed", weights.embed), layers=layers, final_norm=vector(weights.final_norm),
-        lm_head=matrix("lm_head", weights.lm_head), embed_scale=cfg.embed_scale,
-        activation=getattr(C.Activation, cfg.activation), attn_softcap=cfg.attn_softcap,
-        final_softcap=cfg.final_softcap,
+        lm_head=matrix("lm_head", weights.lm_head),
+        # The model-wide features of some families (model_fields.h), from the config's fields of their names.
+        **{name: getattr(cfg, name) for name in C.ModelSpec.features if name != "activation"},
+        activation=getattr(C.Activation, cfg.activation),
     )
     spec.check()
     return spec

@@ -99,6 +99,44 @@ class _TensorSource:
         return t
 
 
+def hf_layer(cfg: ModelConfig, i: int, matrix, norm, bias, rows) -> LayerWeights:
+    """Layer i from its tensors' Hugging Face names (the one map of names to roles, for
+    safetensors and GGUF alike): matrix(name, shape, heads) reads a matrix (heads: its head count
+    where it is q or k, whose rows a GGUF file may hold interleaved), norm(name, size) and
+    bias(name, size) a vector, rows(m, r0, r1) is a view of rows [r0, r1) of a matrix read."""
+    H, I, q, kv = cfg.hidden_size, cfg.intermediate_size, cfg.q_size, cfg.kv_size
+    p = f"model.layers.{i}."
+    if cfg.architecture == "Phi3ForCausalLM":  # fused q, k, v and gate, up
+        qkv = matrix(p + "self_attn.qkv_proj.weight", (q + 2 * kv, H))
+        wq, wk, wv = rows(qkv, 0, q), rows(qkv, q, q + kv), rows(qkv, q + kv, q + 2 * kv)
+        gate_up = matrix(p + "mlp.gate_up_proj.weight", (2 * I, H))
+        gate, up = rows(gate_up, 0, I), rows(gate_up, I, 2 * I)
+    else:
+        wq = matrix(p + "self_attn.q_proj.weight", (q, H), cfg.num_heads)
+        wk = matrix(p + "self_attn.k_proj.weight", (kv, H), cfg.num_kv_heads)
+        wv = matrix(p + "self_attn.v_proj.weight", (kv, H))
+        gate, up = matrix(p + "mlp.gate_proj.weight", (I, H)), matrix(p + "mlp.up_proj.weight", (I, H))
+    qkv_bias = None
+    if cfg.attention_bias:
+        qkv_bias = torch.cat([bias(p + f"self_attn.{n}_proj.bias", s) for n, s in (("q", q), ("k", kv), ("v", kv))])
+    gemma = cfg.post_norms
+    return LayerWeights(
+        attn_norm=norm(p + "input_layernorm.weight", H),
+        q=wq, k=wk, v=wv, qkv_bias=qkv_bias,
+        o=matrix(p + "self_attn.o_proj.weight", (H, q)),
+        o_bias=bias(p + "self_attn.o_proj.bias", H) if cfg.o_bias else None,
+        # Gemma's post_attention_layernorm norms the attention's output; its MLP's input norm is
+        # pre_feedforward_layernorm.
+        mlp_norm=norm(p + ("pre_feedforward_layernorm" if gemma else "post_attention_layernorm") + ".weight", H),
+        gate=gate, up=up,
+        down=matrix(p + "mlp.down_proj.weight", (H, I)),
+        q_norm=norm(p + "self_attn.q_norm.weight", cfg.head_dim) if cfg.qk_norm else None,
+        k_norm=norm(p + "self_attn.k_norm.weight", cfg.head_dim) if cfg.qk_norm else None,
+        post_attn_norm=norm(p + "post_attention_layernorm.weight", H) if gemma else None,
+        post_mlp_norm=norm(p + "post_feedforward_layernorm.weight", H) if gemma else None,
+    )
+
+
 def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype | None, progress: bool = True) -> ModelWeights:
     """Reads, checks and converts every tensor of the checkpoint in `folder` to `dtype`. A folder
     whose weights are a GGUF file (model.gguf, pyruntime.convert) is read by
@@ -113,8 +151,7 @@ def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype | None, prog
     if dtype is None:
         raise ValueError(f"{folder}: keeping the weights' file types needs a GGUF model; this folder holds safetensors")
     src = _TensorSource(Path(folder))
-    H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    q, kv = cfg.q_size, cfg.kv_size
+    H, V = cfg.hidden_size, cfg.vocab_size
 
     def load(name, shape):
         return src.get(name, shape).to(dtype).contiguous()
@@ -122,44 +159,11 @@ def load_weights(folder: Path, cfg: ModelConfig, dtype: torch.dtype | None, prog
     def norm(name, shape):
         return (src.get(name, shape).float() + cfg.norm_weight_offset).contiguous()
 
-    gemma = cfg.post_norms
-
     embed = load("model.embed_tokens.weight", (V, H))
-    layers = []
-    for i in tqdm(range(cfg.num_layers), desc="loading weights", unit="layer", disable=not progress, leave=False):
-        p = f"model.layers.{i}."
-        if cfg.architecture == "Phi3ForCausalLM":
-            qkv = load(p + "self_attn.qkv_proj.weight", (q + 2 * kv, H))
-            wq, wk, wv = qkv[:q], qkv[q : q + kv], qkv[q + kv :]
-            gate_up = load(p + "mlp.gate_up_proj.weight", (2 * I, H))
-            gate, up = gate_up[:I], gate_up[I:]
-        else:
-            wq, wk, wv = (load(p + f"self_attn.{n}_proj.weight", (s, H)) for n, s in (("q", q), ("k", kv), ("v", kv)))
-            gate, up = load(p + "mlp.gate_proj.weight", (I, H)), load(p + "mlp.up_proj.weight", (I, H))
-        qkv_bias = None
-        if cfg.attention_bias:
-            qkv_bias = torch.cat([load(p + f"self_attn.{n}_proj.bias", (s,)) for n, s in (("q", q), ("k", kv), ("v", kv))])
-        layers.append(
-            LayerWeights(
-                attn_norm=norm(p + "input_layernorm.weight", (H,)),
-                q=wq,
-                k=wk,
-                v=wv,
-                qkv_bias=qkv_bias,
-                o=load(p + "self_attn.o_proj.weight", (H, q)),
-                o_bias=load(p + "self_attn.o_proj.bias", (H,)) if cfg.o_bias else None,
-                # Gemma's post_attention_layernorm norms the attention's output; its MLP's input
-                # norm is pre_feedforward_layernorm.
-                mlp_norm=norm(p + ("pre_feedforward_layernorm" if gemma else "post_attention_layernorm") + ".weight", (H,)),
-                gate=gate,
-                up=up,
-                down=load(p + "mlp.down_proj.weight", (H, I)),
-                q_norm=norm(p + "self_attn.q_norm.weight", (cfg.head_dim,)) if cfg.qk_norm else None,
-                k_norm=norm(p + "self_attn.k_norm.weight", (cfg.head_dim,)) if cfg.qk_norm else None,
-                post_attn_norm=norm(p + "post_attention_layernorm.weight", (H,)) if gemma else None,
-                post_mlp_norm=norm(p + "post_feedforward_layernorm.weight", (H,)) if gemma else None,
-            )
-        )
+    layers = [hf_layer(cfg, i, matrix=lambda name, shape, heads=0: load(name, shape),
+                       norm=lambda name, size: norm(name, (size,)), bias=lambda name, size: load(name, (size,)),
+                       rows=lambda m, r0, r1: m[r0:r1])
+              for i in tqdm(range(cfg.num_layers), desc="loading weights", unit="layer", disable=not progress, leave=False)]
     final_norm = norm("model.norm.weight", (H,))
     if cfg.tie_word_embeddings or "lm_head.weight" not in src:
         if not cfg.tie_word_embeddings:

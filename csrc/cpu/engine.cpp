@@ -332,7 +332,7 @@ struct EngineImpl final : Engine::Impl {
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < n * (Hq + Hkv); ++item) {
           const int64_t t = item / (Hq + Hkv), h = item % (Hq + Hkv), pos = positions[t];
-          const float* cos = (L.cos_sin ? L.cos_sin : s.cos_sin) + pos * s.rot_dim;
+          const float* cos = (L.rope_cos_sin ? L.rope_cos_sin : s.cos_sin) + pos * s.rot_dim;
           float* base = qkv.data() + t * qkv_dim;
           if (h < Hq) {
             float* q = base + h * D;

@@ -12,21 +12,9 @@ namespace pyruntime::cpu {
 
 namespace {
 
-struct FormatInfo {
-  const char* name;
-  int64_t block_values, block_bytes;
-};
-
-// In WeightFormat's order; the block sizes of ggml-common.h.
-constexpr FormatInfo kFormats[] = {
-    {"float32", 1, 4}, {"bfloat16", 1, 2}, {"int8", 1, 1},      {"q4_0", 32, 18},  {"q4_1", 32, 20},
-    {"q5_0", 32, 22},  {"q5_1", 32, 24},   {"q8_0", 32, 34},    {"q2_k", 256, 84}, {"q3_k", 256, 110},
-    {"q4_k", 256, 144}, {"q5_k", 256, 176}, {"q6_k", 256, 210}, {"f16", 32, 64},
-};
-
 const FormatInfo& info(WeightFormat f) {
   const auto i = static_cast<size_t>(f);
-  PYRUNTIME_CHECK(i < sizeof(kFormats) / sizeof(kFormats[0]), "unknown weight format " + std::to_string(i));
+  PYRUNTIME_CHECK(i < static_cast<size_t>(kNumFormats), "unknown weight format " + std::to_string(i));
   return kFormats[i];
 }
 
@@ -34,7 +22,7 @@ const FormatInfo& info(WeightFormat f) {
 
 const char* weight_format_name(WeightFormat f) {
   const auto i = static_cast<size_t>(f);
-  return i < sizeof(kFormats) / sizeof(kFormats[0]) ? kFormats[i].name : "unknown";
+  return i < static_cast<size_t>(kNumFormats) ? kFormats[i].name : "unknown";
 }
 int64_t format_block_values(WeightFormat f) { return info(f).block_values; }
 int64_t format_block_bytes(WeightFormat f) { return info(f).block_bytes; }
@@ -92,38 +80,38 @@ void check_matrix(const Matrix& m, int64_t rows, int64_t cols, const std::string
 }  // namespace
 
 Engine::Engine(EngineSpec s) {
-  const int64_t H = s.hidden, I = s.inter, D = s.head_dim;
+  const int64_t H = s.hidden;
   check_engine_shape(s, "engine");
   PYRUNTIME_CHECK(s.kv_dtype == DType::Float32 || s.kv_dtype == DType::BFloat16,
                   "engine: kv_dtype must be float32 or bfloat16");
   PYRUNTIME_CHECK(s.cos_sin && s.final_norm, "engine: cos_sin and final_norm are required");
   PYRUNTIME_CHECK(!s.layers.empty(), "engine: no layers");
-  PYRUNTIME_CHECK(std::isfinite(s.embed_scale) && s.embed_scale > 0.0f, "engine: embed_scale must be positive");
-  PYRUNTIME_CHECK(s.activation == Activation::SiLU || s.activation == Activation::GeluTanh,
-                  "engine: unknown activation");
-  PYRUNTIME_CHECK(std::isfinite(s.attn_softcap) && s.attn_softcap >= 0.0f && std::isfinite(s.final_softcap) &&
-                      s.final_softcap >= 0.0f,
-                  "engine: attn_softcap and final_softcap must be >= 0 (0: no capping)");
+#define PYRUNTIME_CHECK_FEATURE(type, name, off, valid, requirement) \
+  {                                                                  \
+    const type v = s.name;                                           \
+    PYRUNTIME_CHECK(valid, "engine: " #name " must be " requirement); \
+  }
+  PYRUNTIME_MODEL_FEATURES(PYRUNTIME_CHECK_FEATURE)
+#undef PYRUNTIME_CHECK_FEATURE
   PYRUNTIME_CHECK(s.prompt_bits == 8 || s.prompt_bits == 16 || s.prompt_bits == 32,
                   "engine: prompt_bits must be 8, 16 or 32, got " + std::to_string(s.prompt_bits));
-  const int64_t q_dim = s.num_heads * D, kv_dim = s.num_kv_heads * D;
+  const LayerDims dims = layer_dims(H, s.inter, s.num_heads, s.num_kv_heads, s.head_dim);
   check_matrix(s.embed, s.vocab, H, "embed");
   check_matrix(s.lm_head, s.vocab, H, "lm_head");
   for (size_t l = 0; l < s.layers.size(); ++l) {
     const EngineLayer& L = s.layers[l];
-    const std::string p = "layers." + std::to_string(l) + ".";
-    PYRUNTIME_CHECK(L.attn_norm && L.mlp_norm, "engine: " + p + "norm weights are missing");
+    const std::string p = "layers[" + std::to_string(l) + "].";
+#define PYRUNTIME_CHECK_MATRIX(name, rows, cols) check_matrix(L.name, dims.rows, dims.cols, p + #name);
+#define PYRUNTIME_CHECK_VECTOR(name, size) PYRUNTIME_CHECK(L.name, "engine: " + p + #name " is missing");
+#define PYRUNTIME_CHECK_COUNT(name) \
+  PYRUNTIME_CHECK(L.name >= 0, "engine: " + p + #name " must be >= 0, got " + std::to_string(L.name));
+    PYRUNTIME_LAYER_MATRICES(PYRUNTIME_CHECK_MATRIX)
+    PYRUNTIME_LAYER_VECTORS(PYRUNTIME_CHECK_VECTOR)
+    PYRUNTIME_LAYER_COUNTS(PYRUNTIME_CHECK_COUNT)
+#undef PYRUNTIME_CHECK_MATRIX
+#undef PYRUNTIME_CHECK_VECTOR
+#undef PYRUNTIME_CHECK_COUNT
     PYRUNTIME_CHECK(!L.q_norm == !L.k_norm, "engine: " + p + "q_norm and k_norm come together");
-    check_matrix(L.q, q_dim, H, p + "q");
-    check_matrix(L.k, kv_dim, H, p + "k");
-    check_matrix(L.v, kv_dim, H, p + "v");
-    check_matrix(L.o, H, q_dim, p + "o");
-    check_matrix(L.gate, I, H, p + "gate");
-    check_matrix(L.up, I, H, p + "up");
-    check_matrix(L.down, H, I, p + "down");
-    PYRUNTIME_CHECK(L.sliding_window >= 0,
-                    "engine: " + p + "sliding_window must be >= 0 (0: the whole sequence), got " +
-                        std::to_string(L.sliding_window));
   }
   switch (active_isa()) {
 #define PYRUNTIME_ENGINE_CASE(E, ns) \

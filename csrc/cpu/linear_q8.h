@@ -17,6 +17,8 @@
 // Block layouts: block_rows.h (ggml-common.h's block_q4_0 ...).
 #pragma once
 
+#include <utility>
+
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -325,10 +327,21 @@ struct Q8Dot<WeightFormat::Q6_K> {  // d sc (q - 32) per sub-block of 16: sum = 
   }
 };
 
-// The block formats with an integer product here.
+// The block formats with an integer product here: those of kFormats with an activation group,
+// which must be their Q8Dot's.
 template <WeightFormat F>
-constexpr bool kHasQ8Dot = F == WeightFormat::Q4_0 || F == WeightFormat::Q4_1 || F == WeightFormat::Q8_0 ||
-                           F == WeightFormat::Q4_K || F == WeightFormat::Q5_K || F == WeightFormat::Q6_K;
+constexpr bool kHasQ8Dot = format_activation_group(F) > 0;
+template <WeightFormat F>
+constexpr bool q8_group_agrees() {
+  if constexpr (kHasQ8Dot<F>) return Q8Dot<F>::kGroup == format_activation_group(F);
+  return true;
+}
+template <size_t... I>
+constexpr bool q8_groups_agree(std::index_sequence<I...>) {
+  return (q8_group_agrees<static_cast<WeightFormat>(I)>() && ...);
+}
+static_assert(q8_groups_agree(std::make_index_sequence<kNumFormats>()),
+              "kFormats' activation groups are the integer products' (Q8Dot<F>::kGroup)");
 
 // BlockRows whose products run in integers against 8-bit activations (the engine's choice).
 template <WeightFormat F>

@@ -48,6 +48,40 @@ TORCH_LIBRARY_IMPL(pyruntime, CPU, m) {
 TORCH_LIBRARY_IMPL(pyruntime, CUDA, m) { PYRUNTIME_REGISTER_IMPLS(m) }
 #endif
 
+namespace py = pybind11;
+
+namespace {
+
+// How a spec's constructor takes an attribute: it must be given; it may be left out or None (an
+// optional tensor: absent); it may be left out (a count or a feature: its default), not None.
+enum class Given { Required, NoneIsAbsent, Defaulted };
+
+// A spec's constructor takes its attributes by keyword: this one out of kw, cast to the field's
+// type (TypeError naming it where it is missing as `given` requires, or does not cast).
+template <typename T>
+void take_attribute(py::dict& kw, const char* owner, const char* name, T& field, Given given) {
+  const bool present = kw.contains(name);
+  py::object v = present ? kw.attr("pop")(name) : py::none();
+  if (!present && given != Given::Required) return;
+  if (v.is_none() && given == Given::NoneIsAbsent) return;
+  if (v.is_none() && given == Given::Required) throw py::type_error(std::string(owner) + ": " + name + " is required");
+  try {
+    field = v.cast<T>();
+  } catch (const py::cast_error&) {
+    throw py::type_error(std::string(owner) + ": " + name + " got a " +
+                         py::str(py::type::of(v).attr("__name__")).cast<std::string>());
+  }
+}
+
+// What is left in kw after every attribute was taken.
+void refuse_unknown(const py::dict& kw, const char* owner, const char* hint) {
+  if (!kw.empty())
+    throw py::type_error(std::string(owner) + ": unknown attribute(s) " +
+                         py::str(kw.attr("keys")()).cast<std::string>() + " (" + hint + ")");
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pyruntime compiled kernels (ops are under torch.ops.pyruntime)";
   m.def("cpu_isa", [] { return std::string(pyruntime::cpu::isa_name(pyruntime::cpu::active_isa())); },
@@ -112,6 +146,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "integer products): AVX2, and AVX512-VNNI without AMX");
   m.def("int16_prompt_products", &pyruntime::cpu::q16_prompt_products,
         "whether the active level has the integer GEMM with 16-bit activations: AVX512-VNNI without AMX");
+  m.def("format_activation_group",
+        [](pyruntime::cpu::WeightFormat f) {
+          const int i = static_cast<int>(f);
+          TORCH_CHECK_VALUE(i >= 0 && i < pyruntime::cpu::kNumFormats, "format_activation_group: unknown format ", i);
+          return pyruntime::cpu::format_activation_group(f);
+        },
+        py::arg("format"),
+        "values per group of 8-bit activations in the format's integer products (0: float32 activations)");
   m.def("pack_int8_rows", &pyruntime::pack_int8_rows, py::arg("q"), py::arg("scales"),
         "quantize_int8's rows interleaved in blocks of 4: (q [rows / 4, groups, 4, group], scales [rows / 4, groups, 4])");
   using pyruntime::LayerSpec;
@@ -136,110 +178,77 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("device", &WeightMatrix::device)
       .def_property_readonly("nbytes", &WeightMatrix::nbytes)
       .def("__repr__", &WeightMatrix::repr);
-  py::class_<LayerSpec>(m, "LayerSpec", "one decoder block of a ModelSpec")
-      .def(py::init([](at::Tensor attn_norm, WeightMatrix q, WeightMatrix k, WeightMatrix v, WeightMatrix o,
-                       at::Tensor mlp_norm, WeightMatrix gate, WeightMatrix up, WeightMatrix down,
-                       OptTensor qkv_bias, OptTensor o_bias, int64_t sliding_window, OptTensor q_norm,
-                       OptTensor k_norm, OptTensor post_attn_norm, OptTensor post_mlp_norm,
-                       OptTensor rope_cos_sin) {
-             LayerSpec l;
-             l.attn_norm = std::move(attn_norm);
-             l.q = std::move(q);
-             l.k = std::move(k);
-             l.v = std::move(v);
-             l.qkv_bias = std::move(qkv_bias);
-             l.o = std::move(o);
-             l.o_bias = std::move(o_bias);
-             l.mlp_norm = std::move(mlp_norm);
-             l.gate = std::move(gate);
-             l.up = std::move(up);
-             l.down = std::move(down);
-             l.sliding_window = sliding_window;
-             l.q_norm = std::move(q_norm);
-             l.k_norm = std::move(k_norm);
-             l.post_attn_norm = std::move(post_attn_norm);
-             l.post_mlp_norm = std::move(post_mlp_norm);
-             l.rope_cos_sin = std::move(rope_cos_sin);
-             return l;
-           }),
-           py::kw_only(), py::arg("attn_norm"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"),
-           py::arg("mlp_norm"), py::arg("gate"), py::arg("up"), py::arg("down"), py::arg("qkv_bias") = py::none(),
-           py::arg("o_bias") = py::none(), py::arg("sliding_window") = 0, py::arg("q_norm") = py::none(),
-           py::arg("k_norm") = py::none(), py::arg("post_attn_norm") = py::none(),
-           py::arg("post_mlp_norm") = py::none(), py::arg("rope_cos_sin") = py::none())
-      .def_readonly("attn_norm", &LayerSpec::attn_norm)
-      .def_readonly("q", &LayerSpec::q)
-      .def_readonly("k", &LayerSpec::k)
-      .def_readonly("v", &LayerSpec::v)
-      .def_readonly("qkv_bias", &LayerSpec::qkv_bias)
-      .def_readonly("o", &LayerSpec::o)
-      .def_readonly("o_bias", &LayerSpec::o_bias)
-      .def_readonly("mlp_norm", &LayerSpec::mlp_norm)
-      .def_readonly("gate", &LayerSpec::gate)
-      .def_readonly("up", &LayerSpec::up)
-      .def_readonly("down", &LayerSpec::down)
-      .def_readonly("sliding_window", &LayerSpec::sliding_window)
-      .def_readonly("q_norm", &LayerSpec::q_norm)
-      .def_readonly("k_norm", &LayerSpec::k_norm)
-      .def_readonly("post_attn_norm", &LayerSpec::post_attn_norm)
-      .def_readonly("post_mlp_norm", &LayerSpec::post_mlp_norm)
-      .def_readonly("rope_cos_sin", &LayerSpec::rope_cos_sin);
-  py::class_<ModelSpec>(m, "ModelSpec", "the typed model description every engine is built from")
-      .def(py::init([](std::string architecture, int64_t hidden, int64_t inter, int64_t num_heads,
-                       int64_t num_kv_heads, int64_t head_dim, int64_t vocab, double norm_eps, double attn_scale,
-                       at::Tensor rope_cos_sin, int64_t rotary_dim, bool rope_neox, WeightMatrix embed,
-                       std::vector<LayerSpec> layers, at::Tensor final_norm, WeightMatrix lm_head,
-                       double embed_scale, pyruntime::Activation activation, double attn_softcap,
-                       double final_softcap) {
-             ModelSpec s;
-             s.architecture = std::move(architecture);
-             s.hidden = hidden;
-             s.inter = inter;
-             s.num_heads = num_heads;
-             s.num_kv_heads = num_kv_heads;
-             s.head_dim = head_dim;
-             s.vocab = vocab;
-             s.norm_eps = norm_eps;
-             s.attn_scale = attn_scale;
-             s.rope_cos_sin = std::move(rope_cos_sin);
-             s.rotary_dim = rotary_dim;
-             s.rope_neox = rope_neox;
-             s.embed = std::move(embed);
-             s.layers = std::move(layers);
-             s.final_norm = std::move(final_norm);
-             s.lm_head = std::move(lm_head);
-             s.embed_scale = embed_scale;
-             s.activation = activation;
-             s.attn_softcap = attn_softcap;
-             s.final_softcap = final_softcap;
-             return s;
-           }),
-           py::kw_only(), py::arg("architecture"), py::arg("hidden"), py::arg("inter"), py::arg("num_heads"),
-           py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("vocab"), py::arg("norm_eps"),
-           py::arg("attn_scale"), py::arg("rope_cos_sin"), py::arg("rotary_dim"), py::arg("rope_neox"),
-           py::arg("embed"), py::arg("layers"), py::arg("final_norm"), py::arg("lm_head"),
-           py::arg("embed_scale") = 1.0, py::arg("activation") = pyruntime::Activation::SiLU,
-           py::arg("attn_softcap") = 0.0, py::arg("final_softcap") = 0.0)
-      .def_readonly("architecture", &ModelSpec::architecture)
-      .def_readonly("hidden", &ModelSpec::hidden)
-      .def_readonly("inter", &ModelSpec::inter)
-      .def_readonly("num_heads", &ModelSpec::num_heads)
-      .def_readonly("num_kv_heads", &ModelSpec::num_kv_heads)
-      .def_readonly("head_dim", &ModelSpec::head_dim)
-      .def_readonly("vocab", &ModelSpec::vocab)
-      .def_readonly("norm_eps", &ModelSpec::norm_eps)
-      .def_readonly("attn_scale", &ModelSpec::attn_scale)
-      .def_readonly("rope_cos_sin", &ModelSpec::rope_cos_sin)
-      .def_readonly("rotary_dim", &ModelSpec::rotary_dim)
-      .def_readonly("rope_neox", &ModelSpec::rope_neox)
-      .def_readonly("embed", &ModelSpec::embed)
-      .def_readonly("layers", &ModelSpec::layers)
-      .def_readonly("final_norm", &ModelSpec::final_norm)
-      .def_readonly("lm_head", &ModelSpec::lm_head)
-      .def_readonly("embed_scale", &ModelSpec::embed_scale)
-      .def_readonly("activation", &ModelSpec::activation)
-      .def_readonly("attn_softcap", &ModelSpec::attn_softcap)
-      .def_readonly("final_softcap", &ModelSpec::final_softcap)
+  // LayerSpec(**attributes): each of model_fields.h's attributes by name; required ones (the
+  // matrices and the vectors every layer has) must be given, optional ones may be None.
+  py::class_<LayerSpec> layer(m, "LayerSpec", "one decoder block of a ModelSpec (its attributes: LayerSpec.fields)");
+  layer.def(py::init([](const py::kwargs& kwargs) {
+    py::dict kw = kwargs.attr("copy")();  // each attribute taken out of it: what is left is unknown
+    LayerSpec l;
+#define PYRUNTIME_TAKE_REQUIRED(name, ...) take_attribute(kw, "LayerSpec", #name, l.name, Given::Required);
+#define PYRUNTIME_TAKE_OPTIONAL(name, ...) take_attribute(kw, "LayerSpec", #name, l.name, Given::NoneIsAbsent);
+#define PYRUNTIME_TAKE_COUNT(name) take_attribute(kw, "LayerSpec", #name, l.name, Given::Defaulted);
+    PYRUNTIME_LAYER_MATRICES(PYRUNTIME_TAKE_REQUIRED)
+    PYRUNTIME_LAYER_VECTORS(PYRUNTIME_TAKE_REQUIRED)
+    PYRUNTIME_LAYER_OPTIONAL_VECTORS(PYRUNTIME_TAKE_OPTIONAL)
+    PYRUNTIME_LAYER_COUNTS(PYRUNTIME_TAKE_COUNT)
+    PYRUNTIME_LAYER_TABLES(PYRUNTIME_TAKE_OPTIONAL)
+#undef PYRUNTIME_TAKE_REQUIRED
+#undef PYRUNTIME_TAKE_OPTIONAL
+#undef PYRUNTIME_TAKE_COUNT
+    refuse_unknown(kw, "LayerSpec", "LayerSpec.fields lists them");
+    return l;
+  }));
+  // fields: every attribute's name -> its kind (matrix, vector, optional_vector, count, table).
+  py::dict layer_fields;
+#define PYRUNTIME_DEF_FIELD(kind, name)        \
+  layer.def_readonly(#name, &LayerSpec::name); \
+  layer_fields[#name] = kind;
+#define PYRUNTIME_MATRIX_FIELD(name, ...) PYRUNTIME_DEF_FIELD("matrix", name)
+#define PYRUNTIME_VECTOR_FIELD(name, ...) PYRUNTIME_DEF_FIELD("vector", name)
+#define PYRUNTIME_OPTIONAL_FIELD(name, ...) PYRUNTIME_DEF_FIELD("optional_vector", name)
+#define PYRUNTIME_COUNT_FIELD(name) PYRUNTIME_DEF_FIELD("count", name)
+#define PYRUNTIME_TABLE_FIELD(name) PYRUNTIME_DEF_FIELD("table", name)
+  PYRUNTIME_LAYER_MATRICES(PYRUNTIME_MATRIX_FIELD)
+  PYRUNTIME_LAYER_VECTORS(PYRUNTIME_VECTOR_FIELD)
+  PYRUNTIME_LAYER_OPTIONAL_VECTORS(PYRUNTIME_OPTIONAL_FIELD)
+  PYRUNTIME_LAYER_COUNTS(PYRUNTIME_COUNT_FIELD)
+  PYRUNTIME_LAYER_TABLES(PYRUNTIME_TABLE_FIELD)
+#undef PYRUNTIME_DEF_FIELD
+#undef PYRUNTIME_MATRIX_FIELD
+#undef PYRUNTIME_VECTOR_FIELD
+#undef PYRUNTIME_OPTIONAL_FIELD
+#undef PYRUNTIME_COUNT_FIELD
+#undef PYRUNTIME_TABLE_FIELD
+  layer.attr("fields") = layer_fields;
+  // ModelSpec(**attributes): these, required, and model_fields.h's features, each `off` unless given.
+#define PYRUNTIME_MODEL_REQUIRED(X)                                                                          \
+  X(architecture) X(hidden) X(inter) X(num_heads) X(num_kv_heads) X(head_dim) X(vocab) X(norm_eps) X(attn_scale) \
+  X(rope_cos_sin) X(rotary_dim) X(rope_neox) X(embed) X(layers) X(final_norm) X(lm_head)
+  py::class_<ModelSpec> model(m, "ModelSpec", "the typed model description every engine is built from");
+  model.def(py::init([](const py::kwargs& kwargs) {
+    py::dict kw = kwargs.attr("copy")();
+    ModelSpec s;
+#define PYRUNTIME_TAKE_REQUIRED(name) take_attribute(kw, "ModelSpec", #name, s.name, Given::Required);
+#define PYRUNTIME_TAKE_FEATURE(type, name, ...) take_attribute(kw, "ModelSpec", #name, s.name, Given::Defaulted);
+    PYRUNTIME_MODEL_REQUIRED(PYRUNTIME_TAKE_REQUIRED)
+    PYRUNTIME_MODEL_FEATURES(PYRUNTIME_TAKE_FEATURE)
+#undef PYRUNTIME_TAKE_REQUIRED
+#undef PYRUNTIME_TAKE_FEATURE
+    refuse_unknown(kw, "ModelSpec", "ModelSpec.features lists the optional ones");
+    return s;
+  }));
+  py::list model_features;
+#define PYRUNTIME_DEF_REQUIRED(name) model.def_readonly(#name, &ModelSpec::name);
+#define PYRUNTIME_DEF_FEATURE(type, name, ...) \
+  model.def_readonly(#name, &ModelSpec::name); \
+  model_features.append(#name);
+  PYRUNTIME_MODEL_REQUIRED(PYRUNTIME_DEF_REQUIRED)
+  PYRUNTIME_MODEL_FEATURES(PYRUNTIME_DEF_FEATURE)
+#undef PYRUNTIME_DEF_REQUIRED
+#undef PYRUNTIME_DEF_FEATURE
+#undef PYRUNTIME_MODEL_REQUIRED
+  model.attr("features") = py::tuple(model_features);
+  model
       .def_property_readonly("num_layers", &ModelSpec::num_layers)
       .def_property_readonly("nbytes", &ModelSpec::nbytes, "bytes of the distinct weight tensors")
       .def("check", [](const ModelSpec& s) {

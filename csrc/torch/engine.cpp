@@ -98,32 +98,10 @@ EngineHandle::EngineHandle(ModelSpec spec, int64_t max_seq, at::ScalarType kv_dt
   s.embed = spec_.embed.view();
   s.lm_head = spec_.lm_head.view();
   s.final_norm = spec_.final_norm.data_ptr<float>();
-  s.embed_scale = static_cast<float>(spec_.embed_scale);
-  s.activation = spec_.activation;
-  s.attn_softcap = static_cast<float>(spec_.attn_softcap);
-  s.final_softcap = static_cast<float>(spec_.final_softcap);
-  const auto ptr = [](const std::optional<at::Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; };
-  for (const LayerSpec& L : spec_.layers) {
-    cpu::EngineLayer e;
-    e.attn_norm = L.attn_norm.data_ptr<float>();
-    e.mlp_norm = L.mlp_norm.data_ptr<float>();
-    e.q = L.q.view();
-    e.k = L.k.view();
-    e.v = L.v.view();
-    e.o = L.o.view();
-    e.gate = L.gate.view();
-    e.up = L.up.view();
-    e.down = L.down.view();
-    e.qkv_bias = L.qkv_bias ? L.qkv_bias->data_ptr<float>() : nullptr;
-    e.o_bias = L.o_bias ? L.o_bias->data_ptr<float>() : nullptr;
-    e.sliding_window = L.sliding_window;
-    e.q_norm = ptr(L.q_norm);
-    e.k_norm = ptr(L.k_norm);
-    e.post_attn_norm = ptr(L.post_attn_norm);
-    e.post_mlp_norm = ptr(L.post_mlp_norm);
-    e.cos_sin = ptr(L.rope_cos_sin);
-    s.layers.push_back(e);
-  }
+#define PYRUNTIME_COPY_FEATURE(type, name, ...) s.name = spec_.name;
+  PYRUNTIME_MODEL_FEATURES(PYRUNTIME_COPY_FEATURE)
+#undef PYRUNTIME_COPY_FEATURE
+  for (const LayerSpec& L : spec_.layers) s.layers.push_back(L.view());
   try {
     engine_ = std::make_unique<cpu::Engine>(std::move(s));
   } catch (const InvalidArgument& e) {
@@ -189,9 +167,11 @@ CudaEngineHandle::CudaEngineHandle(ModelSpec spec, int64_t max_seq, int64_t max_
   spec_.check("CudaEngine", at::kBFloat16, {WeightFormat::BFloat16});
   device_ = spec_.embed.device();
   TORCH_CHECK_VALUE(device_.is_cuda(), "CudaEngine: the weights must be on a CUDA device, got ", device_);
-  TORCH_CHECK_VALUE(spec_.embed_scale == 1.0 && spec_.activation == Activation::SiLU && spec_.attn_softcap == 0.0 &&
-                        spec_.final_softcap == 0.0,
-                    "CudaEngine: embed_scale, the gelu_tanh activation and soft-capping (Gemma) are not implemented");
+  // The CUDA kernels compute none of the model-wide features of some families (model_fields.h).
+#define PYRUNTIME_REFUSE_FEATURE(type, name, off, ...) \
+  TORCH_CHECK_VALUE(spec_.name == off, "CudaEngine: " #name " (this model's family has it) is not implemented on CUDA");
+  PYRUNTIME_MODEL_FEATURES(PYRUNTIME_REFUSE_FEATURE)
+#undef PYRUNTIME_REFUSE_FEATURE
   cuda::EngineSpec s;
   fill_shape(s, spec_, max_seq, max_tokens, "CudaEngine");
   s.dtype = DType::BFloat16;
@@ -214,13 +194,12 @@ CudaEngineHandle::CudaEngineHandle(ModelSpec spec, int64_t max_seq, int64_t max_
   for (size_t l = 0; l < spec_.layers.size(); ++l) {
     const LayerSpec& L = spec_.layers[l];
     const std::string p = "layers[" + std::to_string(l) + "].";
-    TORCH_CHECK_VALUE(L.sliding_window == 0, "CudaEngine: ", p, "sliding_window ", L.sliding_window,
-                      ": sliding-window attention is not implemented on CUDA (a max_seq_len <= the window "
-                      "leaves every key in sight)");
-    TORCH_CHECK_VALUE(!L.q_norm && !L.k_norm, "CudaEngine: ", p, "q_norm / k_norm (qk-norm) is not implemented");
-    TORCH_CHECK_VALUE(!L.post_attn_norm && !L.post_mlp_norm, "CudaEngine: ", p,
-                      "post_attn_norm / post_mlp_norm (post-norms) are not implemented");
-    TORCH_CHECK_VALUE(!L.rope_cos_sin, "CudaEngine: ", p, "rope_cos_sin (a layer's own RoPE) is not implemented");
+    // What the CUDA kernels compute of a layer's optional attributes (model_fields.h): the
+    // biases. Any other present attribute is refused by name.
+    for (const std::string& name : L.present_optionals())
+      TORCH_CHECK_VALUE(name == "qkv_bias" || name == "o_bias", "CudaEngine: ", p, name,
+                        " is not implemented on CUDA",
+                        name == "sliding_window" ? " (a max_seq_len <= the window leaves every key in sight)" : "");
     cuda::EngineLayer e;
     e.attn_norm = L.attn_norm.data_ptr();
     e.mlp_norm = L.mlp_norm.data_ptr();

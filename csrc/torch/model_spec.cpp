@@ -183,6 +183,9 @@ struct Checker {
   }
 };
 
+std::string feature_repr(float v) { return c10::str(v); }
+std::string feature_repr(Activation a) { return cpu::activation_name(a); }
+
 }  // namespace
 
 void ModelSpec::check(const std::string& owner, at::ScalarType vector_dtype,
@@ -203,39 +206,43 @@ void ModelSpec::check(const std::string& owner, at::ScalarType vector_dtype,
                         rope_cos_sin.dim() == 2 && rope_cos_sin.size(1) == rotary_dim,
                     owner, ": rope_cos_sin must be a contiguous float32 [positions, ", rotary_dim, "] tensor on ",
                     c.device);
+  const LayerDims dims = layer_dims(H, inter, num_heads, num_kv_heads, head_dim);
   for (int64_t l = 0; l < num_layers(); ++l) {
     const LayerSpec& L = layers[l];
     const std::string p = "layers[" + std::to_string(l) + "].";
-    c.vector(L.attn_norm, H, p + "attn_norm");
-    c.vector(L.mlp_norm, H, p + "mlp_norm");
-    c.matrix(L.q, q_dim(), H, p + "q");
-    c.matrix(L.k, kv_dim(), H, p + "k");
-    c.matrix(L.v, kv_dim(), H, p + "v");
-    c.matrix(L.o, H, q_dim(), p + "o");
-    c.matrix(L.gate, inter, H, p + "gate");
-    c.matrix(L.up, inter, H, p + "up");
-    c.matrix(L.down, H, inter, p + "down");
-    if (L.qkv_bias) c.vector(*L.qkv_bias, q_dim() + 2 * kv_dim(), p + "qkv_bias");
-    if (L.o_bias) c.vector(*L.o_bias, H, p + "o_bias");
+#define PYRUNTIME_CHECK_MATRIX(name, rows, cols) c.matrix(L.name, dims.rows, dims.cols, p + #name);
+#define PYRUNTIME_CHECK_VECTOR(name, size) c.vector(L.name, dims.size, p + #name);
+#define PYRUNTIME_CHECK_OPTIONAL(name, size) \
+  if (L.name) c.vector(*L.name, dims.size, p + #name);
+#define PYRUNTIME_CHECK_COUNT(name) \
+  TORCH_CHECK_VALUE(L.name >= 0, owner, ": ", p, #name " must be >= 0, got ", L.name);
+#define PYRUNTIME_CHECK_TABLE(name)                                                                         \
+  if (L.name)                                                                                               \
+    TORCH_CHECK_VALUE(L.name->device() == c.device && L.name->scalar_type() == at::kFloat &&                \
+                          L.name->is_contiguous() && L.name->sizes() == rope_cos_sin.sizes(),               \
+                      owner, ": ", p, #name " must be a contiguous float32 tensor shaped as the model's ", \
+                      rope_cos_sin.sizes(), " on ", c.device, ", got ", L.name->scalar_type(), " ",        \
+                      L.name->sizes(), " on ", L.name->device());
+    PYRUNTIME_LAYER_MATRICES(PYRUNTIME_CHECK_MATRIX)
+    PYRUNTIME_LAYER_VECTORS(PYRUNTIME_CHECK_VECTOR)
+    PYRUNTIME_LAYER_OPTIONAL_VECTORS(PYRUNTIME_CHECK_OPTIONAL)
+    PYRUNTIME_LAYER_COUNTS(PYRUNTIME_CHECK_COUNT)
+    PYRUNTIME_LAYER_TABLES(PYRUNTIME_CHECK_TABLE)
+#undef PYRUNTIME_CHECK_MATRIX
+#undef PYRUNTIME_CHECK_VECTOR
+#undef PYRUNTIME_CHECK_OPTIONAL
+#undef PYRUNTIME_CHECK_COUNT
+#undef PYRUNTIME_CHECK_TABLE
     TORCH_CHECK_VALUE(L.q_norm.has_value() == L.k_norm.has_value(), owner, ": ", p,
                       "q_norm and k_norm come together (qk-norm), got only one");
-    if (L.q_norm) c.vector(*L.q_norm, head_dim, p + "q_norm");
-    if (L.k_norm) c.vector(*L.k_norm, head_dim, p + "k_norm");
-    TORCH_CHECK_VALUE(L.sliding_window >= 0, owner, ": ", p, "sliding_window must be >= 0, got ",
-                      L.sliding_window);
-    if (L.post_attn_norm) c.vector(*L.post_attn_norm, H, p + "post_attn_norm");
-    if (L.post_mlp_norm) c.vector(*L.post_mlp_norm, H, p + "post_mlp_norm");
-    if (L.rope_cos_sin)
-      TORCH_CHECK_VALUE(L.rope_cos_sin->device() == c.device && L.rope_cos_sin->scalar_type() == at::kFloat &&
-                            L.rope_cos_sin->is_contiguous() && L.rope_cos_sin->sizes() == rope_cos_sin.sizes(),
-                        owner, ": ", p, "rope_cos_sin must be a contiguous float32 tensor shaped as the model's ",
-                        rope_cos_sin.sizes(), " on ", c.device, ", got ", L.rope_cos_sin->scalar_type(), " ",
-                        L.rope_cos_sin->sizes(), " on ", L.rope_cos_sin->device());
   }
-  TORCH_CHECK_VALUE(std::isfinite(embed_scale) && embed_scale > 0, owner, ": embed_scale must be positive, got ",
-                    embed_scale);
-  for (auto [v, name] : {std::pair{attn_softcap, "attn_softcap"}, {final_softcap, "final_softcap"}})
-    TORCH_CHECK_VALUE(std::isfinite(v) && v >= 0, owner, ": ", name, " must be >= 0 (0: no capping), got ", v);
+#define PYRUNTIME_CHECK_FEATURE(type, name, off, valid, requirement)                          \
+  {                                                                                           \
+    const type v = name;                                                                      \
+    TORCH_CHECK_VALUE(valid, owner, ": " #name " must be " requirement ", got ", feature_repr(v)); \
+  }
+  PYRUNTIME_MODEL_FEATURES(PYRUNTIME_CHECK_FEATURE)
+#undef PYRUNTIME_CHECK_FEATURE
 }
 
 int64_t ModelSpec::nbytes() const {
@@ -252,15 +259,51 @@ int64_t ModelSpec::nbytes() const {
   add_matrix(lm_head);
   add(final_norm);
   for (const LayerSpec& L : layers) {
-    add(L.attn_norm);
-    add(L.mlp_norm);
-    for (const WeightMatrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) add_matrix(*m);
-    if (L.qkv_bias) add(*L.qkv_bias);
-    if (L.o_bias) add(*L.o_bias);
-    for (const auto* t : {&L.q_norm, &L.k_norm, &L.post_attn_norm, &L.post_mlp_norm})
-      if (*t) add(**t);
+#define PYRUNTIME_ADD_MATRIX(name, rows, cols) add_matrix(L.name);
+#define PYRUNTIME_ADD_VECTOR(name, size) add(L.name);
+#define PYRUNTIME_ADD_OPTIONAL(name, size) \
+  if (L.name) add(*L.name);
+    PYRUNTIME_LAYER_MATRICES(PYRUNTIME_ADD_MATRIX)
+    PYRUNTIME_LAYER_VECTORS(PYRUNTIME_ADD_VECTOR)
+    PYRUNTIME_LAYER_OPTIONAL_VECTORS(PYRUNTIME_ADD_OPTIONAL)
+#undef PYRUNTIME_ADD_MATRIX
+#undef PYRUNTIME_ADD_VECTOR
+#undef PYRUNTIME_ADD_OPTIONAL
   }
   return total;
+}
+
+cpu::EngineLayer LayerSpec::view() const {
+  cpu::EngineLayer e;
+  const auto ptr = [](const std::optional<at::Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; };
+#define PYRUNTIME_VIEW_MATRIX(name, rows, cols) e.name = name.view();
+#define PYRUNTIME_VIEW_VECTOR(name, size) e.name = name.data_ptr<float>();
+#define PYRUNTIME_VIEW_OPTIONAL(name, ...) e.name = ptr(name);
+#define PYRUNTIME_VIEW_COUNT(name) e.name = name;
+  PYRUNTIME_LAYER_MATRICES(PYRUNTIME_VIEW_MATRIX)
+  PYRUNTIME_LAYER_VECTORS(PYRUNTIME_VIEW_VECTOR)
+  PYRUNTIME_LAYER_OPTIONAL_VECTORS(PYRUNTIME_VIEW_OPTIONAL)
+  PYRUNTIME_LAYER_TABLES(PYRUNTIME_VIEW_OPTIONAL)
+  PYRUNTIME_LAYER_COUNTS(PYRUNTIME_VIEW_COUNT)
+#undef PYRUNTIME_VIEW_MATRIX
+#undef PYRUNTIME_VIEW_VECTOR
+#undef PYRUNTIME_VIEW_OPTIONAL
+#undef PYRUNTIME_VIEW_COUNT
+  return e;
+}
+
+std::vector<std::string> LayerSpec::present_optionals() const {
+  std::vector<std::string> out;
+#define PYRUNTIME_PRESENT(name, ...) \
+  if (name) out.push_back(#name);
+  PYRUNTIME_LAYER_OPTIONAL_VECTORS(PYRUNTIME_PRESENT)
+  PYRUNTIME_LAYER_TABLES(PYRUNTIME_PRESENT)
+#undef PYRUNTIME_PRESENT
+#define PYRUNTIME_PRESENT_COUNT(name) \
+  if (name != 0) out.push_back(#name);
+  PYRUNTIME_LAYER_COUNTS(PYRUNTIME_PRESENT_COUNT)
+#undef PYRUNTIME_PRESENT_COUNT
+  return out;
 }
 
 }  // namespace pyruntime

@@ -1,6 +1,7 @@
 // The model description every engine is built from: typed, built once in Python from the
 // checkpoint (pyruntime/spec.py), checked here, bound as C.ModelSpec, C.LayerSpec and
-// C.WeightMatrix; the engines copy it into their EngineSpec (include/pyruntime/engine.h).
+// C.WeightMatrix; the engines copy it into their EngineSpec (include/pyruntime/engine.h). Its
+// per-layer attributes and model-wide features are include/pyruntime/model_fields.h's lists.
 // docs/architecture.md lists what a new attribute or weight format touches.
 #pragma once
 
@@ -51,27 +52,30 @@ struct WeightMatrix {
 };
 
 // One decoder block: [norm -> attention (q, k, v; optionally q and k heads normed) -> o (-> post-norm)
-// -> residual add -> norm -> gated MLP (down(act(gate x) * up x)) (-> post-norm) -> residual add]. Every projection is its own matrix in its own
-// format (a quantized file may hold v in another format than q and k); the engines run q, k, v
-// (and gate, up) as one product over their stacked rows.
+// -> residual add -> norm -> gated MLP (down(act(gate x) * up x)) (-> post-norm) -> residual add].
+// Its attributes are model_fields.h's lists: every matrix a WeightMatrix in its own format (a
+// quantized file may hold v in another format than q and k), every vector a tensor [size] (of
+// the engine's vector dtype), optional ones absent where the family lacks them, counts int64,
+// tables float32 tensors shaped as ModelSpec::rope_cos_sin.
 struct LayerSpec {
-  at::Tensor attn_norm;                 // [H]
-  WeightMatrix q;                       // [Hq D, H]
-  WeightMatrix k, v;                    // [Hkv D, H]
-  std::optional<at::Tensor> qkv_bias;   // [(Hq + 2 Hkv) D]: q's, then k's, then v's
-  WeightMatrix o;                       // [H, Hq D]
-  std::optional<at::Tensor> o_bias;     // [H]
-  at::Tensor mlp_norm;                  // [H]
-  WeightMatrix gate, up;                // [I, H]
-  WeightMatrix down;                    // [H, I]
-  int64_t sliding_window = 0;           // attend to the last W positions; 0: all of them
-  // RMSNorm weights [D] applied to every q head and every k head before RoPE (Qwen3's qk-norm).
-  std::optional<at::Tensor> q_norm, k_norm;
-  // RMSNorm weights [H] of the attention's output and of the MLP's before their residual adds
-  // (Gemma 2/3's post-norms).
-  std::optional<at::Tensor> post_attn_norm, post_mlp_norm;
-  // This layer's own RoPE table, shaped as ModelSpec::rope_cos_sin (Gemma 3's sliding layers).
-  std::optional<at::Tensor> rope_cos_sin;
+#define PYRUNTIME_LAYER_MATRIX(name, rows, cols) WeightMatrix name;
+#define PYRUNTIME_LAYER_VECTOR(name, size) at::Tensor name;
+#define PYRUNTIME_LAYER_OPTIONAL(name, ...) std::optional<at::Tensor> name;
+#define PYRUNTIME_LAYER_COUNT(name) int64_t name = 0;
+  PYRUNTIME_LAYER_MATRICES(PYRUNTIME_LAYER_MATRIX)
+  PYRUNTIME_LAYER_VECTORS(PYRUNTIME_LAYER_VECTOR)
+  PYRUNTIME_LAYER_OPTIONAL_VECTORS(PYRUNTIME_LAYER_OPTIONAL)
+  PYRUNTIME_LAYER_TABLES(PYRUNTIME_LAYER_OPTIONAL)
+  PYRUNTIME_LAYER_COUNTS(PYRUNTIME_LAYER_COUNT)
+#undef PYRUNTIME_LAYER_MATRIX
+#undef PYRUNTIME_LAYER_VECTOR
+#undef PYRUNTIME_LAYER_OPTIONAL
+#undef PYRUNTIME_LAYER_COUNT
+
+  // The CPU engine's view of it (pointers into the tensors, which must stay alive).
+  cpu::EngineLayer view() const;
+  // Every optional attribute that is present, by name (an engine refuses those it does not compute).
+  std::vector<std::string> present_optionals() const;
 };
 
 struct ModelSpec {
@@ -87,10 +91,9 @@ struct ModelSpec {
   int64_t rotary_dim = 0;
   bool rope_neox = true;
   WeightMatrix embed;              // [vocab, H]
-  double embed_scale = 1.0;        // embedding rows times this (Gemma: sqrt(H))
-  Activation activation = Activation::SiLU;  // the MLP's gate activation
-  double attn_softcap = 0.0;       // > 0: attention scores become cap tanh(score / cap) (Gemma 2)
-  double final_softcap = 0.0;      // > 0: so do the logits
+#define PYRUNTIME_MODEL_FEATURE(type, name, off, ...) type name = off;
+  PYRUNTIME_MODEL_FEATURES(PYRUNTIME_MODEL_FEATURE)  // model_fields.h
+#undef PYRUNTIME_MODEL_FEATURE
   std::vector<LayerSpec> layers;
   at::Tensor final_norm;           // [H]
   WeightMatrix lm_head;            // [vocab, H] (the embedding's own tensors when tied)

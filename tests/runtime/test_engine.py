@@ -226,11 +226,68 @@ def _engine(spec, max_seq=4, kv_dtype=torch.float32):
     (lambda: _spec(layer=dict(down=C.WeightMatrix(C.WeightFormat.float32, torch.zeros(8, 16, device="meta")))),
      "layers\\[0\\].down is on meta"),
     (lambda: _spec(layers=[]), "no layers"),
+    (lambda: _spec(embed_scale=float("nan")), "embed_scale must be positive"),
+    (lambda: _spec(attn_softcap=-1.0), "attn_softcap must be >= 0"),
+    (lambda: _spec(final_softcap=float("inf")), "final_softcap must be >= 0"),
 ])
 def test_engine_rejects_bad_specs(make, match):
     _engine(_spec())  # the good one builds
     with pytest.raises(ValueError, match=match):
         _engine(make())
+
+
+def test_layer_spec_takes_its_fields_by_name():
+    """C.LayerSpec is built from model_fields.h's list: every field by name, required ones
+    required, optional ones None by default, anything else refused; the loaders' LayerWeights
+    hold exactly its matrices and vectors (build_spec copies them by these names)."""
+    import dataclasses
+
+    from pyruntime.weights import LayerWeights
+
+    kinds = C.LayerSpec.fields
+    assert {n for n, k in kinds.items() if k == "matrix"} == {"q", "k", "v", "o", "gate", "up", "down"}
+    assert {n for n, k in kinds.items() if k in ("matrix", "vector", "optional_vector")} == \
+        {f.name for f in dataclasses.fields(LayerWeights)}
+    layer = _spec().layers[0]
+    given = {n: getattr(layer, n) for n, k in kinds.items() if k in ("matrix", "vector")}
+    assert all(getattr(layer, n) is None for n, k in kinds.items() if k in ("optional_vector", "table"))
+    assert layer.sliding_window == 0
+    C.LayerSpec(**given)
+    for name in given:
+        with pytest.raises(TypeError, match=f"LayerSpec: {name} is required"):
+            C.LayerSpec(**{n: t for n, t in given.items() if n != name})
+    with pytest.raises(TypeError, match="unknown attribute.*qkv"):
+        C.LayerSpec(**given, qkv=layer.q)
+    with pytest.raises(TypeError, match="LayerSpec: o_bias got a str"):
+        C.LayerSpec(**given, o_bias="bias")
+    with pytest.raises(TypeError, match="LayerSpec: q got a Tensor"):
+        C.LayerSpec(**{**given, "q": torch.zeros(128, 8)})
+    assert C.LayerSpec(**given, sliding_window=7, o_bias=None).sliding_window == 7
+    with pytest.raises(TypeError, match="LayerSpec: sliding_window got a NoneType"):
+        C.LayerSpec(**given, sliding_window=None)
+
+
+def test_model_spec_features_are_config_fields():
+    """C.ModelSpec's model-wide features (model_fields.h) are ModelConfig's fields of the same
+    names (build_spec copies them by name), each off unless given; unknown attributes are refused."""
+    import dataclasses
+
+    from pyruntime.config import ModelConfig
+
+    assert set(C.ModelSpec.features) == {"embed_scale", "activation", "attn_softcap", "final_softcap"}
+    assert set(C.ModelSpec.features) <= {f.name for f in dataclasses.fields(ModelConfig)}
+    spec = _spec()
+    assert (spec.embed_scale, spec.activation, spec.attn_softcap, spec.final_softcap) == \
+        (1.0, C.Activation.silu, 0.0, 0.0)
+    assert _spec(attn_softcap=50.0, activation=C.Activation.gelu_tanh).attn_softcap == 50.0
+    with pytest.raises(TypeError, match="ModelSpec: unknown attribute.*rope_theta"):
+        _spec(rope_theta=1e4)
+    with pytest.raises(TypeError, match="ModelSpec: vocab is required"):
+        _spec(vocab=None)
+    with pytest.raises(TypeError, match="ModelSpec: activation got a str"):
+        _spec(activation="silu")
+    with pytest.raises(TypeError, match="ModelSpec: attn_softcap got a NoneType"):
+        _spec(attn_softcap=None)  # a feature left out is off; None is no value
 
 
 def test_engine_rejects_bad_options():

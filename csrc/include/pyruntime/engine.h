@@ -10,6 +10,7 @@
 #include "pyruntime/common.h"
 #include "pyruntime/cpu_isa.h"
 #include "pyruntime/engine_shape.h"
+#include "pyruntime/model_fields.h"
 
 namespace pyruntime::cpu {
 
@@ -24,9 +25,26 @@ namespace pyruntime::cpu {
 //   machinery (cols a multiple of 32; pyruntime widens other F16 matrices to float32).
 enum class WeightFormat { Float32, BFloat16, Int8, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16 };
 
-const char* weight_format_name(WeightFormat f);
-// Values per block and bytes per block of a format (dense formats and Int8: 1 value of 4, 2 or
-// 1 bytes; Int8's scales are apart).
+// Each format's name, values and bytes per block (dense formats and Int8: 1 value of 4, 2 or 1
+// bytes; Int8's scales are apart; the GGUF formats' sizes are ggml-common.h's), and the values
+// per group of 8-bit activations in its integer products (csrc/cpu/linear_q8.h; 0: none, its
+// products take float32 activations). In WeightFormat's order.
+struct FormatInfo {
+  const char* name;
+  int64_t block_values, block_bytes, activation_group;
+};
+inline constexpr FormatInfo kFormats[] = {
+    {"float32", 1, 4, 0},    {"bfloat16", 1, 2, 0},   {"int8", 1, 1, 0},       {"q4_0", 32, 18, 32},
+    {"q4_1", 32, 20, 32},    {"q5_0", 32, 22, 0},     {"q5_1", 32, 24, 0},     {"q8_0", 32, 34, 32},
+    {"q2_k", 256, 84, 0},    {"q3_k", 256, 110, 0},   {"q4_k", 256, 144, 256}, {"q5_k", 256, 176, 256},
+    {"q6_k", 256, 210, 256}, {"f16", 32, 64, 0},
+};
+inline constexpr int64_t kNumFormats = sizeof(kFormats) / sizeof(kFormats[0]);
+static_assert(kNumFormats == static_cast<int64_t>(WeightFormat::F16) + 1, "kFormats: one row per WeightFormat");
+constexpr int64_t format_activation_group(WeightFormat f) { return kFormats[static_cast<int>(f)].activation_group; }
+
+const char* weight_format_name(WeightFormat f);  // "unknown" outside the enum
+// Values and bytes per block (InvalidArgument outside the enum).
 int64_t format_block_values(WeightFormat f);
 int64_t format_block_bytes(WeightFormat f);
 // Bytes of one row of `cols` values (cols a multiple of the block).
@@ -73,33 +91,20 @@ inline int64_t kv_slots(int64_t sliding_window, int64_t max_seq, int64_t max_tok
 // Rows per block of the interleaved int8 layout.
 constexpr int64_t kInt8BlockRows = 4;
 
-// Each projection is its own matrix in its own format (a quantized file may hold q in one
-// format and v in another); the engine runs q, k and v (and gate and up) as one product over
-// their stacked rows.
+// One decoder block as the engine reads it (its attributes: model_fields.h): each matrix in its
+// own format, each vector a float32 pointer (null where an optional one is absent).
 struct EngineLayer {
-  const float* attn_norm = nullptr;  // [H]
-  Matrix q;                          // [Hq D, H]
-  Matrix k, v;                       // [Hkv D, H]
-  const float* qkv_bias = nullptr;   // [(Hq + 2 Hkv) D]: q's, k's, v's; or null
-  Matrix o;                          // [H, Hq D]
-  const float* o_bias = nullptr;     // [H] or null
-  const float* mlp_norm = nullptr;   // [H]
-  Matrix gate, up;                   // [I, H]
-  Matrix down;                       // [H, I]
-  // Attention limited to the last sliding_window positions (the token at pos attends keys
-  // [pos + 1 - sliding_window, pos]); 0: the whole sequence. Such a layer's cache keeps only
-  // kv_slots(sliding_window, ...) positions per sequence, as a ring (see Engine::forward).
-  int64_t sliding_window = 0;
-  // RMSNorm weights [D] of every q head and every k head, applied before RoPE; or null.
-  const float* q_norm = nullptr;
-  const float* k_norm = nullptr;
-  // RMSNorm weights [H] of the attention's output and of the MLP's, before each is added to the
-  // residual (Gemma 2/3); or null.
-  const float* post_attn_norm = nullptr;
-  const float* post_mlp_norm = nullptr;
-  // This layer's RoPE table [max_seq, rot_dim] (Gemma 3's local base on sliding layers); null:
-  // the model's (EngineSpec::cos_sin).
-  const float* cos_sin = nullptr;
+#define PYRUNTIME_LAYER_MATRIX(name, rows, cols) Matrix name;
+#define PYRUNTIME_LAYER_VECTOR(name, ...) const float* name = nullptr;
+#define PYRUNTIME_LAYER_COUNT(name) int64_t name = 0;
+  PYRUNTIME_LAYER_MATRICES(PYRUNTIME_LAYER_MATRIX)
+  PYRUNTIME_LAYER_VECTORS(PYRUNTIME_LAYER_VECTOR)
+  PYRUNTIME_LAYER_OPTIONAL_VECTORS(PYRUNTIME_LAYER_VECTOR)
+  PYRUNTIME_LAYER_TABLES(PYRUNTIME_LAYER_VECTOR)  // [max_seq, rot_dim]
+  PYRUNTIME_LAYER_COUNTS(PYRUNTIME_LAYER_COUNT)
+#undef PYRUNTIME_LAYER_MATRIX
+#undef PYRUNTIME_LAYER_VECTOR
+#undef PYRUNTIME_LAYER_COUNT
 };
 
 struct EngineSpec : EngineShape {
@@ -118,10 +123,9 @@ struct EngineSpec : EngineShape {
   int prompt_bits = 16;
   const float* cos_sin = nullptr;  // [max_seq, rot_dim]: cos half, then sin half
   Matrix embed;                    // [vocab, H]
-  float embed_scale = 1.0f;        // the embedding rows times this (Gemma: sqrt(H))
-  Activation activation = Activation::SiLU;
-  float attn_softcap = 0.0f;   // > 0: attention scores become cap tanh(score / cap)
-  float final_softcap = 0.0f;  // > 0: so do the logits
+#define PYRUNTIME_MODEL_FEATURE(type, name, off, ...) type name = off;
+  PYRUNTIME_MODEL_FEATURES(PYRUNTIME_MODEL_FEATURE)  // model_fields.h
+#undef PYRUNTIME_MODEL_FEATURE
   std::vector<EngineLayer> layers;
   const float* final_norm = nullptr;  // [H]
   Matrix lm_head;                     // [vocab, H]
