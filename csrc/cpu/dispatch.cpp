@@ -1,5 +1,7 @@
 // The public CPU kernels (cpu_kernels.h): each call goes to the build of the active
 // instruction-set level (cpu_isa.h). This file is compiled for baseline x86-64.
+#include <cpuid.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
@@ -106,7 +108,13 @@ std::mutex g_active_mutex;
 // The vendor's default, then PYRUNTIME_Q8_DECODE_ROWS's value once read (what 0 restores).
 std::atomic<int> g_q8_default_rows{[] {
   __builtin_cpu_init();
-  return __builtin_cpu_is("amd") ? 1 : 4;
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  unsigned family = 0;
+  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
+    family = (eax >> 8) & 0xf;
+    if (family == 0xf) family += (eax >> 20) & 0xff;
+  }
+  return __builtin_cpu_is("amd") && family < 0x1a ? 1 : 4;  // 0x1a: Zen 5
 }()};
 std::atomic<int> g_q8_decode_rows{g_q8_default_rows.load()};
 

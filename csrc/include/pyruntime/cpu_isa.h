@@ -49,10 +49,10 @@ struct KernelPaths {
 };
 
 // How many weight rows one token's integer decode product reads at once (linear_q8.h): 1, one
-// row after another, a single stream from memory (the default on AMD CPUs, whose prefetchers
-// follow it best: benchmarks/README.md, AVX2 kernels), or 4, four rows side by side with the
-// rows ahead prefetched in software and the 32-value formats a row per vector lane (8 or 16
-// rows; the default elsewhere, as tuned on an Intel Xeon). Each row's sums are the same bits
+// row after another, a single stream from memory (the default on AMD CPUs before Zen 5, whose
+// prefetchers follow it best: benchmarks/README.md, AVX2 kernels), or 4, four rows side by side
+// with the rows ahead prefetched in software and the 32-value formats a row per vector lane (8
+// or 16 rows; the default elsewhere: tuned on an Intel Xeon, and faster on Zen 5 as well). Each row's sums are the same bits
 // either way. PYRUNTIME_Q8_DECODE_ROWS (1 or 4) sets it for the process (InvalidArgument on the
 // first kernel call for any other value), set_q8_decode_rows later (0 restores the
 // process's default).
