@@ -18,7 +18,7 @@ def cpu_features() -> dict:
     integer_gemm: the activation bits of the block formats' prompts on the integer GEMM, [8] on
     AVX2, [8, 16] on AVX512-VNNI without AMX, [] elsewhere);
     q8_decode_rows: how many weight rows a one-token integer decode product reads at once (1:
-    one after another, the default on AMD CPUs; 4: side by side, the 32-value formats a row per
+    one after another, the default on AMD CPUs before Zen 5; 4: side by side, the 32-value formats a row per
     vector lane; PYRUNTIME_Q8_DECODE_ROWS sets it).
     """
     flags = C.cpu_features()
