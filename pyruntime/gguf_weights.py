@@ -93,6 +93,7 @@ class GGUFSource:
         except Exception as e:  # missing or damaged
             raise ModelLoadError(f"{path}: GGUF metadata general.architecture cannot be read ({e})") from None
         archs = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}
+        self.arch = arch
         if arch not in archs:
             raise ModelLoadError(f"{path}: GGUF architecture {arch!r} is unknown to the gguf package")
         blocks = self.reader.fields.get(f"{arch}.block_count")
@@ -173,10 +174,11 @@ def load_gguf_weights(path: Path, cfg: ModelConfig, load: torch.dtype | None, pr
     """load None: every matrix in its file type (GGUFSource.matrix); a dtype: every matrix
     dequantized to float32, then converted to it. Norms and biases float32 (Gemma's norms hold
     1 + w already: llama.cpp's converter adds the 1). q and k rows are put back in Hugging
-    Face's order where llama.cpp's converter interleaved them (the `llama` architecture)."""
+    Face's order where llama.cpp's converter interleaved them (files of the `llama` architecture,
+    whatever the config says: Mistral's files are `llama` too)."""
     src = GGUFSource(path)
     H, V = cfg.hidden_size, cfg.vocab_size
-    permuted = cfg.architecture == "LlamaForCausalLM"
+    permuted = src.arch == "llama"  # llama.cpp's converter interleaves q/k rows of this architecture only
 
     def mat(name, shape, heads=0):
         heads = heads if permuted else 0

@@ -198,3 +198,26 @@ def test_qwen2_pre_tokenizer_matches_transformers(tmp_path, llm, text):
     # The split itself (this vocabulary has no multi-digit tokens to tell the regexes apart by).
     pieces = [p for p, _ in ref.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
     assert [p for p, _ in ours._tok.pre_tokenizer.pre_tokenize_str(text)] == pieces
+
+
+def test_hf_names_round_trip(tiny, tmp_path, llm):  # noqa: F811
+    """The one map of Hugging Face names to roles (weights.hf_layer, here through the GGUF loader)
+    and its inverse (convert._hf_tensors, which `pyruntime convert --dequantize` writes): every
+    tensor of the family's checkpoint comes back under its own name with its values."""
+    from pyruntime.config import ModelConfig
+    from pyruntime.convert import _hf_tensors
+    from pyruntime.gguf_weights import load_gguf_weights
+
+    name, model, folder = tiny
+    if name in NOT_IN_GGUF:
+        pytest.skip(NOT_IN_GGUF[name])
+    path = tmp_path / f"{name}.gguf"
+    write_gguf(model, path, llm.path / "model.gguf", gguf.GGMLQuantizationType.F32)
+    cfg = ModelConfig.from_file(folder / "config.json")
+    got = _hf_tensors(cfg, load_gguf_weights(path, cfg, torch.float32, progress=False))
+    want = dict(model.state_dict())
+    if model.config.tie_word_embeddings:
+        want.pop("lm_head.weight")
+    assert sorted(got) == sorted(want)
+    for k, w in want.items():
+        torch.testing.assert_close(got[k], w.float(), rtol=0, atol=1e-6, msg=k)
